@@ -1,0 +1,123 @@
+"""A subscriber: a cursor, a filter and a way to write. No queue, no task per event.
+
+The broker writes to a subscriber by calling its ASGI `send` directly and stepping the coroutine
+once (`step`): when the socket can take the bytes, the write completes right there and costs no
+task, no wake-up. Only a subscriber whose socket is full gets a task (`resume`) that waits for it
+to drain; while that task runs the subscriber is `busy` and the broadcaster passes it by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from trainpilot.events import Event
+from trainpilot.wire import encode_event, sse_frame, sse_named
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Format = Literal["sse", "ws"]
+DONE = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which events a subscriber wants. ``None`` means everything; `keys` trims metrics events."""
+
+    run_ids: frozenset[str] | None = None
+    kinds: frozenset[str] | None = None
+    keys: frozenset[str] | None = None
+
+    def project(self, event: Event) -> Event | None:
+        """The event as this subscriber sees it, or None when it does not match."""
+        if self.run_ids is not None and event.run_id not in self.run_ids:
+            return None
+        if self.kinds is not None and event.kind not in self.kinds:
+            return None
+        if self.keys is None or event.kind != "metrics":
+            return event
+        data = {k: v for k, v in event.data.items() if self.wants_key(k)}
+        if not data:
+            return None
+        return Event(event.id, event.run_id, event.seq, event.kind, event.ts, event.step, data)
+
+    def wants_key(self, key: str) -> bool:
+        assert self.keys is not None
+        return key in self.keys or any(k.endswith("*") and key.startswith(k[:-1]) for k in self.keys)
+
+    @property
+    def trims(self) -> bool:
+        return self.keys is not None
+
+
+class Subscriber:
+    __slots__ = ("busy", "busy_since", "cursor", "done", "filter", "format", "send")
+
+    def __init__(self, send: Send, fmt: Format, flt: Filter, cursor: int) -> None:
+        self.send = send
+        self.format: Format = fmt
+        self.filter = flt
+        self.cursor = cursor  # every matching event with id <= cursor has been written
+        self.busy: asyncio.Task[None] | None = None
+        self.busy_since = 0.0
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def finish(self, reason: str) -> None:
+        if not self.done.done():
+            self.done.set_result(reason)
+
+
+def events_message(fmt: Format, frames: list[tuple[Event, bytes, bytes]]) -> dict[str, Any]:
+    """One ASGI message carrying many events: a run of SSE frames, or one WebSocket text message."""
+    if fmt == "sse":
+        return {"type": "http.response.body", "body": b"".join(f[2] for f in frames), "more_body": True}
+    body = b'{"op":"events","events":[' + b",".join(f[1] for f in frames) + b"]}"
+    return {"type": "websocket.send", "text": body.decode()}
+
+
+def encoded(event: Event) -> tuple[Event, bytes, bytes]:
+    """An event with its JSON and its SSE frame, encoded once."""
+    payload = encode_event(event)
+    return event, payload, sse_frame(event, payload)
+
+
+def resync_messages(fmt: Format, last_id: int) -> list[dict[str, Any]]:
+    """What a subscriber that fell behind gets before it is closed: resume from the store with `last_id`."""
+    notice = {"last_id": last_id, "reason": "fell behind the live stream; reconnect with this id to resume"}
+    if fmt == "sse":
+        return [{"type": "http.response.body", "body": sse_named("resync", notice), "more_body": False}]
+    return [
+        {"type": "websocket.send", "text": orjson.dumps({"op": "resync", **notice}).decode()},
+        {"type": "websocket.close", "code": 4000, "reason": "resync"},
+    ]
+
+
+def step(coro: Coroutine[Any, Any, None]) -> Any:
+    """Run `coro` until it first suspends. Return what it waits on, or DONE if it finished."""
+    try:
+        return coro.send(None)
+    except StopIteration:
+        return DONE
+
+
+async def resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Drive a coroutine that `step` left suspended to its end, as a Task would have."""
+    while True:
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                await waiting
+        except BaseException as exc:
+            try:
+                waiting = coro.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return

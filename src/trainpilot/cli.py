@@ -1,0 +1,240 @@
+"""The `trainpilot` command: serve, runs, tail, control, demo.
+
+trainpilot serve [--host H] [--port P] [--data-dir D]     run the server, print its URL
+trainpilot runs                                           a table of runs
+trainpilot tail RUN                                       live metrics, resuming after reconnects
+trainpilot control RUN ACTION [VALUE]                     pause | resume | stop | checkpoint | set_lr
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from typing import Any
+
+from trainpilot.events import ACTIONS
+from trainpilot.settings import DEFAULT_PORT
+
+DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except KeyboardInterrupt:
+        return 130
+    except CLIError as exc:
+        print(f"trainpilot: {exc}", file=sys.stderr)
+        return 1
+
+
+class CLIError(Exception):
+    """A problem to report in one line, without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainpilot", description="Observe, control and explain training.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    add_serve_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="run the server for the demo and print its URLs")
+    add_serve_flags(demo)
+    demo.set_defaults(func=cmd_serve)
+
+    runs = sub.add_parser("runs", help="list runs")
+    add_server_flag(runs)
+    runs.add_argument("--project")
+    runs.add_argument("--limit", type=int, default=50)
+    runs.set_defaults(func=cmd_runs)
+
+    tail = sub.add_parser("tail", help="print a run's live events")
+    tail.add_argument("run", help="run id")
+    add_server_flag(tail)
+    tail.add_argument("--after", type=int, help="start after this event id (default: from now)")
+    tail.add_argument("--keys", help="comma-separated metric names")
+    tail.set_defaults(func=cmd_tail)
+
+    control = sub.add_parser("control", help="send a command to a run")
+    control.add_argument("run", help="run id")
+    control.add_argument("action", choices=sorted(ACTIONS))
+    control.add_argument("value", nargs="?", type=float, help="the learning rate, for set_lr")
+    add_server_flag(control)
+    control.add_argument("--token", default=os.environ.get("TRAINPILOT_TOKEN"))
+    control.add_argument(
+        "--wait", type=float, default=10.0, help="seconds to wait for the acknowledgement (0: don't)"
+    )
+    control.set_defaults(func=cmd_control)
+    return parser
+
+
+def add_server_flag(p: argparse.ArgumentParser) -> None:
+    default = os.environ.get("TRAINPILOT_SERVER", DEFAULT_SERVER)
+    p.add_argument("--server", default=default, help="server URL (env TRAINPILOT_SERVER)")
+
+
+def add_serve_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; others need a token)")
+    p.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--data-dir", help="where the SQLite store lives (default ./trainpilot-data)")
+    p.add_argument(
+        "--store", help="store URL, e.g. sqlite:///path/db or memory:// (default: SQLite in data dir)"
+    )
+    p.add_argument("--token", help="token required for changes (env TRAINPILOT_TOKEN)")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from trainpilot.exceptions import ConfigError
+    from trainpilot.server.runner import serve_forever
+    from trainpilot.settings import Settings
+
+    settings = Settings.from_env(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        store=args.store,
+        token=args.token,
+        log_level=args.log_level,
+    )
+    try:
+        settings.check()
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    print(
+        f"trainpilot {args.command}: {settings.url}/  (store {settings.store_url}; Ctrl-C to stop)",
+        flush=True,
+    )
+    print(f"  live stream: curl -N {settings.url}/api/stream/metrics", flush=True)
+    print(f"  API docs:    {settings.url}/docs", flush=True)
+    serve_forever(settings)
+    return 0
+
+
+def _client(server: str, token: str | None = None) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=server, headers=headers, timeout=10.0)
+
+
+def _request(server: str, method: str, path: str, token: str | None = None, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        with _client(server, token) as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise CLIError(f"cannot reach {server}: {exc}") from None
+    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.status_code >= 400:
+        message = body.get("error", {}).get("message", response.text[:200]) if isinstance(body, dict) else ""
+        raise CLIError(f"{method} {path}: HTTP {response.status_code}: {message}")
+    return body
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    params = {"limit": args.limit, **({"project": args.project} if args.project else {})}
+    runs = _request(args.server, "GET", "/api/runs", params=params)["runs"]
+    rows = [["ID", "PROJECT", "NAME", "STATUS", "STEP", "STARTED", "UPDATED"]]
+    for r in runs:
+        rows.append(
+            [
+                r["id"],
+                r["project"],
+                r["name"],
+                r["status"],
+                "" if r["last_step"] is None else str(r["last_step"]),
+                _time(r["created_at"]),
+                _time(r["updated_at"]),
+            ]
+        )
+    print_table(rows)
+    return 0
+
+
+def _time(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from trainpilot.sse_client import SSEClient
+
+    params = {"run_id": args.run, **({"keys": args.keys} if args.keys else {})}
+    client = SSEClient(f"{args.server.rstrip('/')}/api/stream/metrics", params, after=args.after)
+    print(f"tailing run {args.run} on {args.server} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    for event in client:
+        print(format_event(event.name, event.data), flush=True)
+    return 0
+
+
+def format_event(name: str, data: Any) -> str:
+    if not isinstance(data, dict):
+        return f"{name}: {data}"
+    body = data.get("data", {})
+    step = data.get("step")
+    prefix = f"[{data.get('id')}] step {step if step is not None else '-':>6}  {name:<8}"
+    if name == "metrics" and isinstance(body, dict):
+        values = "  ".join(f"{k}={_num(v)}" for k, v in body.items())
+        return f"{prefix} {values}"
+    return f"{prefix} {body}"
+
+
+def _num(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from trainpilot.sse_client import SSEClient
+
+    if args.action == "set_lr" and args.value is None:
+        raise CLIError("set_lr needs a value: trainpilot control RUN set_lr 0.01")
+    health = _request(args.server, "GET", "/api/runs/" + args.run)
+    cursor = health.get("last_event_id") or 0
+    body = {"run_id": args.run, "action": args.action, "value": args.value}
+    reply = _request(args.server, "POST", "/api/training/control", token=args.token, json=body)
+    command_id = reply["command_id"]
+    print(f"{args.action} sent to {args.run}: command {command_id}", flush=True)
+    if args.wait <= 0:
+        return 0
+    client = SSEClient(
+        f"{args.server.rstrip('/')}/api/stream/metrics",
+        {"run_id": args.run, "kinds": "control"},
+        after=min(cursor, command_id - 1),
+        read_timeout_s=args.wait,
+    )
+    import threading
+
+    timer = threading.Timer(args.wait, client.stop)
+    timer.start()
+    try:
+        for event in client:
+            data = event.data.get("data", {}) if isinstance(event.data, dict) else {}
+            if data.get("command_id") == command_id:
+                detail = f" ({data['reason']})" if data.get("reason") else ""
+                print(f"{data.get('status')} at step {data.get('step')}{detail}", flush=True)
+                return 0 if data.get("status") == "applied" else 2
+    finally:
+        timer.cancel()
+        client.stop()
+    print(
+        f"no acknowledgement within {args.wait:g} s (is the run calling wait_if_paused()?)", file=sys.stderr
+    )
+    return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The server layer: REST, SSE and WebSocket over one Hub (store + broker)."""

@@ -1,0 +1,112 @@
+"""The ASGI application: FastAPI for REST, plain ASGI for the two endless streams.
+
+>>> app = create_app(Settings(store="memory://"))  # doctest: +SKIP
+>>> uvicorn.run(app, port=8765)                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.responses import HTMLResponse
+
+from trainpilot.broker import open_broker
+from trainpilot.server import errors, rest, sse, system, ws
+from trainpilot.server.hub import Hub
+from trainpilot.settings import Settings
+from trainpilot.store import open_store
+from trainpilot.version import __version__
+
+STREAM_DOC = {
+    "get": {
+        "tags": ["stream"],
+        "summary": "Server-Sent Events: live events, named by kind, resumable",
+        "description": "Frames are `id: <event id>`, `event: <kind>`, `data: <event JSON>`. Resume with the "
+        "`Last-Event-ID` header or `?after=<id>`: no gap, no duplicate. Without either, the stream "
+        "starts at the live head. A `: keepalive` comment comes every 15 s. A subscriber that falls "
+        'behind gets `event: resync` with `{"last_id": N}` and is closed; reconnect with that id.',
+        "parameters": [
+            {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            {"name": "run_id", "in": "query", "schema": {"type": "string"}, "description": "comma-separated"},
+            {
+                "name": "kinds",
+                "in": "query",
+                "schema": {"type": "string"},
+                "description": "comma-separated: metrics,status,control,insight,media,log",
+            },
+            {
+                "name": "keys",
+                "in": "query",
+                "schema": {"type": "string"},
+                "description": "comma-separated metric names; `prefix*` matches a prefix",
+            },
+            {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}},
+        ],
+        "responses": {"200": {"description": "text/event-stream"}, "400": {"description": "bad parameter"}},
+    }
+}
+
+INDEX = """<!doctype html><html><head><meta charset="utf-8"><title>trainpilot</title></head>
+<body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto">
+<h1>trainpilot {version}</h1>
+<p>The server is up. Live stream: <a href="/api/stream/metrics"><code>/api/stream/metrics</code></a>
+(SSE); runs: <a href="/api/runs"><code>/api/runs</code></a>; API reference: <a href="/docs">/docs</a>.</p>
+</body></html>"""
+
+
+def create_app(settings: Settings) -> Any:
+    """The whole server as one ASGI app; the store opens and the broker starts in its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        store = open_store(settings.store_url)
+        await store.open()
+        broker = open_broker(
+            settings.broker, store, ring_size=settings.ring_size, heartbeat_s=settings.heartbeat_s
+        )
+        store.on_commit = broker.publish
+        await broker.start(await store.last_id())
+        hub = Hub(settings, store, broker)
+        api.state.hub = hub
+        api.state.registry = system.registry(hub)
+        try:
+            yield
+        finally:
+            await broker.close()
+            await store.close()
+
+    api = FastAPI(
+        title="trainpilot",
+        version=__version__,
+        lifespan=lifespan,
+        description="Observe, control and explain training while it runs.",
+    )
+    errors.install(api)
+    api.include_router(rest.router)
+
+    @api.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(INDEX.format(version=__version__))
+
+    schema = api.openapi()
+    schema["paths"][sse.PATH] = STREAM_DOC
+    return Dispatcher(api)
+
+
+class Dispatcher:
+    """Sends the two endless streams straight to their handlers, everything else to FastAPI."""
+
+    def __init__(self, api: FastAPI) -> None:
+        self.api = api
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http" and scope["path"] == sse.PATH:
+            await sse.stream(self.api.state.hub, scope, receive, send)
+        elif kind == "websocket" and scope["path"] == ws.PATH:
+            await ws.websocket(self.api.state.hub, scope, receive, send)
+        else:
+            await self.api(scope, receive, send)

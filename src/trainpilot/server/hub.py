@@ -1,0 +1,124 @@
+"""The Hub: the one path by which events enter the server, and control commands leave it.
+
+REST ingest, WebSocket ingest, control requests and the embedded SDK transport all call the Hub,
+so every event is validated the same way, stored once (the store assigns its id), and then
+published by the store's commit listener in id order (DESIGN.md, "One picture").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainpilot.broker import Broker
+from trainpilot.events import ACTIONS, ACTIVE_STATUSES, Event, NewEvent, Run
+from trainpilot.exceptions import Conflict, InvalidInput
+from trainpilot.settings import Settings
+from trainpilot.store import Store
+from trainpilot.wire import check_run_id
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    stored: int
+    duplicates: int
+    last_id: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stored": self.stored, "duplicates": self.duplicates, "last_id": self.last_id}
+
+
+@dataclass
+class Hub:
+    settings: Settings
+    store: Store
+    broker: Broker
+    started_at: float = field(default_factory=time.time)
+    counters: dict[str, int] = field(
+        default_factory=lambda: {"events_ingested": 0, "duplicates": 0, "batches": 0, "control_requests": 0}
+    )
+    _nan_reported: set[tuple[str, str]] = field(default_factory=set)
+
+    async def create_run(
+        self, run_id: str, project: str, name: str, config: dict[str, Any]
+    ) -> tuple[Run, bool]:
+        run, created = await self.store.create_run(check_run_id(run_id), project, name, config)
+        if created:
+            await self.store.append([NewEvent(run.id, "status", {"status": "created"}, ts=run.created_at)])
+            run = await self.store.get_run(run.id)
+        return run, created
+
+    async def ingest(self, events: list[NewEvent]) -> IngestResult:
+        """Store a validated batch once and publish what was new; report non-finite values as insights."""
+        stored = await self.store.append(events)
+        self.counters["batches"] += 1
+        self.counters["events_ingested"] += len(stored)
+        self.counters["duplicates"] += len(events) - len(stored)
+        insights = self._non_finite_insights(stored)
+        if insights:
+            await self.store.append(insights)
+        return IngestResult(len(stored), len(events) - len(stored), stored[-1].id if stored else None)
+
+    def _non_finite_insights(self, stored: list[Event]) -> list[NewEvent]:
+        """NaN/Inf arrive as null metric values; the first one per run and metric becomes an insight."""
+        out = []
+        for e in stored:
+            if e.kind != "metrics":
+                continue
+            bad = [k for k, v in e.data.items() if v is None and (e.run_id, k) not in self._nan_reported]
+            if not bad:
+                continue
+            self._nan_reported.update((e.run_id, k) for k in bad)
+            out.append(
+                NewEvent(
+                    e.run_id,
+                    "insight",
+                    {
+                        "kind": "nan_inf",
+                        "severity": "critical",
+                        "step": e.step,
+                        "evidence": {"metrics": bad, "event_id": e.id},
+                        "message": f"non-finite value (NaN or Inf) in {', '.join(bad)} at step {e.step}",
+                        "suggestion": "lower the learning rate, clip gradients, or check the input data "
+                        "and the loss for log(0) or division by zero",
+                    },
+                    ts=e.ts,
+                    step=e.step,
+                )
+            )
+        return out
+
+    async def request_control(self, run_id: str, action: str, value: Any, requested_by: str) -> Event:
+        """Store a control command for the run; its event id is the command id."""
+        if action not in ACTIONS:
+            raise InvalidInput("action", f"must be one of {sorted(ACTIONS)}, got {action!r}")
+        data: dict[str, Any] = {"action": action, "status": "requested", "requested_by": requested_by}
+        if action == "set_lr":
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise InvalidInput("value", "set_lr needs a positive, finite learning rate")
+            data["value"] = float(value)
+        elif value is not None:
+            raise InvalidInput("value", f"{action} takes no value")
+        run = await self.store.get_run(run_id)
+        if run.status not in ACTIVE_STATUSES:
+            raise Conflict(
+                f"run {run_id!r} is {run.status}: only a created, running or paused run takes commands"
+            )
+        self.counters["control_requests"] += 1
+        (event,) = await self.store.append([NewEvent(run_id, "control", data, ts=time.time())])
+        return event
+
+    async def default_run(self) -> Run | None:
+        """The most recently active run that is still active, else the most recent run."""
+        runs = await self.store.list_runs(limit=50)
+        for run in runs:
+            if run.status in ACTIVE_STATUSES:
+                return run
+        return runs[0] if runs else None

@@ -1,0 +1,267 @@
+"""The REST endpoints of DESIGN.md's table (the SSE stream and the WebSocket live in sse.py, ws.py)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from trainpilot.events import Point, Run
+from trainpilot.exceptions import InvalidInput, NotFound
+from trainpilot.server import system
+from trainpilot.server.auth import check_write, presented_token
+from trainpilot.server.errors import JSON, HTTPError
+from trainpilot.server.hub import Hub
+from trainpilot.wire import check_run_id, decode_batch
+
+router = APIRouter()
+MAX_HISTORY_KEYS = 64
+
+
+def hub_of(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+def require_write(request: Request) -> None:
+    check_write(hub_of(request).settings.token, presented_token(request.scope["headers"]))
+
+
+def run_dict(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "project": run.project,
+        "name": run.name,
+        "status": run.status,
+        "config": run.config,
+        "created_at": run.created_at,
+        "updated_at": run.updated_at,
+        "last_step": run.last_step,
+        "last_event_id": run.last_event_id,
+    }
+
+
+def point_dict(point: Point) -> dict[str, Any]:
+    return {"value": point.value, "step": point.step, "ts": point.ts}
+
+
+# -- system ---------------------------------------------------------------------------------------
+
+
+@router.get("/api/system/health", tags=["system"], summary="Liveness and store/broker health")
+async def get_health(request: Request) -> Response:
+    body = await system.health(hub_of(request))
+    return JSON(body, status_code=200 if body["status"] == "ok" else 503)
+
+
+@router.get(
+    "/api/system/info", tags=["system"], summary="Version, host, CPU/RAM/GPU, backends, live connections"
+)
+async def get_info(request: Request) -> Response:
+    return JSON(system.info(hub_of(request)))
+
+
+@router.get("/metrics", tags=["system"], summary="Prometheus exposition of the server's own health")
+async def get_prometheus(request: Request) -> Response:
+    return Response(system.exposition(request.app.state.registry), media_type="text/plain; version=0.0.4")
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+
+class RunCreate(BaseModel):
+    id: str | None = Field(
+        None, max_length=128, description="client-chosen id (idempotent create); generated if absent"
+    )
+    project: str = Field("default", min_length=1, max_length=200)
+    name: str | None = Field(None, max_length=200)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+@router.get("/api/runs", tags=["runs"], summary="List runs, most recently active first")
+async def list_runs(
+    request: Request,
+    project: str | None = None,
+    status: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
+    runs = await hub_of(request).store.list_runs(project=project, status=status, limit=limit)
+    return JSON({"runs": [run_dict(r) for r in runs]})
+
+
+@router.post("/api/runs", tags=["runs"], status_code=201, summary="Create a run (idempotent on id)")
+async def create_run(request: Request, body: RunCreate) -> Response:
+    require_write(request)
+    run_id = body.id or f"r-{secrets.token_hex(4)}"
+    run, created = await hub_of(request).create_run(run_id, body.project, body.name or run_id, body.config)
+    return JSON(run_dict(run), status_code=201 if created else 200)
+
+
+@router.get("/api/runs/{run_id}", tags=["runs"], summary="One run, with its latest metrics")
+async def get_run(request: Request, run_id: str) -> Response:
+    store = hub_of(request).store
+    run = await store.get_run(run_id)
+    current = await store.current(run_id)
+    return JSON({**run_dict(run), "metrics": {k: point_dict(p) for k, p in current.items()}})
+
+
+@router.post(
+    "/api/runs/{run_id}/events",
+    tags=["runs"],
+    summary="Batch ingest, idempotent by (run, seq)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["events"],
+                        "properties": {
+                            "events": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "seq": {"type": "integer", "minimum": 0},
+                                        "kind": {"type": "string"},
+                                        "ts": {"type": "number"},
+                                        "step": {"type": "integer", "minimum": 0},
+                                        "data": {"type": "object"},
+                                    },
+                                },
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def ingest(request: Request, run_id: str) -> Response:
+    require_write(request)
+    hub = hub_of(request)
+    payload = await read_json(request, hub.settings.max_body_bytes)
+    events = decode_batch(check_run_id(run_id), payload)
+    await hub.store.get_run(run_id)
+    result = await hub.ingest(events)
+    return JSON(result.as_dict())
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, refusing more than `limit` bytes with 413 before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPError(413, "too_large", f"body of {declared} bytes exceeds the limit of {limit}")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, "too_large", f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise HTTPError(400, "bad_json", f"body is not valid UTF-8 JSON: {exc}") from None
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+async def resolve_run(hub: Hub, run_id: str | None) -> Run:
+    if run_id is not None:
+        return await hub.store.get_run(run_id)
+    run = await hub.default_run()
+    if run is None:
+        raise NotFound("no runs yet: start one with trainpilot.init() or POST /api/runs")
+    return run
+
+
+@router.get("/api/metrics/current", tags=["metrics"], summary="Latest value of every metric of a run")
+async def current_metrics(request: Request, run_id: str | None = None) -> Response:
+    hub = hub_of(request)
+    run = await resolve_run(hub, run_id)
+    current = await hub.store.current(run.id)
+    return JSON(
+        {
+            "run_id": run.id,
+            "status": run.status,
+            "step": run.last_step,
+            "metrics": {k: point_dict(p) for k, p in current.items()},
+        }
+    )
+
+
+@router.get("/api/metrics/history", tags=["metrics"], summary="Downsampled series of a run's metrics")
+async def metric_history(
+    request: Request,
+    run_id: str | None = None,
+    keys: Annotated[str | None, Query(description="comma-separated metric names; default all")] = None,
+    start_step: Annotated[int | None, Query(ge=0)] = None,
+    end_step: Annotated[int | None, Query(ge=0)] = None,
+    max_points: Annotated[int, Query(ge=2, le=100_000)] = 1000,
+) -> Response:
+    hub = hub_of(request)
+    run = await resolve_run(hub, run_id)
+    names = [k for k in keys.split(",") if k] if keys else await hub.store.metric_keys(run.id)
+    if len(names) > MAX_HISTORY_KEYS:
+        raise InvalidInput("keys", f"at most {MAX_HISTORY_KEYS} metrics per request, got {len(names)}")
+    if start_step is not None and end_step is not None and end_step < start_step:
+        raise InvalidInput("end_step", "must not be below start_step")
+    series = await hub.store.history(
+        run.id, names, start_step=start_step, end_step=end_step, max_points=max_points
+    )
+    return JSON(
+        {
+            "run_id": run.id,
+            "max_points": max_points,
+            "series": {
+                s.key: {
+                    "step": [p.step for p in s.points],
+                    "value": [p.value for p in s.points],
+                    "ts": [p.ts for p in s.points],
+                    "total": s.total,
+                    "downsampled": s.downsampled,
+                }
+                for s in series
+            },
+        }
+    )
+
+
+# -- control --------------------------------------------------------------------------------------
+
+
+class ControlRequest(BaseModel):
+    run_id: str | None = Field(None, description="default: the most recently active run")
+    action: str = Field(..., description="pause | resume | stop | checkpoint | set_lr")
+    value: float | None = Field(None, description="the new learning rate, for set_lr")
+
+
+@router.post(
+    "/api/training/control",
+    tags=["control"],
+    status_code=202,
+    summary="Send pause, resume, stop, checkpoint or set_lr to a run; returns the command id",
+)
+async def control(request: Request, body: ControlRequest) -> Response:
+    require_write(request)
+    hub = hub_of(request)
+    run = await resolve_run(hub, body.run_id)
+    client = request.client.host if request.client else "unknown"
+    event = await hub.request_control(run.id, body.action, body.value, requested_by=f"http:{client}")
+    return JSON(
+        {
+            "command_id": event.id,
+            "run_id": run.id,
+            "action": body.action,
+            "value": body.value,
+            "status": "requested",
+        },
+        status_code=202,
+    )

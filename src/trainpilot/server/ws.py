@@ -1,0 +1,154 @@
+"""WS /api/ws: one socket to subscribe (with a cursor), ingest, control and ping.
+
+Messages are JSON objects with an ``op``; replies echo the client's ``ref``. Errors are messages
+(``{"op": "error", ...}``), never a dropped socket. Live events arrive as
+``{"op": "events", "events": [...]}`` written by the broker straight to the socket, several per
+message under load; a subscriber that falls behind gets ``{"op": "resync", "last_id": N}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from trainpilot.broker import Subscriber
+from trainpilot.exceptions import Conflict, InvalidInput, NotFound, StoreUnavailable
+from trainpilot.server.auth import check_write, presented_token
+from trainpilot.server.errors import HTTPError
+from trainpilot.server.hub import Hub
+from trainpilot.server.sse import parse_cursor, parse_filter
+from trainpilot.wire import check_run_id, decode_batch
+
+PATH = "/api/ws"
+
+
+def _as_list(value: Any, field: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise InvalidInput(field, "must be a string or a list of strings")
+
+
+class Connection:
+    def __init__(self, hub: Hub, scope: dict[str, Any], send: Any) -> None:
+        self.hub = hub
+        self.send = send
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        self.token = presented_token(scope["headers"], (query.get("token") or [None])[-1])
+        self.peer = f"ws:{scope['client'][0]}" if scope.get("client") else "ws:unknown"
+        self.sub: Subscriber | None = None
+        self.serving: asyncio.Task[None] | None = None
+
+    async def reply(self, message: dict[str, Any]) -> None:
+        await self.send({"type": "websocket.send", "text": orjson.dumps(message).decode()})
+
+    async def handle(self, raw: str | bytes) -> None:
+        ref = None
+        try:
+            try:
+                message = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise HTTPError(400, "bad_json", f"message is not JSON: {exc}") from None
+            if not isinstance(message, dict):
+                raise InvalidInput("message", "expected a JSON object with an 'op'")
+            ref = message.get("ref")
+            op = message.get("op")
+            handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
+            if handler is None:
+                raise InvalidInput("op", "must be one of subscribe, unsubscribe, ingest, control, ping")
+            reply = await handler(message)
+        except HTTPError as exc:
+            reply = {"op": "error", "error": {"code": exc.code, "message": exc.message}}
+        except InvalidInput as exc:
+            reply = {
+                "op": "error",
+                "error": {"code": "invalid_input", "message": str(exc), "field": exc.field},
+            }
+        except NotFound as exc:
+            reply = {"op": "error", "error": {"code": "not_found", "message": str(exc)}}
+        except Conflict as exc:
+            reply = {"op": "error", "error": {"code": "conflict", "message": str(exc)}}
+        except StoreUnavailable as exc:
+            reply = {"op": "error", "error": {"code": "store_unavailable", "message": str(exc)}}
+        if ref is not None:
+            reply["ref"] = ref
+        await self.reply(reply)
+
+    async def op_ping(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {"op": "pong", "head": self.hub.broker.head}
+
+    async def op_subscribe(self, message: dict[str, Any]) -> dict[str, Any]:
+        flt = parse_filter(
+            _as_list(message.get("run_id"), "run_id"),
+            _as_list(message.get("kinds"), "kinds"),
+            _as_list(message.get("keys"), "keys"),
+        )
+        after = parse_cursor(message.get("after"), "after")
+        await self.stop_serving("resubscribed")
+        cursor = self.hub.broker.head if after is None else after
+        self.sub = Subscriber(self.send, "ws", flt, cursor)
+        # The reply goes out before the first events: serving starts on the next loop turn.
+        self.serving = asyncio.create_task(self.hub.broker.serve(self.sub))
+        return {"op": "subscribed", "after": cursor}
+
+    async def op_unsubscribe(self, message: dict[str, Any]) -> dict[str, Any]:
+        await self.stop_serving("unsubscribed")
+        return {"op": "unsubscribed"}
+
+    async def op_ingest(self, message: dict[str, Any]) -> dict[str, Any]:
+        check_write(self.hub.settings.token, self.token)
+        run_id = message.get("run_id")
+        if not isinstance(run_id, str):
+            raise InvalidInput("run_id", "required: the run the events belong to")
+        events = decode_batch(check_run_id(run_id), message)
+        await self.hub.store.get_run(run_id)
+        result = await self.hub.ingest(events)
+        return {"op": "ingested", **result.as_dict()}
+
+    async def op_control(self, message: dict[str, Any]) -> dict[str, Any]:
+        check_write(self.hub.settings.token, self.token)
+        run_id = message.get("run_id")
+        if not isinstance(run_id, str):
+            raise InvalidInput("run_id", "required: the run to control")
+        action = message.get("action")
+        event = await self.hub.request_control(
+            run_id, str(action), message.get("value"), requested_by=self.peer
+        )
+        return {
+            "op": "control",
+            "command_id": event.id,
+            "run_id": run_id,
+            "action": action,
+            "status": "requested",
+        }
+
+    async def stop_serving(self, reason: str) -> None:
+        if self.sub is not None:
+            self.sub.finish(reason)
+        if self.serving is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.serving
+        self.sub = self.serving = None
+
+
+async def websocket(hub: Hub, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if (await receive())["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    conn = Connection(hub, scope, send)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            raw = message.get("text")
+            await conn.handle(raw if raw is not None else message.get("bytes") or b"")
+    finally:
+        await conn.stop_serving("disconnected")

@@ -1,0 +1,113 @@
+"""The Store seam: runs and events, durable, with a global strictly increasing event id.
+
+Backends are picked by URL and imported lazily (STYLE.md): ``sqlite:///path/to/db`` (the embedded
+default) and ``memory://`` (tests, throw-away servers). The id a store assigns is the SSE ``id:`` and
+the WebSocket cursor, so ids must become visible in id order: one writer per SQLite store.
+
+`on_commit` is how live fan-out learns of new events: the store calls it on the event loop, once per
+committed batch, in commit (= id) order, before `append` returns to its caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from trainpilot.events import Event, NewEvent, Point, Run
+from trainpilot.exceptions import ConfigError
+
+CommitListener = Callable[[list[Event]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """A metric's points in a step range, possibly downsampled; `total` counts the points in range."""
+
+    key: str
+    points: list[Point]
+    total: int
+
+    @property
+    def downsampled(self) -> bool:
+        return len(self.points) < self.total
+
+
+class Store(Protocol):
+    on_commit: CommitListener | None
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create_run(
+        self, run_id: str, project: str, name: str, config: dict[str, Any]
+    ) -> tuple[Run, bool]:
+        """Create the run, or return the existing one with this id; the flag says whether it was new."""
+        ...
+
+    async def get_run(self, run_id: str) -> Run:
+        """The run, or `NotFound`."""
+        ...
+
+    async def list_runs(
+        self, *, project: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[Run]:
+        """Runs, most recently active first."""
+        ...
+
+    async def append(self, events: Sequence[NewEvent]) -> list[Event]:
+        """Store a batch atomically; return only the events that were new (duplicate seqs are skipped)."""
+        ...
+
+    async def read(
+        self,
+        after: int,
+        *,
+        run_id: str | None = None,
+        kinds: frozenset[str] | None = None,
+        limit: int = 1000,
+    ) -> list[Event]:
+        """Events with id > `after` in id order: the replay path of SSE and WebSocket subscribers."""
+        ...
+
+    async def current(self, run_id: str) -> dict[str, Point]:
+        """The latest value of every metric of the run."""
+        ...
+
+    async def history(
+        self,
+        run_id: str,
+        keys: Sequence[str],
+        *,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        max_points: int = 1000,
+    ) -> list[Series]:
+        """Each key's series, downsampled to at most `max_points` keeping spikes and the latest point."""
+        ...
+
+    async def metric_keys(self, run_id: str) -> list[str]: ...
+
+    async def last_id(self) -> int: ...
+
+    async def health(self) -> dict[str, Any]: ...
+
+
+def open_store(url: str) -> Store:
+    """The store backend for a URL: ``sqlite:///path``, ``memory://``."""
+    scheme = url.split(":", 1)[0]
+    if scheme == "sqlite":
+        from trainpilot.store.sqlite import SQLiteStore
+
+        path = url.removeprefix("sqlite:///")
+        if path == url or not path:
+            raise ConfigError(
+                f"expected sqlite:///relative/file.db or sqlite:////absolute/file.db, got {url!r}"
+            )
+        return SQLiteStore(path)
+    if scheme == "memory":
+        from trainpilot.store.memory import MemoryStore
+
+        return MemoryStore()
+    raise ConfigError(f"unknown store {url!r}: use sqlite:///path/to/file.db or memory://")

@@ -1,0 +1,437 @@
+"""The embedded SQLite store: WAL, one writer thread, group commit, a narrow points table.
+
+Writes from every request go through one queue to one writer thread, which drains whatever has
+queued and commits it as one transaction (group commit: one fsync-free commit covers many batches
+under load, a single batch costs one commit at low rate). One writer makes ids visible in id order.
+Readers use their own connections (WAL lets them run beside the writer) on worker threads.
+
+Metric values also go to ``points`` (clustered by metric, then step) so a history read touches only
+that metric's rows, and to ``latest`` so "current metrics" is one indexed read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from trainpilot.downsample import bucket_width
+from trainpilot.events import Event, NewEvent, Point, Run
+from trainpilot.exceptions import NotFound, StoreUnavailable
+from trainpilot.store import CommitListener, Series
+from trainpilot.store.rules import apply_to_run
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs(
+    id TEXT PRIMARY KEY, project TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL,
+    config BLOB NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    last_step INTEGER, last_event_id INTEGER);
+CREATE TABLE IF NOT EXISTS events(
+    id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, seq INTEGER, kind TEXT NOT NULL,
+    ts REAL NOT NULL, step INTEGER, data BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS events_run_seq ON events(run_id, seq) WHERE seq IS NOT NULL;
+CREATE TABLE IF NOT EXISTS metric_keys(
+    id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, name TEXT NOT NULL, UNIQUE(run_id, name));
+CREATE TABLE IF NOT EXISTS points(
+    key_id INTEGER NOT NULL, step INTEGER NOT NULL, event_id INTEGER NOT NULL,
+    value REAL NOT NULL, ts REAL NOT NULL, PRIMARY KEY(key_id, step, event_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latest(
+    key_id INTEGER PRIMARY KEY, step INTEGER NOT NULL, event_id INTEGER NOT NULL,
+    value REAL NOT NULL, ts REAL NOT NULL);
+"""
+STEP_MIN, STEP_MAX = -(2**63), 2**63 - 1
+RUN_COLUMNS = "id, project, name, status, config, created_at, updated_at, last_step, last_event_id"
+
+Job = tuple[str, Any, "asyncio.Future[Any]"]
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def _run_from_row(row: tuple[Any, ...]) -> Run:
+    return Run(row[0], row[1], row[2], row[3], orjson.loads(row[4]), row[5], row[6], row[7], row[8])
+
+
+class SQLiteStore:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.on_commit: CommitListener | None = None
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._local = threading.local()
+        self._writer: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Owned by the writer thread once it runs.
+        self._next_id = 1
+        self._runs: dict[str, Run] = {}
+        self._max_seq: dict[str, int] = {}
+        self._key_ids: dict[tuple[str, str], int] = {}
+        self._last_error: str | None = None
+        self._stale = False
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        conn = _connect(self.path)
+        conn.executescript(SCHEMA)
+        self._load_state(conn)
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(conn,), name="trainpilot-sqlite-writer", daemon=True
+        )
+        self._writer.start()
+
+    def _load_state(self, conn: sqlite3.Connection) -> None:
+        """The writer's caches, from the database: at open and after a failed transaction."""
+        self._next_id = (conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0) + 1
+        self._runs = {r[0]: _run_from_row(r) for r in conn.execute(f"SELECT {RUN_COLUMNS} FROM runs")}
+        self._max_seq = {}
+        self._key_ids = {}
+        self._stale = False
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+
+    # -- writes: one thread, group commit -------------------------------------------------------
+
+    async def _submit(self, op: str, arg: Any) -> Any:
+        if self._writer is None:
+            raise RuntimeError("SQLiteStore is not open: await store.open() first")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._jobs.put((op, arg, fut))
+        return await fut
+
+    async def create_run(
+        self, run_id: str, project: str, name: str, config: dict[str, Any]
+    ) -> tuple[Run, bool]:
+        result: tuple[Run, bool] = await self._submit("create", (run_id, project, name, config))
+        return result
+
+    async def append(self, events: Sequence[NewEvent]) -> list[Event]:
+        if not events:
+            return []
+        stored: list[Event] = await self._submit("append", events)
+        return stored
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        while True:
+            job = self._jobs.get()
+            jobs: list[Job] = []
+            stop = job is None
+            if job is not None:
+                jobs.append(job)
+            while not stop:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                else:
+                    jobs.append(more)
+            if jobs:
+                self._write(conn, jobs)
+            if stop:
+                conn.close()
+                return
+
+    def _write(self, conn: sqlite3.Connection, jobs: list[Job]) -> None:
+        """One transaction for every queued job; results reach the loop in one callback."""
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        committed: list[Event] = []
+        try:
+            if self._stale:
+                self._load_state(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            for op, arg, fut in jobs:
+                try:
+                    if op == "create":
+                        results.append((fut, self._create(conn, *arg), None))
+                    else:
+                        stored = self._append(conn, arg)
+                        committed.extend(stored)
+                        results.append((fut, stored, None))
+                except NotFound as exc:
+                    results.append((fut, None, exc))
+            self._flush_runs(conn, committed)
+            conn.execute("COMMIT")
+            self._last_error = None
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            error = StoreUnavailable(f"the store could not write: {exc}")
+            results = [(fut, None, error) for _, _, fut in jobs]
+            committed = []
+            self._stale = True
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, committed, results)
+
+    def _deliver(
+        self, committed: list[Event], results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+    ) -> None:
+        if committed and self.on_commit is not None:
+            self.on_commit(committed)
+        for fut, value, exc in results:
+            if fut.done():
+                continue
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
+
+    def _create(
+        self, conn: sqlite3.Connection, run_id: str, project: str, name: str, config: dict[str, Any]
+    ) -> tuple[Run, bool]:
+        if run_id in self._runs:
+            return self._runs[run_id], False
+        now = time.time()
+        run = Run(run_id, project, name, "created", config, now, now)
+        conn.execute(
+            f"INSERT INTO runs({RUN_COLUMNS}) VALUES(?,?,?,?,?,?,?,?,?)",
+            (run.id, run.project, run.name, run.status, orjson.dumps(config), now, now, None, None),
+        )
+        self._runs[run_id] = run
+        return run, True
+
+    def _append(self, conn: sqlite3.Connection, events: Sequence[NewEvent]) -> list[Event]:
+        for e in events:
+            if e.run_id not in self._runs:
+                raise NotFound(f"no run {e.run_id!r}")
+        fresh = self._drop_duplicates(conn, events)
+        stored: list[Event] = []
+        event_rows = []
+        point_rows = []
+        latest: dict[int, tuple[int, int, int, float, float]] = {}
+        next_id = self._next_id
+        for e in fresh:
+            event = Event(next_id, e.run_id, e.seq, e.kind, e.ts, e.step, e.data)
+            stored.append(event)
+            event_rows.append((next_id, e.run_id, e.seq, e.kind, e.ts, e.step, orjson.dumps(e.data)))
+            if e.kind == "metrics" and e.step is not None:
+                for key, value in e.data.items():
+                    if value is None:
+                        continue
+                    key_id = self._key_ids.get((e.run_id, key)) or self._key_id(conn, e.run_id, key)
+                    point_rows.append((key_id, e.step, next_id, value, e.ts))
+                    latest[key_id] = (key_id, e.step, next_id, value, e.ts)
+            next_id += 1
+        conn.executemany("INSERT INTO events VALUES(?,?,?,?,?,?,?)", event_rows)
+        if point_rows:
+            conn.executemany("INSERT INTO points VALUES(?,?,?,?,?)", point_rows)
+            conn.executemany(
+                "INSERT INTO latest VALUES(?,?,?,?,?) ON CONFLICT(key_id) DO UPDATE SET "
+                "step=excluded.step, event_id=excluded.event_id, value=excluded.value, ts=excluded.ts",
+                latest.values(),
+            )
+        self._next_id = next_id
+        return stored
+
+    def _drop_duplicates(self, conn: sqlite3.Connection, events: Sequence[NewEvent]) -> list[NewEvent]:
+        """Skip events whose (run, seq) is stored or earlier in the batch; cheap when seqs only grow."""
+        by_run: dict[str, list[int]] = {}
+        for e in events:
+            if e.seq is not None:
+                by_run.setdefault(e.run_id, []).append(e.seq)
+        seen: dict[str, set[int]] = {}
+        for run_id, seqs in by_run.items():
+            if run_id not in self._max_seq:
+                row = conn.execute("SELECT max(seq) FROM events WHERE run_id=?", (run_id,)).fetchone()
+                self._max_seq[run_id] = -1 if row[0] is None else row[0]
+            low, high = min(seqs), max(seqs)
+            if low <= self._max_seq[run_id]:
+                rows = conn.execute(
+                    "SELECT seq FROM events WHERE run_id=? AND seq BETWEEN ? AND ?", (run_id, low, high)
+                )
+                seen[run_id] = {r[0] for r in rows}
+            else:
+                seen[run_id] = set()
+            self._max_seq[run_id] = max(self._max_seq[run_id], high)
+        fresh = []
+        for e in events:
+            if e.seq is not None:
+                run_seen = seen[e.run_id]
+                if e.seq in run_seen:
+                    continue
+                run_seen.add(e.seq)
+            fresh.append(e)
+        return fresh
+
+    def _key_id(self, conn: sqlite3.Connection, run_id: str, key: str) -> int:
+        conn.execute("INSERT OR IGNORE INTO metric_keys(run_id, name) VALUES(?,?)", (run_id, key))
+        key_id: int = conn.execute(
+            "SELECT id FROM metric_keys WHERE run_id=? AND name=?", (run_id, key)
+        ).fetchone()[0]
+        self._key_ids[(run_id, key)] = key_id
+        return key_id
+
+    def _flush_runs(self, conn: sqlite3.Connection, events: list[Event]) -> None:
+        touched: dict[str, Run] = {}
+        for event in events:
+            run = touched.get(event.run_id) or self._runs[event.run_id]
+            touched[event.run_id] = apply_to_run(run, event)
+        for run in touched.values():
+            conn.execute(
+                "UPDATE runs SET status=?, updated_at=?, last_step=?, last_event_id=? WHERE id=?",
+                (run.status, run.updated_at, run.last_step, run.last_event_id, run.id),
+            )
+            self._runs[run.id] = run
+
+    # -- reads: own connection per worker thread ------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+        return conn
+
+    async def get_run(self, run_id: str) -> Run:
+        return await asyncio.to_thread(self._get_run, run_id)
+
+    def _get_run(self, run_id: str) -> Run:
+        row = self._reader().execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no run {run_id!r}")
+        return _run_from_row(row)
+
+    async def list_runs(
+        self, *, project: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[Run]:
+        def query() -> list[Run]:
+            sql = (
+                f"SELECT {RUN_COLUMNS} FROM runs "
+                "WHERE (?1 IS NULL OR project=?1) AND (?2 IS NULL OR status=?2)"
+            )
+            rows = self._reader().execute(
+                sql + " ORDER BY updated_at DESC, id LIMIT ?3", (project, status, limit)
+            )
+            return [_run_from_row(r) for r in rows]
+
+        return await asyncio.to_thread(query)
+
+    async def read(
+        self,
+        after: int,
+        *,
+        run_id: str | None = None,
+        kinds: frozenset[str] | None = None,
+        limit: int = 1000,
+    ) -> list[Event]:
+        def query() -> list[Event]:
+            sql = "SELECT id, run_id, seq, kind, ts, step, data FROM events WHERE id > ?"
+            args: list[Any] = [after]
+            if run_id is not None:
+                sql += " AND run_id = ?"
+                args.append(run_id)
+            if kinds is not None:
+                sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+                args.extend(sorted(kinds))
+            rows = self._reader().execute(sql + " ORDER BY id LIMIT ?", (*args, limit))
+            return [Event(r[0], r[1], r[2], r[3], r[4], r[5], orjson.loads(r[6])) for r in rows]
+
+        return await asyncio.to_thread(query)
+
+    async def current(self, run_id: str) -> dict[str, Point]:
+        def query() -> dict[str, Point]:
+            self._get_run(run_id)
+            rows = self._reader().execute(
+                "SELECT k.name, l.step, l.value, l.ts, l.event_id FROM latest l "
+                "JOIN metric_keys k ON k.id = l.key_id WHERE k.run_id = ? ORDER BY k.name",
+                (run_id,),
+            )
+            return {r[0]: Point(r[1], r[2], r[3], r[4]) for r in rows}
+
+        return await asyncio.to_thread(query)
+
+    async def metric_keys(self, run_id: str) -> list[str]:
+        def query() -> list[str]:
+            self._get_run(run_id)
+            rows = self._reader().execute(
+                "SELECT name FROM metric_keys WHERE run_id=? ORDER BY name", (run_id,)
+            )
+            return [r[0] for r in rows]
+
+        return await asyncio.to_thread(query)
+
+    async def history(
+        self,
+        run_id: str,
+        keys: Sequence[str],
+        *,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        max_points: int = 1000,
+    ) -> list[Series]:
+        lo = STEP_MIN if start_step is None else start_step
+        hi = STEP_MAX if end_step is None else end_step
+
+        def query() -> list[Series]:
+            self._get_run(run_id)
+            return [self._series(run_id, key, lo, hi, max_points) for key in keys]
+
+        return await asyncio.to_thread(query)
+
+    def _series(self, run_id: str, key: str, lo: int, hi: int, max_points: int) -> Series:
+        conn = self._reader()
+        row = conn.execute("SELECT id FROM metric_keys WHERE run_id=? AND name=?", (run_id, key)).fetchone()
+        if row is None:
+            return Series(key, [], 0)
+        key_id = row[0]
+        where = "FROM points WHERE key_id=? AND step BETWEEN ? AND ?"
+        total, first, last = conn.execute(
+            f"SELECT count(*), min(step), max(step) {where}", (key_id, lo, hi)
+        ).fetchone()
+        if total <= max_points:
+            rows = conn.execute(
+                f"SELECT step, value, ts, event_id {where} ORDER BY step, event_id", (key_id, lo, hi)
+            )
+            return Series(key, [Point(*r) for r in rows], total)
+        width = bucket_width(first, last, max_points)
+        # SQLite fills bare columns from the row that holds the min() / max(): the extreme points.
+        buckets: dict[int, list[Point]] = {}
+        for agg in ("min", "max"):
+            rows = conn.execute(
+                f"SELECT (step - ?) / ? AS b, {agg}(value), step, ts, event_id {where} GROUP BY b",
+                (first, width, key_id, lo, hi),
+            )
+            for b, value, step, ts, event_id in rows:
+                point = Point(step, value, ts, event_id)
+                extremes = buckets.setdefault(b, [])
+                if not extremes or extremes[0].event_id != event_id:
+                    extremes.append(point)
+        points = [p for b in sorted(buckets) for p in sorted(buckets[b], key=lambda p: (p.step, p.event_id))]
+        newest = conn.execute(
+            f"SELECT step, value, ts, event_id {where} ORDER BY step DESC, event_id DESC LIMIT 1",
+            (key_id, lo, hi),
+        ).fetchone()
+        if points[-1].event_id != newest[3]:
+            points.append(Point(*newest))
+        return Series(key, points, total)
+
+    async def last_id(self) -> int:
+        def query() -> int:
+            return int(self._reader().execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+
+        return await asyncio.to_thread(query)
+
+    async def health(self) -> dict[str, Any]:
+        ok = self._writer is not None and self._writer.is_alive() and self._last_error is None
+        return {"ok": ok, "backend": "sqlite", "path": os.path.abspath(self.path), "error": self._last_error}

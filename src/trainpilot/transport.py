@@ -1,0 +1,110 @@
+"""How the SDK's batches reach a server: over HTTP, or straight into an in-process server.
+
+One seam (httpx's idea): `create_run` and `send` either succeed or raise `TransportError`, whose
+`retryable` says whether the sender should spool and try again (server away, 5xx, unknown run)
+or give the batch up (the server refused it as invalid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from trainpilot.exceptions import InvalidInput, NotFound, StoreUnavailable, TransportError
+
+if TYPE_CHECKING:
+    import httpx
+
+    from trainpilot.server.runner import ServerThread
+
+
+class Transport(Protocol):
+    url: str
+
+    def create_run(self, spec: dict[str, Any]) -> dict[str, Any]: ...
+
+    def send(self, run_id: str, events: list[dict[str, Any]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class HttpTransport:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        self._httpx = httpx
+        self._client = httpx.Client(
+            base_url=self.url, headers=auth_headers(token), timeout=httpx.Timeout(timeout, connect=2.0)
+        )
+
+    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        try:
+            response = self._client.post(
+                path, content=orjson.dumps(body), headers={"content-type": "application/json"}
+            )
+        except self._httpx.HTTPError as exc:
+            raise TransportError(f"{self.url} unreachable: {exc}") from exc
+        if response.status_code < 400:
+            return response
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        retryable = response.status_code >= 500 or response.status_code in (404, 408, 429)
+        raise TransportError(f"{path}: HTTP {response.status_code}: {message}", retryable=retryable)
+
+    def create_run(self, spec: dict[str, Any]) -> dict[str, Any]:
+        run: dict[str, Any] = self._post("/api/runs", spec).json()
+        return run
+
+    def send(self, run_id: str, events: list[dict[str, Any]]) -> None:
+        self._post(f"/api/runs/{run_id}/events", {"events": events})
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class EmbeddedTransport:
+    """Batches go to the in-process server's Hub on its loop: no HTTP, no JSON round trip."""
+
+    def __init__(self, server: ServerThread) -> None:
+        self.server = server
+        self.url = server.url
+
+    def _call(self, coro: Any) -> Any:
+        loop = self.server.loop
+        if loop is None or loop.is_closed():
+            coro.close()
+            raise TransportError("the embedded server is not running")
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
+        except InvalidInput as exc:
+            raise TransportError(str(exc), retryable=False) from exc
+        except (NotFound, StoreUnavailable, TimeoutError) as exc:
+            raise TransportError(str(exc)) from exc
+
+    def create_run(self, spec: dict[str, Any]) -> dict[str, Any]:
+        run, _ = self._call(
+            self.server.hub.create_run(spec["id"], spec["project"], spec["name"], spec["config"])
+        )
+        return {"id": run.id, "last_event_id": run.last_event_id}
+
+    def send(self, run_id: str, events: list[dict[str, Any]]) -> None:
+        from trainpilot.wire import decode_batch
+
+        async def ingest() -> None:
+            hub = self.server.hub
+            await hub.store.get_run(run_id)
+            await hub.ingest(decode_batch(run_id, events))
+
+        self._call(ingest())
+
+    def close(self) -> None:
+        return None
