@@ -110,6 +110,8 @@ async def resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
             if waiting is None:
                 await asyncio.sleep(0)
             else:
+                # A Task clears this flag when it takes the future over; we are taking it over.
+                waiting._asyncio_future_blocking = False
                 await waiting
         except BaseException as exc:
             try:

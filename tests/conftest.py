@@ -1,0 +1,139 @@
+"""Shared fixtures: a real trainpilot server in its own process, on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from trainpilot.sse_client import ServerEvent, parse
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class LiveServer:
+    """`trainpilot serve` as a child process; stop it gently or kill -9 it, then start it again."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.env = {**os.environ, **{f"TRAINPILOT_{k.upper()}": v for k, v in env.items()}}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> LiveServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "trainpilot.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--log-level",
+            "warning",
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/api/system/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not start in {timeout}s: {self.log.read_text()}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGINT)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LiveServer]:
+    live = LiveServer(tmp_path / "server-data").start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server for tests that only add their own runs and never restart it."""
+    live = LiveServer(tmp_path_factory.mktemp("shared") / "data").start()
+    yield live
+    live.stop()
+
+
+def sse_events(
+    url: str,
+    params: dict[str, str] | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    count: int,
+    timeout: float = 10.0,
+) -> list[ServerEvent]:
+    """The first `count` events (heartbeats skipped) of an SSE stream."""
+    out: list[ServerEvent] = []
+    with httpx.stream(
+        "GET", url + "/api/stream/metrics", params=params, headers=headers, timeout=httpx.Timeout(timeout)
+    ) as response:
+        assert response.status_code == 200, response.read()
+        for event in parse(response.iter_lines()):
+            out.append(event)
+            if len(out) >= count:
+                break
+    return out
+
+
+def create_run(client: httpx.Client, run_id: str, project: str = "tests") -> dict[str, object]:
+    response = client.post("/api/runs", json={"id": run_id, "project": project})
+    assert response.status_code in (200, 201), response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def metrics_batch(start: int, count: int, seq_start: int | None = None) -> dict[str, object]:
+    """`count` metrics events for steps start.., with seqs from `seq_start` (default: the step)."""
+    first = start if seq_start is None else seq_start
+    return {
+        "events": [
+            {
+                "seq": first + i,
+                "step": start + i,
+                "data": {"train/loss": 1.0 / (start + i + 1), "train/acc": (start + i) / 1000},
+            }
+            for i in range(count)
+        ]
+    }

@@ -1,0 +1,179 @@
+"""The SSE stream against a real server: delivery, resume, filters, heartbeats, slow subscribers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, create_run, metrics_batch, sse_events
+from trainpilot.sse_client import ServerEvent, parse
+
+
+def collect_in_background(
+    url: str, params: dict[str, str], count: int
+) -> tuple[threading.Thread, list[ServerEvent]]:
+    received: list[ServerEvent] = []
+
+    def read() -> None:
+        received.extend(sse_events(url, params, count=count, timeout=20))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, received
+
+
+def wait_for_subscribers(client: httpx.Client, count: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/api/system/info").json()["connections"]["sse"] >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} SSE subscribers connected")
+
+
+def test_live_events_are_named_by_kind_with_the_event_id(shared_server: LiveServer) -> None:
+    with shared_server.client() as client:
+        create_run(client, "sse-live")
+        thread, received = collect_in_background(shared_server.url, {"run_id": "sse-live"}, count=3)
+        wait_for_subscribers(client, 1)
+        client.post("/api/runs/sse-live/events", json=metrics_batch(0, 2))
+        client.post("/api/runs/sse-live/events", json={"events": [{"kind": "log", "data": {"text": "hi"}}]})
+        thread.join(10)
+    assert [e.name for e in received] == ["metrics", "metrics", "log"]
+    assert all(isinstance(e.data, dict) and e.id == e.data["id"] for e in received)
+    assert [e.data["step"] for e in received[:2]] == [0, 1]  # type: ignore[index]
+
+
+def test_resume_after_last_event_id_has_no_gap_and_no_duplicate(shared_server: LiveServer) -> None:
+    with shared_server.client() as client:
+        create_run(client, "sse-resume")
+        client.post("/api/runs/sse-resume/events", json=metrics_batch(0, 100))
+        params = {"run_id": "sse-resume", "kinds": "metrics"}
+        first = sse_events(shared_server.url, {**params, "after": "0"}, count=40)
+        client.post("/api/runs/sse-resume/events", json=metrics_batch(100, 100))
+        # The header wins over ?after= (a browser reconnects with the header and the original URL).
+        rest = sse_events(
+            shared_server.url,
+            {**params, "after": "0"},
+            headers={"Last-Event-ID": str(first[-1].id)},
+            count=160,
+        )
+    steps = [e.data["step"] for e in first + rest]  # type: ignore[index]
+    assert steps == list(range(200))
+    ids = [e.id for e in first + rest]
+    assert ids == sorted(ids) and len(set(ids)) == 200
+
+
+def test_two_subscribers_with_different_filters_each_get_their_own(shared_server: LiveServer) -> None:
+    with shared_server.client() as client:
+        create_run(client, "sse-f1")
+        create_run(client, "sse-f2")
+        t1, only_run1 = collect_in_background(shared_server.url, {"run_id": "sse-f1"}, count=5)
+        t2, only_loss = collect_in_background(
+            shared_server.url, {"kinds": "metrics", "keys": "train/loss", "run_id": "sse-f1,sse-f2"}, count=10
+        )
+        wait_for_subscribers(client, 2)
+        client.post("/api/runs/sse-f2/events", json=metrics_batch(0, 5))
+        client.post("/api/runs/sse-f1/events", json=metrics_batch(0, 5))
+        t1.join(10)
+        t2.join(10)
+    assert {e.data["run_id"] for e in only_run1} == {"sse-f1"} and len(only_run1) == 5  # type: ignore[index]
+    assert len(only_loss) == 10
+    assert all(set(e.data["data"]) == {"train/loss"} for e in only_loss)  # type: ignore[index]
+
+
+def test_bad_parameters_get_a_json_400_naming_the_field(shared_server: LiveServer) -> None:
+    for params, field in (({"kinds": "gossip"}, "kinds"), ({"after": "abc"}, "after")):
+        response = httpx.get(shared_server.url + "/api/stream/metrics", params=params)
+        assert response.status_code == 400
+        assert response.json()["error"]["field"] == field
+    response = httpx.get(shared_server.url + "/api/stream/metrics", headers={"Last-Event-ID": "x"})
+    assert response.status_code == 400 and response.json()["error"]["field"] == "Last-Event-ID"
+    assert httpx.post(shared_server.url + "/api/stream/metrics").status_code == 405
+
+
+def test_idle_streams_get_heartbeats(tmp_path: Path) -> None:
+    live = LiveServer(tmp_path / "d", heartbeat_s="0.2").start()
+    try:
+        with httpx.stream("GET", live.url + "/api/stream/metrics", timeout=5) as response:
+            lines = []
+            for line in response.iter_lines():
+                lines.append(line)
+                if line == ": keepalive":
+                    break
+        assert ": keepalive" in lines
+    finally:
+        live.stop()
+
+
+def test_a_stalled_subscriber_is_cut_off_with_resync_while_a_healthy_one_gets_everything(
+    tmp_path: Path,
+) -> None:
+    live = LiveServer(tmp_path / "d", ring_size="64").start()
+    try:
+        with live.client() as client:
+            create_run(client, "slow")
+            stalled = socket.socket()
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.connect(("127.0.0.1", live.port))
+            stalled.sendall(b"GET /api/stream/metrics?run_id=slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            stalled.recv(256)  # the response head; then it stops reading
+            total = 600
+            healthy_thread, healthy = collect_in_background(live.url, {"run_id": "slow"}, count=total)
+            wait_for_subscribers(client, 2)
+            wide = {f"layer{k:03d}/grad_norm/some/long/name": float(k) for k in range(150)}
+            for start in range(0, total, 20):
+                batch = {"events": [{"seq": start + i, "step": start + i, "data": wide} for i in range(20)]}
+                assert client.post("/api/runs/slow/events", json=batch).status_code == 200
+            healthy_thread.join(30)
+            assert [e.data["step"] for e in healthy] == list(range(total))  # type: ignore[index]
+
+            stalled.settimeout(10)
+            received = b""
+            while chunk := stalled.recv(1 << 16):
+                received += chunk
+                if b"event: resync" in received and received.endswith(b"0\r\n\r\n"):
+                    break
+            stalled.close()
+            assert b"event: resync" in received
+            assert info_counter(client, "trainpilot_broker_resyncs_total") >= 1
+    finally:
+        live.stop()
+
+
+def info_counter(client: httpx.Client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+@pytest.mark.parametrize("subscribers", [50])
+def test_many_subscribers_all_receive_every_event_in_order(
+    shared_server: LiveServer, subscribers: int
+) -> None:
+    with shared_server.client() as client:
+        create_run(client, "sse-many")
+        readers = [
+            collect_in_background(shared_server.url, {"run_id": "sse-many"}, count=30)
+            for _ in range(subscribers)
+        ]
+        wait_for_subscribers(client, subscribers)
+        for start in range(0, 30, 3):
+            client.post("/api/runs/sse-many/events", json=metrics_batch(start, 3))
+        for thread, _ in readers:
+            thread.join(20)
+    for _, received in readers:
+        assert [e.data["step"] for e in received] == list(range(30))  # type: ignore[index]
+
+
+def test_parse_handles_multiline_data_and_comments() -> None:
+    lines = iter([": hi", "id: 7", "event: log", "data: line1", "data: line2", "", 'data: {"a": 1}', ""])
+    events = list(parse(lines))
+    assert events[0].id == 7 and events[0].name == "log" and events[0].data == "line1\nline2"
+    assert events[1].data == {"a": 1} and events[1].name == "message"

@@ -1,0 +1,215 @@
+"""The Store contract, run against every backend (memory, SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from trainpilot.events import Event, NewEvent
+from trainpilot.exceptions import NotFound
+from trainpilot.store import Store, open_store
+
+
+def metrics(run_id: str, step: int, seq: int | None, **values: float | None) -> NewEvent:
+    return NewEvent(run_id, "metrics", dict(values), seq=seq, ts=1000.0 + step, step=step)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/store.db"
+    return lambda: open_store(url)
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def opened(make_store: Callable[[], Store]) -> Store:
+    s = make_store()
+    await s.open()
+    return s
+
+
+def test_ids_are_global_and_strictly_increasing(make_store: Callable[[], Store]) -> None:
+    async def body() -> None:
+        s = await opened(make_store)
+        await s.create_run("a", "p", "a", {})
+        await s.create_run("b", "p", "b", {})
+        first = await s.append([metrics("a", 0, 0, loss=1.0), metrics("b", 0, 0, loss=2.0)])
+        second = await s.append([metrics("a", 1, 1, loss=0.5)])
+        ids = [e.id for e in first + second]
+        assert ids == sorted(ids) and len(set(ids)) == 3
+        assert await s.last_id() == ids[-1]
+        await s.close()
+
+    run(body())
+
+
+def test_append_is_idempotent_on_run_and_seq(make_store: Callable[[], Store]) -> None:
+    async def body() -> None:
+        s = await opened(make_store)
+        await s.create_run("a", "p", "a", {})
+        batch = [metrics("a", i, i, loss=float(i)) for i in range(5)]
+        assert len(await s.append(batch)) == 5
+        assert await s.append(batch) == []
+        # An overlapping, out-of-order batch stores only what is new, and duplicates within it once.
+        mixed = [metrics("a", 7, 7, loss=7.0), metrics("a", 2, 2, loss=2.0), metrics("a", 7, 7, loss=7.0)]
+        stored = await s.append(mixed)
+        assert [e.seq for e in stored] == [7]
+        series = (await s.history("a", ["loss"]))[0]
+        assert [p.step for p in series.points] == [0, 1, 2, 3, 4, 7]
+        # The same seq in another run is a different event.
+        await s.create_run("b", "p", "b", {})
+        assert len(await s.append([metrics("b", 0, 0, loss=1.0)])) == 1
+        await s.close()
+
+    run(body())
+
+
+def test_events_without_seq_are_never_deduplicated(make_store: Callable[[], Store]) -> None:
+    async def body() -> None:
+        s = await opened(make_store)
+        await s.create_run("a", "p", "a", {})
+        event = NewEvent("a", "log", {"text": "hello"}, ts=1.0)
+        assert len(await s.append([event, event])) == 2
+        await s.close()
+
+    run(body())
+
+
+def test_append_to_unknown_run_is_refused_and_stores_nothing(make_store: Callable[[], Store]) -> None:
+    async def body() -> None:
+        s = await opened(make_store)
+        await s.create_run("a", "p", "a", {})
+        with pytest.raises(NotFound):
+            await s.append([metrics("a", 0, 0, loss=1.0), metrics("ghost", 0, 0, loss=1.0)])
+        assert await s.read(0) == []
+        await s.close()
+
+    run(body())
+
+
+def test_read_filters_by_run_and_kind_in_id_order(make_store: Callable[[], Store]) -> None:
+    async def body() -> None:
+        s = await opened(make_store)
+        for rid in ("a", "b"):
+            await s.create_run(rid, "p", rid, {})
+        await s.append(
+            [
+                metrics("a", 0, 0, loss=1.0),
+                NewEvent("b", "status", {"status": "running"}, ts=1.0),
+                metrics("b", 0, 0, loss=2.0),
+                NewEvent("a", "log", {"text": "x"}, ts=2.0),
+            ]
+        )
+        everything = await s.read(0)
+        assert [e.id for e in everything] == sorted(e.id for e in everything)
+        only_b = await s.read(0, run_id="b")
+        assert {e.run_id for e in only_b} == {"b"} and len(only_b) == 2
+        only_metrics = await s.read(0, kinds=frozenset({"metrics"}))
+        assert [e.run_id for e in only_metrics] == ["a", "b"]
+        after_first = await s.read(everything[0].id, limit=2)
+        assert [e.id for e in after_first] == [e.id for e in everything[1:3]]
+        await s.close()
+
+    run(body())
+
+
+def test_status_events_move_the_run_and_runs_list_most_recent_first(make_store: Callable[[], Store]) -> None:
+    async def body() -> None:
+        s = await opened(make_store)
+        run_a, created = await s.create_run("a", "p", "A", {"lr": 0.1})
+        assert created and run_a.status == "created" and run_a.config == {"lr": 0.1}
+        again, created = await s.create_run("a", "other", "other", {})
+        assert not created and again.project == "p"
+        await s.create_run("b", "q", "B", {})
+        await s.append([NewEvent("a", "status", {"status": "running"}, ts=5e9), metrics("a", 3, 1, loss=1.0)])
+        got = await s.get_run("a")
+        assert got.status == "running" and got.last_step == 3
+        assert [r.id for r in await s.list_runs()] == ["a", "b"]
+        assert [r.id for r in await s.list_runs(project="q")] == ["b"]
+        assert [r.id for r in await s.list_runs(status="running")] == ["a"]
+        with pytest.raises(NotFound):
+            await s.get_run("ghost")
+        await s.close()
+
+    run(body())
+
+
+def test_current_is_the_latest_value_of_every_metric(make_store: Callable[[], Store]) -> None:
+    async def body() -> None:
+        s = await opened(make_store)
+        await s.create_run("a", "p", "a", {})
+        await s.append([metrics("a", 0, 0, loss=2.0, acc=0.1), metrics("a", 1, 1, loss=1.0)])
+        await s.append([metrics("a", 2, 2, acc=0.5, bad=None)])
+        current = await s.current("a")
+        assert {k: (p.value, p.step) for k, p in current.items()} == {"loss": (1.0, 1), "acc": (0.5, 2)}
+        assert await s.metric_keys("a") == ["acc", "loss"]
+        await s.close()
+
+    run(body())
+
+
+def test_history_downsamples_keeping_spikes_and_the_latest_point(make_store: Callable[[], Store]) -> None:
+    async def body() -> None:
+        s = await opened(make_store)
+        await s.create_run("a", "p", "a", {})
+        values = [1.0 - i / 20000 for i in range(10_000)]
+        values[4321] = 50.0  # a spike
+        values[7777] = -50.0  # a dip
+        for start in range(0, 10_000, 2500):
+            await s.append([metrics("a", i, i, loss=values[i]) for i in range(start, start + 2500)])
+        (series,) = await s.history("a", ["loss"], max_points=200)
+        assert series.total == 10_000 and series.downsampled
+        assert len(series.points) <= 200
+        steps = [p.step for p in series.points]
+        assert steps == sorted(steps)
+        assert 4321 in steps and 7777 in steps
+        assert series.points[-1].step == 9999 and series.points[-1].value == values[9999]
+        (window,) = await s.history("a", ["loss"], start_step=100, end_step=199, max_points=1000)
+        assert [p.step for p in window.points] == list(range(100, 200)) and not window.downsampled
+        (missing,) = await s.history("a", ["nope"])
+        assert missing.points == [] and missing.total == 0
+        await s.close()
+
+    run(body())
+
+
+def test_sqlite_store_survives_reopen_with_ids_and_dedup_intact(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/store.db"
+
+    async def body() -> None:
+        s = open_store(url)
+        await s.open()
+        await s.create_run("a", "p", "a", {})
+        first = await s.append([metrics("a", i, i, loss=float(i)) for i in range(3)])
+        await s.close()
+        s = open_store(url)
+        await s.open()
+        assert await s.append([metrics("a", 1, 1, loss=1.0)]) == []
+        later = await s.append([metrics("a", 3, 3, loss=3.0)])
+        assert later[0].id > first[-1].id
+        assert (await s.get_run("a")).last_step == 3
+        await s.close()
+
+    run(body())
+
+
+def test_on_commit_sees_every_stored_event_once_in_id_order(make_store: Callable[[], Store]) -> None:
+    async def body() -> None:
+        s = await opened(make_store)
+        seen: list[Event] = []
+        s.on_commit = seen.extend
+        await s.create_run("a", "p", "a", {})
+        batches = [[metrics("a", i * 10 + j, i * 10 + j, loss=1.0) for j in range(10)] for i in range(20)]
+        results = await asyncio.gather(*(s.append(b) for b in batches))
+        await s.append(batches[0])  # duplicates: not published again
+        stored = [e for r in results for e in r]
+        assert len(seen) == 200
+        assert [e.id for e in seen] == sorted(e.id for e in stored)
+        await s.close()
+
+    run(body())
