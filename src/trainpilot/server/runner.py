@@ -23,6 +23,20 @@ from trainpilot.settings import Settings
 log = logging.getLogger("trainpilot.server")
 
 
+class Server(uvicorn.Server):
+    """uvicorn, ending the endless streams first so a graceful shutdown is quick and quiet."""
+
+    def __init__(self, config: uvicorn.Config, app: Dispatcher) -> None:
+        super().__init__(config)
+        self.trainpilot = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        hub = getattr(self.trainpilot.api.state, "hub", None)
+        if hub is not None:
+            await hub.broker.close()
+        await super().shutdown(sockets)
+
+
 def uvicorn_config(settings: Settings, app: Any, **extra: Any) -> uvicorn.Config:
     return uvicorn.Config(
         app,
@@ -41,8 +55,7 @@ def serve_forever(settings: Settings) -> None:
     """Run until Ctrl-C, printing the URL once the socket is listening."""
     settings.check()
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn_config(settings, app))
-    server.run()
+    Server(uvicorn_config(settings, app), app).run()
 
 
 def port_free(host: str, port: int) -> bool:
@@ -71,7 +84,7 @@ class ServerThread:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.check()
         self.app: Dispatcher = create_app(settings)
-        self.server = uvicorn.Server(uvicorn_config(settings, self.app))
+        self.server = Server(uvicorn_config(settings, self.app), self.app)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="trainpilot-server", daemon=True)
         self._error: BaseException | None = None
