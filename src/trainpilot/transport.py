@@ -99,12 +99,7 @@ class EmbeddedTransport:
     def send(self, run_id: str, events: list[dict[str, Any]]) -> None:
         from trainpilot.wire import decode_batch
 
-        async def ingest() -> None:
-            hub = self.server.hub
-            await hub.store.get_run(run_id)
-            await hub.ingest(decode_batch(run_id, events))
-
-        self._call(ingest())
+        self._call(self.server.hub.ingest(run_id, decode_batch(run_id, events)))
 
     def close(self) -> None:
         return None

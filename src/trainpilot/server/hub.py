@@ -50,8 +50,10 @@ class Hub:
             run = await self.store.get_run(run.id)
         return run, created
 
-    async def ingest(self, events: list[NewEvent]) -> IngestResult:
+    async def ingest(self, run_id: str, events: list[NewEvent]) -> IngestResult:
         """Store a validated batch once and publish what was new; report non-finite values as insights."""
+        if not events:
+            await self.store.get_run(run_id)  # an empty batch still answers 404 for an unknown run
         stored = await self.store.append(events)
         self.counters["batches"] += 1
         self.counters["events_ingested"] += len(stored)

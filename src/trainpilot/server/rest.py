@@ -147,8 +147,7 @@ async def ingest(request: Request, run_id: str) -> Response:
     hub = hub_of(request)
     payload = await read_json(request, hub.settings.max_body_bytes)
     events = decode_batch(check_run_id(run_id), payload)
-    await hub.store.get_run(run_id)
-    result = await hub.ingest(events)
+    result = await hub.ingest(run_id, events)
     return JSON(result.as_dict())
 
 

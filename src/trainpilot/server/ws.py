@@ -108,8 +108,7 @@ class Connection:
         if not isinstance(run_id, str):
             raise InvalidInput("run_id", "required: the run the events belong to")
         events = decode_batch(check_run_id(run_id), message)
-        await self.hub.store.get_run(run_id)
-        result = await self.hub.ingest(events)
+        result = await self.hub.ingest(run_id, events)
         return {"op": "ingested", **result.as_dict()}
 
     async def op_control(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -150,5 +149,7 @@ async def websocket(hub: Hub, scope: dict[str, Any], receive: Any, send: Any) ->
                 break
             raw = message.get("text")
             await conn.handle(raw if raw is not None else message.get("bytes") or b"")
+    except OSError:
+        pass  # the client went away while we answered it (uvicorn's ClientDisconnected)
     finally:
         await conn.stop_serving("disconnected")
