@@ -69,7 +69,7 @@ class MemoryStore:
             event = Event(next_id, e.run_id, e.seq, e.kind, e.ts, e.step, e.data)
             next_id += 1
             stored.append(event)
-            self._runs[e.run_id] = apply_to_run(self._runs[e.run_id], event)
+            self._runs[e.run_id] = apply_to_run(self._runs[e.run_id], [event])
             if e.kind == "metrics" and e.step is not None:
                 for key, value in e.data.items():
                     if value is not None:

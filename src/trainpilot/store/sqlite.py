@@ -282,11 +282,11 @@ class SQLiteStore:
         return key_id
 
     def _flush_runs(self, conn: sqlite3.Connection, events: list[Event]) -> None:
-        touched: dict[str, Run] = {}
+        by_run: dict[str, list[Event]] = {}
         for event in events:
-            run = touched.get(event.run_id) or self._runs[event.run_id]
-            touched[event.run_id] = apply_to_run(run, event)
-        for run in touched.values():
+            by_run.setdefault(event.run_id, []).append(event)
+        for run_id, run_events in by_run.items():
+            run = apply_to_run(self._runs[run_id], run_events)
             conn.execute(
                 "UPDATE runs SET status=?, updated_at=?, last_step=?, last_event_id=? WHERE id=?",
                 (run.status, run.updated_at, run.last_step, run.last_event_id, run.id),
