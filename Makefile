@@ -10,8 +10,12 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# torch is pinned first: an open range would pull the newest build and its CUDA wheels.
+TORCH ?= torch==2.13.0
+
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev,train]"
 	touch $(STAMP)
 
 demo: $(STAMP)

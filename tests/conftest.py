@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -137,3 +138,14 @@ def metrics_batch(start: int, count: int, seq_start: int | None = None) -> dict[
             for i in range(count)
         ]
     }
+
+
+def wait_for_ack(url: str, run_id: str, command_id: int, timeout: float = 20.0) -> dict[str, Any]:
+    """The data of the run's acknowledgement of `command_id` (applied or rejected), from the stream."""
+    params = {"after": str(command_id), "run_id": run_id, "kinds": "control"}
+    with httpx.stream("GET", url + "/api/stream/metrics", params=params, timeout=timeout) as response:
+        for event in parse(response.iter_lines()):
+            data = event.data.get("data", {}) if isinstance(event.data, dict) else {}
+            if data.get("command_id") == command_id:
+                return dict(data)
+    raise AssertionError(f"no acknowledgement of command {command_id}")

@@ -1,6 +1,8 @@
-"""The `trainpilot` command: serve, runs, tail, control, demo.
+"""The `trainpilot` command: serve, demo, train, runs, tail, control.
 
 trainpilot serve [--host H] [--port P] [--data-dir D]     run the server, print its URL
+trainpilot demo                                           server + a real training run; Ctrl-C ends it
+trainpilot train [--data digits] [--model cnn] ...        the reference trainer (see `train --help`)
 trainpilot runs                                           a table of runs
 trainpilot tail RUN                                       live metrics, resuming after reconnects
 trainpilot control RUN ACTION [VALUE]                     pause | resume | stop | checkpoint | set_lr
@@ -12,6 +14,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+import threading
 from typing import Any
 
 from trainpilot.events import ACTIONS
@@ -45,9 +48,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo", help="run the server for the demo and print its URLs")
-    add_serve_flags(demo)
-    demo.set_defaults(func=cmd_serve)
+    demo = sub.add_parser(
+        "demo",
+        help="start the server, train the default model on digits for real, keep serving until Ctrl-C",
+        description="Starts the server in this process on the embedded SQLite store, trains a small CNN "
+        "on scikit-learn's digits (about a minute on two CPU cores), prints the dashboard and stream URLs, "
+        "and keeps serving after training ends until Ctrl-C. Every `trainpilot train` flag works here.",
+    )
+    demo.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}, or a free one if taken)")
+    demo.add_argument(
+        "--data-dir", default="./trainpilot-data", help="store and spool (default ./trainpilot-data)"
+    )
+    demo.add_argument("--project", default="demo")
+    demo.add_argument("--exit", action="store_true", help="stop the server when training ends")
+    _train_flags(demo, demo=True)
+    demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="train with the reference trainer, streaming to a server")
+    add_server_flag(train)
+    train.add_argument("--serve", action="store_true", help="run the server inside this process instead")
+    train.add_argument("--data-dir", default="./trainpilot-data", help="spool (and store, with --serve)")
+    train.add_argument("--project", default="trainpilot")
+    train.add_argument("--name", help="run name (default: the run id)")
+    _train_flags(train, demo=False)
+    train.set_defaults(func=cmd_train)
 
     runs = sub.add_parser("runs", help="list runs")
     add_server_flag(runs)
@@ -73,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     control.set_defaults(func=cmd_control)
     return parser
+
+
+def _train_flags(p: argparse.ArgumentParser, demo: bool) -> None:
+    from trainpilot.trainconfig import add_flags
+
+    add_flags(p)
 
 
 def add_server_flag(p: argparse.ArgumentParser) -> None:
@@ -115,6 +145,89 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  live stream: curl -N {settings.url}/api/stream/metrics", flush=True)
     print(f"  API docs:    {settings.url}/docs", flush=True)
     serve_forever(settings)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import trainpilot
+
+    cfg = _config(args)
+    run = trainpilot.init(
+        project=args.project,
+        name=args.name,
+        config=_asdict(cfg),
+        server=args.server,
+        serve=args.serve,
+        data_dir=args.data_dir,
+    )
+    return _train(cfg, run)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import trainpilot
+
+    cfg = _config(args, demo=True)
+    run = trainpilot.init(
+        project=args.project,
+        name=f"{cfg.model}-{cfg.data}",
+        config=_asdict(cfg),
+        serve=True,
+        data_dir=args.data_dir,
+        port=args.port,
+    )
+    print(
+        f"trainpilot demo: training run {run.id} ({cfg.model} on {cfg.data}, {cfg.epochs} epochs)\n"
+        f"  dashboard:   {run.url}/\n"
+        f"  live stream: curl -N {run.url}/api/stream/metrics\n"
+        f"  control:     trainpilot control {run.id} pause --server {run.url}",
+        flush=True,
+    )
+    code = _train(cfg, run)
+    if not args.exit:
+        print(f"training done; still serving on {run.url}/ (Ctrl-C to stop)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+    return code
+
+
+DEMO_DEFAULTS = {"epochs": 40, "batch_size": 32}
+
+
+def _config(args: argparse.Namespace, demo: bool = False) -> Any:
+    from trainpilot.trainconfig import config_from
+
+    try:
+        cfg = config_from(args, DEMO_DEFAULTS if demo else {})
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    return cfg
+
+
+def _asdict(cfg: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "extra"}
+
+
+def _train(cfg: Any, run: Any) -> int:
+    from trainpilot.train import Trainer
+
+    try:
+        trainer = Trainer(cfg, run)
+    except (OSError, ValueError) as exc:
+        run.finish("failed")
+        raise CLIError(str(exc)) from None
+    trainer.start()
+    try:
+        trainer.join()
+    except KeyboardInterrupt:
+        print("stopping at the next step (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        trainer.stop()
+        trainer.join()
+    val = ", ".join(f"{k}={v:.4f}" for k, v in trainer.final_val.items() if k in ("val/loss", "val/acc"))
+    print(f"run {run.id}: {trainer.step} steps; {val or 'no validation yet'}", flush=True)
     return 0
 
 
@@ -216,8 +329,6 @@ def cmd_control(args: argparse.Namespace) -> int:
         after=min(cursor, command_id - 1),
         read_timeout_s=args.wait,
     )
-    import threading
-
     timer = threading.Timer(args.wait, client.stop)
     timer.start()
     try:
