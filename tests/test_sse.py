@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.conftest import LiveServer, create_run, metrics_batch, sse_events
 
+from tests.conftest import LiveServer, create_run, metrics_batch, sse_events
 from trainpilot.sse_client import ServerEvent, parse
 
 

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from tests.conftest import free_port, sse_events, wait_for_ack
 
 import trainpilot
+from tests.conftest import free_port, sse_events, wait_for_ack
 from trainpilot.sdk import Run
 from trainpilot.train import Trainer
 from trainpilot.trainconfig import TrainConfig
