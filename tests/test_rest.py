@@ -58,7 +58,7 @@ def test_bad_run_requests_get_json_errors_naming_the_field(shared_server: LiveSe
     with shared_server.client() as client:
         assert_error(client.post("/api/runs", json={"project": ""}), 422, "project")
         assert_error(client.post("/api/runs", json={"project": "p", "config": "nope"}), 422, "config")
-        assert_error(client.post("/api/runs", json={"id": "a/b", "project": "p"}), 422, "run_id")
+        assert_error(client.post("/api/runs", json={"id": "a/b", "project": "p"}), 422, "id")
         assert_error(client.get("/api/runs", params={"limit": 0}), 422, "limit")
         assert_error(client.get("/api/runs/no-such-run"), 404)
         assert_error(client.delete("/api/runs"), 405)

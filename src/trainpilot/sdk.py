@@ -29,7 +29,7 @@ from typing import Any
 
 from trainpilot.events import ACTIONS
 from trainpilot.exceptions import TransportError
-from trainpilot.sender import CLOSE, Flush, Sender
+from trainpilot.sender import CLOSE, Flush, Sender, warn_once
 from trainpilot.spool import Spool, orphans
 from trainpilot.sse_client import SSEClient
 from trainpilot.transport import EmbeddedTransport, HttpTransport, Transport
@@ -88,10 +88,15 @@ class Run:
 
     def log(self, data: dict[str, Any], step: int | None = None) -> None:
         """Queue metrics for `step` (default: the previous step + 1). Returns at once; never raises."""
+        try:
+            snapshot = dict(data)  # the caller may reuse its dict; the sender reads this copy later
+        except (TypeError, ValueError):
+            warn_once("log-arg", f"trainpilot: run.log() takes a dict of metrics, got {type(data).__name__}")
+            return
         if step is None:
             step = self._next_step
         self._next_step = step + 1
-        self._put(("metrics", step, time.time(), dict(data)))
+        self._put(("metrics", step, time.time(), snapshot))
 
     def log_event(self, kind: str, data: dict[str, Any], step: int | None = None) -> None:
         """Queue an event of another kind: ``status``, ``media``, ``log``, ``insight``."""
@@ -210,6 +215,7 @@ class Run:
             )
         self._put(CLOSE)
         self._sender.join(timeout=5)
+        self._sender.transport.close()
         self._listener.stop()
         with self._cond:
             self._stop = True
@@ -254,15 +260,14 @@ def init(
     token = token or os.environ.get("TRAINPILOT_TOKEN") or None
     run_id = run_id or f"r-{secrets.token_hex(4)}"
     spec = {"id": run_id, "project": project, "name": name or run_id, "config": dict(config or {})}
-    transport: Transport
-    embedded = None
-    if serve:
-        embedded = _start_server(data_dir, token, port)
-        transport = EmbeddedTransport(embedded)
-    else:
-        transport = HttpTransport(server or os.environ.get("TRAINPILOT_SERVER", DEFAULT_SERVER), token)
-    _replay_orphans(transport, data_dir)
-    return Run(transport, spec, data_dir, token, embedded)
+    embedded = _start_server(data_dir, token, port) if serve else None
+    url = server or os.environ.get("TRAINPILOT_SERVER", DEFAULT_SERVER)
+
+    def connect() -> Transport:
+        return EmbeddedTransport(embedded) if embedded is not None else HttpTransport(url, token)
+
+    _replay_orphans(connect, data_dir)
+    return Run(connect(), spec, data_dir, token, embedded)
 
 
 def _start_server(data_dir: str, token: str | None, port: int | None) -> Any:
@@ -282,21 +287,19 @@ def _start_server(data_dir: str, token: str | None, port: int | None) -> Any:
     return server
 
 
-def _replay_orphans(transport: Transport, data_dir: str) -> None:
+def _replay_orphans(connect: Callable[[], Transport], data_dir: str) -> None:
     """Spools left by processes that died before delivering: send them now, in the background."""
     spools = list(orphans(data_dir))
     if not spools:
         return
 
     def replay() -> None:
+        transport = connect()
         for spool in spools:
-            sender = Sender(
-                transport,
-                spool,
-                {"id": spool.path.stem, "project": "default", "name": spool.path.stem, "config": {}},
-                seq_base=0,
-            )
-            sender._replay()
+            stem = spool.path.stem
+            spec = {"id": stem, "project": "default", "name": stem, "config": {}}
+            Sender(transport, spool, spec, seq_base=0)._replay()
             spool.close()
+        transport.close()
 
     threading.Thread(target=replay, name="trainpilot-replay", daemon=True).start()

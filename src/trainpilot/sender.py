@@ -55,7 +55,7 @@ def clean_metrics(data: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
         try:
             number = float(value)
         except (TypeError, ValueError):
-            _warn_once(
+            warn_once(
                 f"skip:{name}",
                 f"trainpilot: metric {name!r} is not a number ({type(value).__name__}); skipped",
             )
@@ -71,7 +71,8 @@ def clean_metrics(data: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
 _warned: set[str] = set()
 
 
-def _warn_once(key: str, message: str) -> None:
+def warn_once(key: str, message: str) -> None:
+    """Log a problem once per key: the training loop must not drown in repeats."""
     if key not in _warned:
         _warned.add(key)
         log.warning(message)
@@ -112,7 +113,7 @@ class Sender(threading.Thread):
             try:
                 self._deliver(events)
             except Exception as exc:  # never let telemetry kill the thread the run depends on
-                _warn_once(f"bug:{type(exc).__name__}", f"trainpilot: sender error {exc!r}; batch dropped")
+                warn_once(f"bug:{type(exc).__name__}", f"trainpilot: sender error {exc!r}; batch dropped")
                 self.dropped += len(events)
             if not self.spool:
                 for flush in self._flushes:
@@ -162,14 +163,14 @@ class Sender(threading.Thread):
                     self.created = False
                 self._retry_at = time.monotonic() + self._backoff
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
-                _warn_once(
+                warn_once(
                     "down",
                     f"trainpilot: server unavailable ({exc}); spooling to {self.spool.path} "
                     "and retrying; training continues",
                 )
                 return False
             self.dropped += len(events)
-            _warn_once(f"refused:{exc}", f"trainpilot: server refused a batch, dropped: {exc}")
+            warn_once(f"refused:{exc}", f"trainpilot: server refused a batch, dropped: {exc}")
             return True
         self.sent += len(events)
         return True

@@ -75,6 +75,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # not a field's fault: the same 400 as ingest answers
+            ctx: Any = first.get("ctx") or {}
+            reason = ctx.get("error") or first.get("msg")
+            return error_response(400, "bad_json", f"body is not valid JSON: {reason}")
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
         field = ".".join(loc) or None
         return error_response(422, "invalid_input", f"{field or 'request'}: {first.get('msg')}", field)

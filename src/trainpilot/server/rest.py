@@ -20,6 +20,7 @@ from trainpilot.wire import check_run_id, decode_batch
 
 router = APIRouter()
 MAX_HISTORY_KEYS = 64
+MAX_STEP = 2**63 - 1  # steps are stored as SQLite INTEGERs (wire.py refuses larger ones on ingest)
 
 
 def hub_of(request: Request) -> Hub:
@@ -96,7 +97,13 @@ async def list_runs(
 @router.post("/api/runs", tags=["runs"], status_code=201, summary="Create a run (idempotent on id)")
 async def create_run(request: Request, body: RunCreate) -> Response:
     require_write(request)
-    run_id = body.id or f"r-{secrets.token_hex(4)}"
+    if body.id is None:
+        run_id = f"r-{secrets.token_hex(4)}"
+    else:
+        try:
+            run_id = check_run_id(body.id)
+        except InvalidInput as exc:
+            raise InvalidInput("id", exc.message) from None
     run, created = await hub_of(request).create_run(run_id, body.project, body.name or run_id, body.config)
     return JSON(run_dict(run), status_code=201 if created else 200)
 
@@ -201,8 +208,8 @@ async def metric_history(
     request: Request,
     run_id: str | None = None,
     keys: Annotated[str | None, Query(description="comma-separated metric names; default all")] = None,
-    start_step: Annotated[int | None, Query(ge=0)] = None,
-    end_step: Annotated[int | None, Query(ge=0)] = None,
+    start_step: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
+    end_step: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
     max_points: Annotated[int, Query(ge=2, le=100_000)] = 1000,
 ) -> Response:
     hub = hub_of(request)

@@ -404,6 +404,16 @@ class SQLiteStore:
                 f"SELECT step, value, ts, event_id {where} ORDER BY step, event_id", (key_id, lo, hi)
             )
             return Series(key, [Point(*r) for r in rows], total)
+        newest = conn.execute(
+            f"SELECT step, value, ts, event_id {where} ORDER BY step DESC, event_id DESC LIMIT 1",
+            (key_id, lo, hi),
+        ).fetchone()
+        if max_points < 3:  # no room for a bucket's two extremes plus the latest: the ends, as downsample()
+            oldest = conn.execute(
+                f"SELECT step, value, ts, event_id {where} ORDER BY step, event_id LIMIT 1", (key_id, lo, hi)
+            ).fetchone()
+            ends = [Point(*oldest), Point(*newest)]
+            return Series(key, ends if max_points == 2 else ends[1:], total)
         width = bucket_width(first, last, max_points)
         # SQLite fills bare columns from the row that holds the min() / max(): the extreme points.
         buckets: dict[int, list[Point]] = {}
@@ -418,10 +428,6 @@ class SQLiteStore:
                 if not extremes or extremes[0].event_id != event_id:
                     extremes.append(point)
         points = [p for b in sorted(buckets) for p in sorted(buckets[b], key=lambda p: (p.step, p.event_id))]
-        newest = conn.execute(
-            f"SELECT step, value, ts, event_id {where} ORDER BY step DESC, event_id DESC LIMIT 1",
-            (key_id, lo, hi),
-        ).fetchone()
         if points[-1].event_id != newest[3]:
             points.append(Point(*newest))
         return Series(key, points, total)
