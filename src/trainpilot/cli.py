@@ -3,6 +3,7 @@
 trainpilot serve [--host H] [--port P] [--data-dir D]     run the server, print its URL
 trainpilot demo                                           server + a real training run; Ctrl-C ends it
 trainpilot train [--data digits] [--model cnn] ...        the reference trainer (see `train --help`)
+trainpilot watch LOGDIR                                   stream a TensorBoard directory's scalars
 trainpilot runs                                           a table of runs
 trainpilot tail RUN                                       live metrics, resuming after reconnects
 trainpilot control RUN ACTION [VALUE]                     pause | resume | stop | checkpoint | set_lr
@@ -72,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", help="run name (default: the run id)")
     _train_flags(train, demo=False)
     train.set_defaults(func=cmd_train)
+
+    watch = sub.add_parser("watch", help="stream a TensorBoard log directory into trainpilot")
+    watch.add_argument("logdir", help="the directory a training program writes event files to")
+    add_server_flag(watch)
+    watch.add_argument("--project", help="project of the runs (default: the directory's name)")
+    watch.add_argument("--data-dir", default="./trainpilot-data", help="spool and watch state")
+    watch.add_argument("--token", default=os.environ.get("TRAINPILOT_TOKEN"))
+    watch.add_argument("--poll", type=float, default=1.0, help="seconds between reads (default 1)")
+    watch.add_argument("--once", action="store_true", help="read what is there, send it, exit")
+    watch.set_defaults(func=cmd_watch)
 
     runs = sub.add_parser("runs", help="list runs")
     add_server_flag(runs)
@@ -146,6 +157,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  API docs:    {settings.url}/docs", flush=True)
     serve_forever(settings)
     return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from trainpilot.watch import watch
+
+    try:
+        return watch(
+            args.logdir,
+            server=args.server,
+            project=args.project,
+            data_dir=args.data_dir,
+            token=args.token,
+            poll_s=args.poll,
+            once=args.once,
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -127,7 +127,7 @@ def build(
 
 def _torchvision(name: str, in_channels: int, num_classes: int) -> nn.Module:
     try:
-        import torchvision  # type: ignore[import-not-found, unused-ignore]
+        import torchvision
     except ImportError:
         raise ValueError(f"model tv:{name} needs torchvision, which is not installed") from None
     model: nn.Module = torchvision.models.get_model(name, weights=None, num_classes=num_classes)

@@ -43,7 +43,13 @@ class Run:
     """A live run. Create it with `trainpilot.init`."""
 
     def __init__(
-        self, transport: Transport, spec: dict[str, Any], data_dir: str, token: str | None, server: Any = None
+        self,
+        transport: Transport,
+        spec: dict[str, Any],
+        data_dir: str,
+        token: str | None,
+        server: Any = None,
+        control: bool = True,
     ) -> None:
         self.id: str = spec["id"]
         self.project: str = spec["project"]
@@ -64,13 +70,15 @@ class Run:
         self._put = self._sender.queue.put
         cursor = self._create_now(transport, spec)
         self._sender.start()
-        self._listener = SSEClient(
-            f"{self.url}/api/stream/metrics",
-            {"run_id": self.id, "kinds": "control"},
-            token=token,
-            after=cursor,
-        )
-        threading.Thread(target=self._listen, name="trainpilot-control", daemon=True).start()
+        self._listener: SSEClient | None = None
+        if control:
+            self._listener = SSEClient(
+                f"{self.url}/api/stream/metrics",
+                {"run_id": self.id, "kinds": "control"},
+                token=token,
+                after=cursor,
+            )
+            threading.Thread(target=self._listen, name="trainpilot-control", daemon=True).start()
         self.log_event("status", {"status": "running"})
         atexit.register(self._at_exit)
 
@@ -101,6 +109,11 @@ class Run:
     def log_event(self, kind: str, data: dict[str, Any], step: int | None = None) -> None:
         """Queue an event of another kind: ``status``, ``media``, ``log``, ``insight``."""
         self._put((kind, step, time.time(), dict(data)))
+
+    def log_recorded(self, data: dict[str, Any], *, step: int, ts: float, seq: int) -> None:
+        """Queue metrics recorded elsewhere (an importer, a log tailer) with their own wall time and a
+        seq that is the same every time the same record is read, so reading it twice stores it once."""
+        self._put(("metrics", step, ts, dict(data), seq))
 
     # -- control --------------------------------------------------------------------------------------
 
@@ -181,6 +194,7 @@ class Run:
 
     def _listen(self) -> None:
         """Receive this run's commands; stop takes effect at once, the rest at `wait_if_paused()`."""
+        assert self._listener is not None
         for event in self._listener:
             envelope = event.data if isinstance(event.data, dict) else {}
             data = envelope.get("data") or {}
@@ -205,8 +219,17 @@ class Run:
         """
         if self._finished:
             return
-        self._finished = True
         self.log_event("status", {"status": status or ("stopped" if self._stop else "finished")})
+        self.close(timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Deliver what is queued (up to `timeout`) and stop the threads, without a final status.
+
+        For runs whose training goes on elsewhere, e.g. one tailed from a TensorBoard directory.
+        """
+        if self._finished:
+            return
+        self._finished = True
         flush = Flush()
         self._put(flush)
         if not flush.done.wait(timeout):
@@ -216,7 +239,8 @@ class Run:
         self._put(CLOSE)
         self._sender.join(timeout=5)
         self._sender.transport.close()
-        self._listener.stop()
+        if self._listener is not None:
+            self._listener.stop()
         with self._cond:
             self._stop = True
             self._cond.notify_all()
@@ -249,11 +273,13 @@ def init(
     data_dir: str | None = None,
     token: str | None = None,
     port: int | None = None,
+    control: bool = True,
 ) -> Run:
     """Start a run on `server` (default ``$TRAINPILOT_SERVER`` or http://127.0.0.1:8765).
 
     ``serve=True`` starts the server inside this process instead (on `port`, or a free one if the
-    default is taken) and prints its URL. A server that is not up yet is fine: events are spooled
+    default is taken) and prints its URL. ``control=False`` skips listening for commands (a run
+    mirrored from elsewhere cannot obey them). A server that is not up yet is fine: events are spooled
     under `data_dir` and delivered when it appears.
     """
     data_dir = data_dir or os.environ.get("TRAINPILOT_DATA_DIR", "./trainpilot-data")
@@ -267,7 +293,7 @@ def init(
         return EmbeddedTransport(embedded) if embedded is not None else HttpTransport(url, token)
 
     _replay_orphans(connect, data_dir)
-    return Run(connect(), spec, data_dir, token, embedded)
+    return Run(connect(), spec, data_dir, token, embedded, control)
 
 
 def _start_server(data_dir: str, token: str | None, port: int | None) -> Any:

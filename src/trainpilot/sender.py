@@ -130,11 +130,16 @@ class Sender(threading.Thread):
             return []
         return [first, *_drain(self.queue)]
 
-    def _envelope(self, item: tuple[str, int | None, float, dict[str, Any]]) -> dict[str, Any]:
-        kind, step, ts, data = item
-        self._seq += 1
+    def _envelope(self, item: tuple[Any, ...]) -> dict[str, Any]:
+        """An item queued by `log()` (kind, step, ts, data), or with its own seq as a fifth element."""
+        if len(item) == 5:
+            kind, step, ts, data, seq = item
+        else:
+            kind, step, ts, data = item
+            self._seq += 1
+            seq = self._seq
         return {
-            "seq": self._seq,
+            "seq": seq,
             "kind": kind,
             "ts": ts,
             "step": step,

@@ -364,7 +364,7 @@ class Trainer:
     def _progress(self) -> Any:
         if not (self.cfg.progress and sys.stderr.isatty()):
             return None
-        from tqdm import tqdm  # type: ignore[import-untyped]
+        from tqdm import tqdm
 
         return tqdm(total=self.total_steps, initial=self.step, unit="step", desc=self.run.id, file=sys.stderr)
 

@@ -84,7 +84,7 @@ def read_config(path: str) -> dict[str, Any]:
     text = Path(path).read_text()
     if path.endswith((".yaml", ".yml")):
         try:
-            import yaml  # type: ignore[import-untyped, unused-ignore]
+            import yaml
         except ImportError:
             raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use TOML") from None
         loaded = yaml.safe_load(text) or {}

@@ -254,15 +254,16 @@ class SQLiteStore:
             if run_id not in self._max_seq:
                 row = conn.execute("SELECT max(seq) FROM events WHERE run_id=?", (run_id,)).fetchone()
                 self._max_seq[run_id] = -1 if row[0] is None else row[0]
-            low, high = min(seqs), max(seqs)
-            if low <= self._max_seq[run_id]:
-                rows = conn.execute(
-                    "SELECT seq FROM events WHERE run_id=? AND seq BETWEEN ? AND ?", (run_id, low, high)
-                )
-                seen[run_id] = {r[0] for r in rows}
-            else:
-                seen[run_id] = set()
-            self._max_seq[run_id] = max(self._max_seq[run_id], high)
+            known = self._max_seq[run_id]
+            # Only seqs at or below the highest stored one can be duplicates: probe just those.
+            maybe = sorted({s for s in seqs if s <= known})
+            found: set[int] = set()
+            for start in range(0, len(maybe), 500):
+                chunk = maybe[start : start + 500]
+                sql = f"SELECT seq FROM events WHERE run_id=? AND seq IN ({','.join('?' * len(chunk))})"
+                found.update(r[0] for r in conn.execute(sql, (run_id, *chunk)))
+            seen[run_id] = found
+            self._max_seq[run_id] = max(known, max(seqs))
         fresh = []
         for e in events:
             if e.seq is not None:
