@@ -81,10 +81,15 @@ def test_digits_trains_for_real_and_logs_what_it_promises(tmp_path: Path, embedd
         assert key in metrics, key
     losses = history(embedded_run, "train/loss")["train/loss"]["value"]
     assert len(losses) == trainer.step and all(v > 0 for v in losses)
-    media = sse_events(embedded_run.url, {"after": "0", "kinds": "media", "run_id": embedded_run.id}, count=2)
-    confusion = media[-1].data["data"]  # type: ignore[index]
-    assert confusion["type"] == "confusion_matrix" and len(confusion["matrix"]) == 10
+    media = sse_events(embedded_run.url, {"after": "0", "kinds": "media", "run_id": embedded_run.id}, count=6)
+    by_type = {e.data["data"]["type"]: e.data["data"] for e in media}  # type: ignore[index]
+    confusion = by_type["confusion_matrix"]
+    assert len(confusion["matrix"]) == 10
     assert sum(map(sum, confusion["matrix"])) == len(trainer.data.val_x)
+    samples = by_type["image"]
+    assert samples["name"] == "samples" and samples["caption"].startswith("predicted/true:")
+    image = httpx.get(embedded_run.url + samples["url"])
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
     tb_files = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
     assert tb_files, "the trainer writes TensorBoard event files too"
 

@@ -103,12 +103,35 @@ class Run:
             return
         if step is None:
             step = self._next_step
+        elif type(step) is not int or step < 0:
+            step = self._coerce_step(step)
         self._next_step = step + 1
         self._put(("metrics", step, time.time(), snapshot))
+
+    def _coerce_step(self, step: Any) -> int:
+        """A step the server takes (a non-negative int): numpy/tensor ints become ints, nonsense the
+        next step. The server refuses a whole batch for one bad step, so it must not leave here."""
+        try:
+            value = int(step)
+        except Exception:
+            value = -1
+        if value < 0:
+            warn_once("log-step", f"trainpilot: step {step!r} is not a non-negative integer; using the next")
+            return self._next_step
+        return value
 
     def log_event(self, kind: str, data: dict[str, Any], step: int | None = None) -> None:
         """Queue an event of another kind: ``status``, ``media``, ``log``, ``insight``."""
         self._put((kind, step, time.time(), dict(data)))
+
+    def log_image(self, name: str, image: Any, step: int | None = None, caption: str | None = None) -> None:
+        """Queue an image (PIL image, HxW[xC] or CxHxW array/tensor, or PNG/JPEG bytes) for the run.
+
+        It is encoded to PNG on the sender thread, stored by the server as a file and shown by URL.
+        """
+        self._put(
+            ("image", self._next_step - 1 if step is None else step, time.time(), (name, image, caption))
+        )
 
     def log_recorded(self, data: dict[str, Any], *, step: int, ts: float, seq: int) -> None:
         """Queue metrics recorded elsewhere (an importer, a log tailer) with their own wall time and a

@@ -9,16 +9,20 @@ backoff; each event carries a per-run `seq`, so a batch sent twice is stored onc
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from trainpilot.exceptions import TransportError
 from trainpilot.spool import Spool
 from trainpilot.transport import Transport
+from trainpilot.wire import MAX_KEY_LENGTH
 
 log = logging.getLogger("trainpilot")
 MAX_EVENTS_PER_REQUEST = 10_000
@@ -52,9 +56,16 @@ def clean_metrics(data: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, dict):
             out.update(clean_metrics(value, name + "/"))
             continue
+        if not 0 < len(name) <= MAX_KEY_LENGTH:
+            # the server refuses a whole batch for one bad name: drop just this metric
+            warn_once(
+                f"name:{name[:40]}",
+                f"trainpilot: metric name {name[:40]!r} must be 1 to {MAX_KEY_LENGTH} characters; skipped",
+            )
+            continue
         try:
             number = float(value)
-        except (TypeError, ValueError):
+        except Exception:  # user objects' __float__ may raise anything (OverflowError for huge ints)
             warn_once(
                 f"skip:{name}",
                 f"trainpilot: metric {name!r} is not a number ({type(value).__name__}); skipped",
@@ -104,8 +115,14 @@ class Sender(threading.Thread):
             items = self._take()
             events = []
             for item in items:
-                if type(item) is tuple:
-                    events.append(self._envelope(item))
+                if type(item) is tuple and item[0] == "image":
+                    self._deliver_image(item)
+                elif type(item) is tuple:
+                    try:
+                        events.append(self._envelope(item))
+                    except Exception as exc:  # one bad event must not kill the thread or its batch
+                        warn_once(f"bad:{type(exc).__name__}", f"trainpilot: event dropped: {exc!r}")
+                        self.dropped += 1
                 elif item is CLOSE:
                     closing = True
                 else:
@@ -154,14 +171,34 @@ class Sender(threading.Thread):
         if self.spool and time.monotonic() >= self._retry_at:
             self._replay()
 
+    def _deliver_image(self, item: tuple[Any, ...]) -> None:
+        _, step, _ts, (name, image, caption) = item
+        try:
+            body = encode_image(image)
+        except Exception as exc:
+            warn_once(f"image:{name}", f"trainpilot: image {name!r} could not be encoded ({exc}); skipped")
+            return
+        media = {"name": name, "step": step, "caption": caption, "png": base64.b64encode(body).decode()}
+        if self.spool or not self._upload(media, self.run_spec):
+            self.spool.append({"run": self.run_spec, "media": media})
+
     def _send(self, events: list[dict[str, Any]], run_spec: dict[str, Any] | None = None) -> bool:
         """True when delivered or refused for good; False when it should be spooled and retried."""
         spec = run_spec or self.run_spec
+        return self._attempt(lambda: self.transport.send(spec["id"], events), spec, len(events))
+
+    def _upload(self, media: dict[str, Any], spec: dict[str, Any]) -> bool:
+        """`_send` for one image."""
+        body = base64.b64decode(media["png"])
+        run_id, name, step, caption = spec["id"], media["name"], media.get("step"), media.get("caption")
+        return self._attempt(lambda: self.transport.upload_media(run_id, name, step, caption, body), spec, 1)
+
+    def _attempt(self, deliver: Callable[[], None], spec: dict[str, Any], count: int) -> bool:
         try:
             if not self.created or spec is not self.run_spec:
                 self.transport.create_run(spec)
                 self.created = self.created or spec is self.run_spec
-            self.transport.send(spec["id"], events)
+            deliver()
         except TransportError as exc:
             if exc.retryable:
                 if "404" in str(exc) or "no run" in str(exc):
@@ -174,10 +211,10 @@ class Sender(threading.Thread):
                     "and retrying; training continues",
                 )
                 return False
-            self.dropped += len(events)
+            self.dropped += count
             warn_once(f"refused:{exc}", f"trainpilot: server refused a batch, dropped: {exc}")
             return True
-        self.sent += len(events)
+        self.sent += count
         return True
 
     def _replay(self) -> None:
@@ -186,10 +223,42 @@ class Sender(threading.Thread):
             assert spec is not None
             if spec.get("id") == self.run_id:
                 spec = self.run_spec
-            if not self._send(batch.get("events") or [], spec):
+            media = batch.get("media")
+            delivered = (
+                self._upload(media, spec)
+                if isinstance(media, dict)
+                else self._send(batch.get("events") or [], spec)
+            )
+            if not delivered:
                 return
             self.spool.commit(offset)
         if not self.spool:
             self._backoff = BACKOFF_MIN_S
             _warned.discard("down")
             log.info("trainpilot: server reachable again; spooled events delivered")
+
+
+def encode_image(image: Any) -> bytes:
+    """PNG bytes from PNG/JPEG bytes, a PIL image, or an HxW / HxWxC / CxHxW array or tensor."""
+    if isinstance(image, bytes | bytearray):
+        return bytes(image)
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        picture = image
+    else:
+        import numpy as np
+
+        array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+            array = array.transpose(1, 2, 0)  # CxHxW (torch) -> HxWxC
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        if array.dtype != np.uint8:
+            low, high = float(array.min()), float(array.max())
+            scale = 1.0 if low >= 0 and high <= 1 else (high - low) or 1.0
+            array = ((array - (0 if scale == 1.0 else low)) / scale * 255).clip(0, 255).astype(np.uint8)
+        picture = Image.fromarray(array)
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    return out.getvalue()

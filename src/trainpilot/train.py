@@ -352,8 +352,28 @@ class Trainer:
             step=self.step,
         )
         self._tb_scalars(metrics)
+        self._log_samples()
         self.final_val = metrics
         return metrics
+
+    @torch.no_grad()
+    def _log_samples(self, count: int = 8) -> None:
+        """A strip of validation images with predicted / true labels: what the model gets wrong, seen."""
+        x = self.data.val_x[:count]
+        pred = self.model(x.to(self.device)).argmax(1).cpu()
+        truth = self.data.val_y[:count]
+        lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+        tiles = (x - lo) / (hi - lo).clamp_min(1e-6)
+        size = max(64, x.shape[-1])
+        tiles = F.interpolate(tiles, size=(size, size), mode="nearest")
+        strip = torch.cat(list(tiles), dim=2)  # C x H x (W * count)
+        names = self.data.classes
+        caption = "  ".join(
+            f"{names[p]}/{names[t]}{'' if p == t else ' ✗'}" for p, t in zip(pred, truth, strict=True)
+        )
+        self.run.log_image("samples", strip, step=self.step, caption=f"predicted/true: {caption}")
+        if self.tb is not None:
+            self.tb.add_image("samples", strip, self.step)
 
     def _tb_scalars(self, metrics: dict[str, float]) -> None:
         if self.tb is not None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from trainpilot.exceptions import InvalidInput, NotFound, StoreUnavailable, TransportError
+from trainpilot.exceptions import NotFound, StoreUnavailable, TransportError
 
 if TYPE_CHECKING:
     import httpx
@@ -26,6 +26,10 @@ class Transport(Protocol):
     def create_run(self, spec: dict[str, Any]) -> dict[str, Any]: ...
 
     def send(self, run_id: str, events: list[dict[str, Any]]) -> None: ...
+
+    def upload_media(
+        self, run_id: str, name: str, step: int | None, caption: str | None, body: bytes
+    ) -> None: ...
 
     def close(self) -> None: ...
 
@@ -44,11 +48,16 @@ class HttpTransport:
             base_url=self.url, headers=auth_headers(token), timeout=httpx.Timeout(timeout, connect=2.0)
         )
 
-    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    def _post(
+        self, path: str, body: dict[str, Any] | bytes, params: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        content, kind = (
+            (body, "application/octet-stream")
+            if isinstance(body, bytes)
+            else (orjson.dumps(body), "application/json")
+        )
         try:
-            response = self._client.post(
-                path, content=orjson.dumps(body), headers={"content-type": "application/json"}
-            )
+            response = self._client.post(path, content=content, params=params, headers={"content-type": kind})
         except self._httpx.HTTPError as exc:
             raise TransportError(f"{self.url} unreachable: {exc}") from exc
         if response.status_code < 400:
@@ -66,6 +75,12 @@ class HttpTransport:
 
     def send(self, run_id: str, events: list[dict[str, Any]]) -> None:
         self._post(f"/api/runs/{run_id}/events", {"events": events})
+
+    def upload_media(
+        self, run_id: str, name: str, step: int | None, caption: str | None, body: bytes
+    ) -> None:
+        params = {k: v for k, v in (("name", name), ("step", step), ("caption", caption)) if v is not None}
+        self._post(f"/api/runs/{run_id}/media", body, params)
 
     def close(self) -> None:
         self._client.close()
@@ -85,10 +100,10 @@ class EmbeddedTransport:
             raise TransportError("the embedded server is not running")
         try:
             return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
-        except InvalidInput as exc:
-            raise TransportError(str(exc), retryable=False) from exc
         except (NotFound, StoreUnavailable, TimeoutError) as exc:
             raise TransportError(str(exc)) from exc
+        except Exception as exc:  # invalid input: sending it again would not help
+            raise TransportError(str(exc), retryable=False) from exc
 
     def create_run(self, spec: dict[str, Any]) -> dict[str, Any]:
         run, _ = self._call(
@@ -100,6 +115,13 @@ class EmbeddedTransport:
         from trainpilot.wire import decode_batch
 
         self._call(self.server.hub.ingest(run_id, decode_batch(run_id, events)))
+
+    def upload_media(
+        self, run_id: str, name: str, step: int | None, caption: str | None, body: bytes
+    ) -> None:
+        from trainpilot.server.media import save_media
+
+        self._call(save_media(self.server.hub, run_id, name, step, caption, body))
 
     def close(self) -> None:
         return None

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from starlette.responses import HTMLResponse
 
 from trainpilot.broker import open_broker
-from trainpilot.server import errors, rest, sse, system, ws
+from trainpilot.server import errors, media, rest, sse, system, ws
 from trainpilot.server.hub import Hub
 from trainpilot.settings import Settings
 from trainpilot.store import open_store
@@ -86,6 +86,7 @@ def create_app(settings: Settings) -> Any:
     )
     errors.install(api)
     api.include_router(rest.router)
+    api.include_router(media.router)
 
     @api.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:

@@ -160,6 +160,15 @@ async def ingest(request: Request, run_id: str) -> Response:
 
 async def read_json(request: Request, limit: int) -> Any:
     """The body as JSON, refusing more than `limit` bytes with 413 before reading them all."""
+    body = await read_body(request, limit)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise HTTPError(400, "bad_json", f"body is not valid UTF-8 JSON: {exc}") from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing more than `limit` bytes with 413 before reading them all."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPError(413, "too_large", f"body of {declared} bytes exceeds the limit of {limit}")
@@ -170,10 +179,7 @@ async def read_json(request: Request, limit: int) -> Any:
         if size > limit:
             raise HTTPError(413, "too_large", f"body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    try:
-        return orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError as exc:
-        raise HTTPError(400, "bad_json", f"body is not valid UTF-8 JSON: {exc}") from None
+    return b"".join(chunks)
 
 
 # -- metrics --------------------------------------------------------------------------------------
