@@ -2,66 +2,275 @@
 
 from __future__ import annotations
 
+import math
+import re
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
-from tests.conftest import LiveServer, create_run, metrics_batch, sse_events
+from tests.conftest import LiveServer, create_run, metrics_batch
+from trainpilot.sse_client import ServerEvent, parse
+from trainpilot.version import __version__
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def assert_error(response: httpx.Response, status: int, field: str | None = None) -> dict[str, str]:
+def assert_error(response: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
+    """The response is `status` with the agreed body ``{"error": {"code", "message"[, "field"]}}``."""
     assert response.status_code == status, response.text
-    error: dict[str, str] = response.json()["error"]
-    assert error["code"] and error["message"]
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error: dict[str, Any] = body["error"]
+    assert isinstance(error["code"], str) and error["code"], error
+    assert isinstance(error["message"], str) and error["message"], error
     if field is not None:
         assert error.get("field") == field, error
     return error
 
 
-def test_health_info_prometheus_and_docs_answer(shared_server: LiveServer) -> None:
+def stored_events(server: LiveServer, client: httpx.Client, run_id: str) -> list[ServerEvent]:
+    """Every event stored for `run_id`, read back from the SSE replay up to an end mark added now."""
+    mark = client.post(f"/api/runs/{run_id}/events", json={"events": [{"kind": "log", "data": {}}]})
+    last_id = mark.json()["last_id"]
+    out: list[ServerEvent] = []
+    params = {"after": "0", "run_id": run_id}
+    with httpx.stream("GET", server.url + "/api/stream/metrics", params=params, timeout=10) as response:
+        for event in parse(response.iter_lines()):
+            if event.id == last_id:
+                return out
+            out.append(event)
+    raise AssertionError(f"the stream of {run_id} ended before its end mark {last_id}")
+
+
+def post_events(client: httpx.Client, run_id: str, events: object) -> dict[str, Any]:
+    """Ingest `events` (a list, or a whole ``{"events": [...]}`` body) and return the 200 answer."""
+    body = events if isinstance(events, dict) else {"events": events}
+    response = client.post(f"/api/runs/{run_id}/events", json=body)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def finish(client: httpx.Client, run_id: str) -> None:
+    post_events(client, run_id, [{"kind": "status", "data": {"status": "finished"}}])
+
+
+@pytest.fixture
+def small_body_server(tmp_path: Path) -> Iterator[LiveServer]:
+    live = LiveServer(tmp_path / "small", max_body_bytes="1000").start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def token_server(tmp_path: Path) -> Iterator[LiveServer]:
+    live = LiveServer(tmp_path / "token", token="s3cret").start()
+    yield live
+    live.stop()
+
+
+# -- system -----------------------------------------------------------------------------------------
+
+
+def test_health_reports_the_store_and_broker_ok(shared_server: LiveServer) -> None:
     with shared_server.client() as client:
-        health = client.get("/api/system/health").json()
-        assert health["status"] == "ok" and health["store"]["backend"] == "sqlite"
+        response = client.get("/api/system/health")
+    assert response.status_code == 200
+    health = response.json()
+    assert health["status"] == "ok"
+    assert health["store"]["ok"] is True and health["store"]["backend"] == "sqlite"
+    assert health["broker"] == {"ok": True, "backend": "memory"}
+    assert health["uptime_s"] >= 0
+
+
+def wait_for_ws_subscribers(client: httpx.Client, count: int, timeout: float = 5.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        info: dict[str, Any] = client.get("/api/system/info").json()
+        if info["connections"]["ws"] == count or time.monotonic() > deadline:
+            return info
+        time.sleep(0.02)
+
+
+def test_info_reports_version_cpu_memory_and_live_connection_counts(shared_server: LiveServer) -> None:
+    with shared_server.client() as client:
         info = client.get("/api/system/info").json()
-        assert info["version"] and info["cpu"]["count"] >= 1 and info["memory"]["process_rss_bytes"] > 0
-        assert set(info["connections"]) == {"sse", "ws"} and info["backends"]["store"] == "sqlite"
-        prometheus = client.get("/metrics")
-        assert prometheus.status_code == 200 and "trainpilot_events_ingested_total" in prometheus.text
-        assert "trainpilot_subscribers" in prometheus.text
-        assert client.get("/docs").status_code == 200
+        assert info["version"] == __version__
+        assert info["cpu"]["count"] >= 1 and 0 <= info["cpu"]["percent"] <= 100 * info["cpu"]["count"]
+        memory = info["memory"]
+        assert memory["total_bytes"] >= memory["available_bytes"] > 0 and memory["process_rss_bytes"] > 0
+        assert info["backends"] == {"store": "sqlite", "broker": "memory"}
+        assert isinstance(info["gpus"], list) and info["host"]["python"]
+        before = info["connections"]["ws"]
+        assert set(info["connections"]) == {"sse", "ws"}
+        with connect(f"ws://127.0.0.1:{shared_server.port}/api/ws") as ws:
+            ws.send('{"op": "subscribe"}')
+            assert '"subscribed"' in str(ws.recv(timeout=5))
+            assert wait_for_ws_subscribers(client, before + 1)["connections"]["ws"] == before + 1
+        assert wait_for_ws_subscribers(client, before)["connections"]["ws"] == before
+
+
+def counter(exposition: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", exposition, re.MULTILINE)
+    assert match, f"{name} not in the exposition"
+    return float(match.group(1))
+
+
+def test_prometheus_exposition_counts_ingested_events(shared_server: LiveServer) -> None:
+    run_id = unique("prom")
+    with shared_server.client() as client:
+        create_run(client, run_id)
+        before = client.get("/metrics")
+        assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain")
+        post_events(client, run_id, metrics_batch(0, 5))
+        post_events(client, run_id, metrics_batch(0, 5))
+        after = client.get("/metrics").text
+    ingested = "trainpilot_events_ingested_total"
+    assert counter(after, ingested) - counter(before.text, ingested) == 5
+    assert (
+        counter(after, "trainpilot_duplicates_total") - counter(before.text, "trainpilot_duplicates_total")
+        == 5
+    )
+    assert 'trainpilot_subscribers{transport="sse"}' in after
+    assert counter(after, "trainpilot_process_rss_bytes") > 0
+
+
+def test_system_endpoints_answer_wrong_methods_and_unknown_paths_with_json_errors(
+    shared_server: LiveServer,
+) -> None:
+    with shared_server.client() as client:
+        assert_error(client.post("/api/system/health"), 405)
+        assert_error(client.delete("/api/system/info"), 405)
+        assert_error(client.get("/api/system/nothing"), 404)
+        assert_error(client.post("/api/stream/metrics"), 405)
+
+
+def test_docs_and_openapi_describe_every_endpoint(shared_server: LiveServer) -> None:
+    with shared_server.client() as client:
+        docs = client.get("/docs")
+        assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+        assert "swagger" in docs.text.lower()
         schema = client.get("/openapi.json").json()
-        assert "/api/stream/metrics" in schema["paths"] and "/api/training/control" in schema["paths"]
+    assert {
+        "/api/stream/metrics",
+        "/api/system/health",
+        "/api/system/info",
+        "/api/runs",
+        "/api/runs/{run_id}",
+        "/api/runs/{run_id}/events",
+        "/api/metrics/current",
+        "/api/metrics/history",
+        "/api/training/control",
+    } <= set(schema["paths"])
+
+
+# -- runs -------------------------------------------------------------------------------------------
 
 
 def test_create_run_is_idempotent_on_id(shared_server: LiveServer) -> None:
     run_id = unique("create")
     with shared_server.client() as client:
         first = client.post("/api/runs", json={"id": run_id, "project": "p", "config": {"lr": 0.1}})
-        assert first.status_code == 201 and first.json()["status"] == "created"
-        again = client.post("/api/runs", json={"id": run_id, "project": "other"})
-        assert again.status_code == 200 and again.json()["project"] == "p"
-        generated = client.post("/api/runs", json={"project": "p"})
-        assert generated.status_code == 201 and generated.json()["id"].startswith("r-")
-        listed = client.get("/api/runs", params={"project": "p"}).json()["runs"]
-        assert run_id in {r["id"] for r in listed}
-        got = client.get(f"/api/runs/{run_id}").json()
-        assert got["config"] == {"lr": 0.1} and got["metrics"] == {}
+        assert first.status_code == 201, first.text
+        assert first.json()["id"] == run_id and first.json()["status"] == "created"
+        again = client.post("/api/runs", json={"id": run_id, "project": "other", "config": {"lr": 9}})
+        assert again.status_code == 200
+        assert again.json()["project"] == "p" and again.json()["config"] == {"lr": 0.1}
+        got = client.get(f"/api/runs/{run_id}")
+    assert got.status_code == 200
+    assert (
+        got.json()["config"] == {"lr": 0.1} and got.json()["name"] == run_id and got.json()["metrics"] == {}
+    )
 
 
-def test_bad_run_requests_get_json_errors_naming_the_field(shared_server: LiveServer) -> None:
+def test_create_run_without_an_id_generates_one(shared_server: LiveServer) -> None:
+    project = unique("gen")
     with shared_server.client() as client:
-        assert_error(client.post("/api/runs", json={"project": ""}), 422, "project")
-        assert_error(client.post("/api/runs", json={"project": "p", "config": "nope"}), 422, "config")
-        assert_error(client.post("/api/runs", json={"id": "a/b", "project": "p"}), 422, "id")
-        assert_error(client.get("/api/runs", params={"limit": 0}), 422, "limit")
-        assert_error(client.get("/api/runs/no-such-run"), 404)
-        assert_error(client.delete("/api/runs"), 405)
+        first = client.post("/api/runs", json={"project": project})
+        second = client.post("/api/runs", json={"project": project})
+        listed = client.get("/api/runs", params={"project": project}).json()["runs"]
+    assert first.status_code == second.status_code == 201
+    assert first.json()["id"].startswith("r-") and first.json()["id"] != second.json()["id"]
+    assert {r["id"] for r in listed} == {first.json()["id"], second.json()["id"]}
+
+
+def test_list_runs_filters_by_project_and_status_with_a_limit(shared_server: LiveServer) -> None:
+    project = unique("list")
+    with shared_server.client() as client:
+        for name in ("a", "b", "c"):
+            create_run(client, f"{project}-{name}", project=project)
+        finish(client, f"{project}-b")
+        runs = client.get("/api/runs", params={"project": project}).json()["runs"]
+        assert {r["id"] for r in runs} == {f"{project}-{n}" for n in "abc"}
+        assert runs[0]["id"] == f"{project}-b"  # most recently active first
+        finished = client.get("/api/runs", params={"project": project, "status": "finished"}).json()
+        assert [r["id"] for r in finished["runs"]] == [f"{project}-b"]
+        assert len(client.get("/api/runs", params={"project": project, "limit": 2}).json()["runs"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"project": ""}, "project"),
+        ({"project": "p", "config": "nope"}, "config"),
+        ({"project": "p", "name": "n" * 201}, "name"),
+        ({"id": "a/b"}, "id"),
+        ({"id": ""}, "id"),
+        ({"id": "x" * 129}, "id"),
+        ({"id": 5}, "id"),
+    ],
+)
+def test_a_bad_run_body_is_refused_naming_the_field(
+    shared_server: LiveServer, body: dict[str, Any], field: str
+) -> None:
+    project = unique("badrun")
+    with shared_server.client() as client:
+        assert_error(client.post("/api/runs", json={"project": project, **body}), 422, field)
+        assert client.get("/api/runs", params={"project": project}).json()["runs"] == []
+
+
+def test_create_run_with_invalid_json_is_a_400(shared_server: LiveServer) -> None:
+    with shared_server.client() as client:
+        response = client.post("/api/runs", content=b"{nope", headers={"content-type": "application/json"})
+    assert assert_error(response, 400)["code"] == "bad_json"
+
+
+@pytest.mark.parametrize("limit", ["0", "1001", "many"])
+def test_list_runs_refuses_a_bad_limit(shared_server: LiveServer, limit: str) -> None:
+    with shared_server.client() as client:
+        assert_error(client.get("/api/runs", params={"limit": limit}), 422, "limit")
+
+
+def test_an_unknown_run_is_a_404(shared_server: LiveServer) -> None:
+    with shared_server.client() as client:
+        error = assert_error(client.get(f"/api/runs/{unique('ghost')}"), 404)
+    assert error["code"] == "not_found"
+
+
+# -- ingest -----------------------------------------------------------------------------------------
+
+
+def test_ingest_stores_a_batch_and_updates_the_run(shared_server: LiveServer) -> None:
+    run_id = unique("ingest")
+    with shared_server.client() as client:
+        create_run(client, run_id)
+        result = post_events(client, run_id, metrics_batch(0, 5))
+        run = client.get(f"/api/runs/{run_id}").json()
+        events = stored_events(shared_server, client, run_id)
+    assert result["stored"] == 5 and result["duplicates"] == 0
+    assert run["last_step"] == 4 and run["last_event_id"] == result["last_id"]
+    assert run["metrics"]["train/loss"]["value"] == pytest.approx(1 / 5)
+    assert [e.name for e in events] == ["status"] + ["metrics"] * 5
+    assert events[-1].id == result["last_id"]
 
 
 def test_same_batch_twice_is_stored_once(shared_server: LiveServer) -> None:
@@ -70,20 +279,28 @@ def test_same_batch_twice_is_stored_once(shared_server: LiveServer) -> None:
         create_run(client, run_id)
         first = client.post(f"/api/runs/{run_id}/events", json=metrics_batch(0, 50)).json()
         second = client.post(f"/api/runs/{run_id}/events", json=metrics_batch(0, 50)).json()
-        assert (first["stored"], first["duplicates"]) == (50, 0)
-        assert (second["stored"], second["duplicates"]) == (0, 50)
+        overlap = client.post(f"/api/runs/{run_id}/events", json=metrics_batch(40, 20)).json()
         series = client.get("/api/metrics/history", params={"run_id": run_id, "keys": "train/loss"}).json()
-        assert series["series"]["train/loss"]["step"] == list(range(50))
-    replay = sse_events(shared_server.url, {"after": "0", "run_id": run_id, "kinds": "metrics"}, count=50)
-    assert len({e.data["seq"] for e in replay}) == 50  # type: ignore[index]
+        events = stored_events(shared_server, client, run_id)
+    assert (first["stored"], first["duplicates"]) == (50, 0)
+    assert (second["stored"], second["duplicates"], second["last_id"]) == (0, 50, None)
+    assert (overlap["stored"], overlap["duplicates"]) == (10, 10)
+    assert series["series"]["train/loss"]["step"] == list(range(60))
+    seqs = [e.data["seq"] for e in events if e.name == "metrics"]
+    assert seqs == list(range(60))
 
 
 @pytest.mark.parametrize(
     ("events", "field"),
     [
         ([{"seq": 1, "data": {"loss": 1.0}}, {"seq": 2, "data": {"loss": "high"}}], "events[1].data.loss"),
-        ([{"seq": 1, "kind": "gossip"}], "events[0].kind"),
+        ([{"seq": 1}, {"seq": 2, "kind": "gossip"}], "events[1].kind"),
         ([{"seq": 1, "step": -3}], "events[0].step"),
+        ([{"seq": -1}], "events[0].seq"),
+        ([{"seq": 1, "ts": "now"}], "events[0].ts"),
+        ([{"seq": 1, "data": [1, 2]}], "events[0].data"),
+        ([{"seq": 1}, "not an event"], "events[1]"),
+        ([{"seq": 1}, {"kind": "status", "data": {"status": "sleeping"}}], "events[1].data.status"),
         ("not a list", "events"),
     ],
 )
@@ -93,194 +310,305 @@ def test_a_bad_event_refuses_the_whole_batch(shared_server: LiveServer, events: 
         create_run(client, run_id)
         assert_error(client.post(f"/api/runs/{run_id}/events", json={"events": events}), 422, field)
         assert client.get(f"/api/runs/{run_id}").json()["metrics"] == {}
-        replay = sse_events(shared_server.url, {"after": "0", "run_id": run_id}, count=1)
-        assert replay[0].name == "status"  # only the run's own "created" event is stored
-        follow = client.post(f"/api/runs/{run_id}/events", json={"events": [{"seq": 9, "data": {"x": 1}}]})
-        assert follow.json()["stored"] == 1
+        assert [e.name for e in stored_events(shared_server, client, run_id)] == ["status"]
+        # the refused batch's seqs were not taken: the good version of it is stored in full
+        assert post_events(client, run_id, [{"seq": 1, "step": 0, "data": {"loss": 1.0}}])["stored"] == 1
 
 
-def test_ingest_refuses_bad_json_unknown_runs_and_oversized_bodies(
-    shared_server: LiveServer, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe", b""])
+def test_ingest_refuses_invalid_json_with_a_400(shared_server: LiveServer, body: bytes) -> None:
+    run_id = unique("json")
     with shared_server.client() as client:
-        run_id = unique("ingest")
         create_run(client, run_id)
         response = client.post(
-            f"/api/runs/{run_id}/events", content=b"{not json", headers={"content-type": "application/json"}
+            f"/api/runs/{run_id}/events", content=body, headers={"content-type": "application/json"}
         )
-        assert_error(response, 400)
-        assert_error(
-            client.post(
-                f"/api/runs/{run_id}/events",
-                content=b"\xff\xfe",
-                headers={"content-type": "application/json"},
-            ),
-            400,
+        assert assert_error(response, 400)["code"] == "bad_json"
+        assert [e.name for e in stored_events(shared_server, client, run_id)] == ["status"]
+
+
+@pytest.mark.parametrize("batch", [metrics_batch(0, 1), {"events": []}])
+def test_ingest_to_an_unknown_run_is_a_404_and_creates_nothing(
+    shared_server: LiveServer, batch: dict[str, Any]
+) -> None:
+    run_id = unique("ghost")
+    with shared_server.client() as client:
+        assert_error(client.post(f"/api/runs/{run_id}/events", json=batch), 404)
+        assert_error(client.get(f"/api/runs/{run_id}"), 404)
+
+
+def test_a_body_over_the_limit_is_a_413_and_nothing_is_stored(small_body_server: LiveServer) -> None:
+    def chunks() -> Iterator[bytes]:  # no content-length: the server must count as it reads
+        yield b'{"events": ['
+        for i in range(100):
+            yield b'{"seq": %d, "data": {"loss": 1.0}},' % i
+        yield b'{"seq": 100}]}'
+
+    with small_body_server.client() as client:
+        create_run(client, "r")
+        declared = client.post("/api/runs/r/events", json=metrics_batch(0, 100))
+        assert assert_error(declared, 413)["code"] == "too_large"
+        streamed = client.post(
+            "/api/runs/r/events", content=chunks(), headers={"content-type": "application/json"}
         )
-        assert_error(client.post("/api/runs/ghost/events", json=metrics_batch(0, 1)), 404)
-        assert_error(client.post("/api/runs/ghost/events", json={"events": []}), 404)
-    small = LiveServer(tmp_path / "small", max_body_bytes="1000").start()
-    try:
-        with small.client() as client:
-            create_run(client, "r")
-            assert_error(client.post("/api/runs/r/events", json=metrics_batch(0, 100)), 413)
-            assert client.post("/api/runs/r/events", json=metrics_batch(0, 2)).status_code == 200
-    finally:
-        small.stop()
+        assert assert_error(streamed, 413)["code"] == "too_large"
+        assert post_events(client, "r", metrics_batch(0, 2))["stored"] == 2
+        names = [e.name for e in stored_events(small_body_server, client, "r")]
+    assert names == ["status", "metrics", "metrics"]
 
 
 def test_nan_is_stored_as_null_and_reported_as_an_insight(shared_server: LiveServer) -> None:
     run_id = unique("nan")
     with shared_server.client() as client:
         create_run(client, run_id)
-        batch = {"events": [{"seq": 0, "step": 5, "data": {"loss": "nan", "acc": 0.5}}]}
-        assert client.post(f"/api/runs/{run_id}/events", json=batch).json()["stored"] == 1
+        first = post_events(client, run_id, [{"seq": 0, "step": 5, "data": {"loss": "nan", "acc": 0.5}}])
+        again = post_events(client, run_id, [{"seq": 1, "step": 6, "data": {"loss": "NaN", "g": "-inf"}}])
         current = client.get("/api/metrics/current", params={"run_id": run_id}).json()
-        assert set(current["metrics"]) == {"acc"}
-    events = sse_events(
-        shared_server.url, {"after": "0", "run_id": run_id, "kinds": "metrics,insight"}, count=2
-    )
-    assert events[0].data["data"] == {"loss": None, "acc": 0.5}  # type: ignore[index]
-    insight = events[1].data["data"]  # type: ignore[index]
-    assert (
-        insight["kind"] == "nan_inf" and insight["evidence"]["metrics"] == ["loss"] and insight["step"] == 5
-    )
+        history = client.get("/api/metrics/history", params={"run_id": run_id, "keys": "loss"}).json()
+        events = stored_events(shared_server, client, run_id)
+    assert first["stored"] == 1 and again["stored"] == 1
+    assert set(current["metrics"]) == {"acc"}  # a null is no latest value
+    assert history["series"]["loss"]["total"] == 0
+    metrics = [e.data["data"] for e in events if e.name == "metrics"]
+    assert metrics == [{"loss": None, "acc": 0.5}, {"loss": None, "g": None}]
+    insights = [e.data["data"] for e in events if e.name == "insight"]
+    assert [i["kind"] for i in insights] == ["nan_inf", "nan_inf"]  # once per run and metric
+    assert insights[0]["evidence"]["metrics"] == ["loss"] and insights[0]["step"] == 5
+    assert insights[1]["evidence"]["metrics"] == ["g"] and insights[1]["step"] == 6
 
 
-def test_current_metrics_default_to_the_most_recent_active_run(tmp_path: Path) -> None:
-    live = LiveServer(tmp_path / "d").start()
-    try:
-        with live.client() as client:
-            assert_error(client.get("/api/metrics/current"), 404)
-            create_run(client, "old")
-            client.post("/api/runs/old/events", json=metrics_batch(0, 3))
-            create_run(client, "new")
-            client.post("/api/runs/new/events", json=metrics_batch(0, 7))
-            current = client.get("/api/metrics/current").json()
-            assert current["run_id"] == "new" and current["step"] == 6
-            assert current["metrics"]["train/loss"]["step"] == 6
-            assert client.get("/api/metrics/current", params={"run_id": "old"}).json()["step"] == 2
-            client.post(
-                "/api/runs/new/events", json={"events": [{"kind": "status", "data": {"status": "finished"}}]}
-            )
-            assert client.get("/api/metrics/current").json()["run_id"] == "old"
-            assert_error(client.get("/api/metrics/current", params={"run_id": "ghost"}), 404)
-    finally:
-        live.stop()
+# -- metrics ----------------------------------------------------------------------------------------
 
 
-def test_history_downsamples_to_max_points_keeping_the_spike_and_the_latest(
-    shared_server: LiveServer,
-) -> None:
+def test_current_metrics_default_to_the_most_recent_active_run(server: LiveServer) -> None:
+    with server.client() as client:
+        assert assert_error(client.get("/api/metrics/current"), 404)["code"] == "not_found"
+        create_run(client, "old")
+        client.post("/api/runs/old/events", json=metrics_batch(0, 3))
+        create_run(client, "new")
+        client.post("/api/runs/new/events", json=metrics_batch(0, 7))
+        current = client.get("/api/metrics/current").json()
+        assert current["run_id"] == "new" and current["step"] == 6 and current["status"] == "created"
+        assert current["metrics"]["train/loss"] == {
+            "value": pytest.approx(1 / 7),
+            "step": 6,
+            "ts": pytest.approx(time.time(), abs=60),
+        }
+        explicit = client.get("/api/metrics/current", params={"run_id": "old"}).json()
+        assert explicit["run_id"] == "old" and explicit["step"] == 2
+        finish(client, "new")
+        assert client.get("/api/metrics/current").json()["run_id"] == "old"
+
+
+def test_current_metrics_of_an_unknown_run_is_a_404(shared_server: LiveServer) -> None:
+    with shared_server.client() as client:
+        assert_error(client.get("/api/metrics/current", params={"run_id": unique("ghost")}), 404)
+
+
+@pytest.fixture(scope="module")
+def long_run(shared_server: LiveServer) -> str:
+    """5000 steps of a falling loss with one huge spike at step 1234, a rising acc, and a wave whose
+    extremes lie mid-run."""
     run_id = unique("hist")
     with shared_server.client() as client:
         create_run(client, run_id)
         events = [
-            {"seq": i, "step": i, "data": {"loss": 100.0 if i == 1234 else 1.0 / (i + 1), "acc": 0.5}}
+            {
+                "seq": i,
+                "step": i,
+                "data": {
+                    "loss": 1e6 if i == 1234 else 1.0 / (i + 1),
+                    "acc": i / 5000,
+                    "wave": math.sin(i / 300),
+                },
+            }
             for i in range(5000)
         ]
-        client.post(f"/api/runs/{run_id}/events", json={"events": events})
-        body = client.get(
-            "/api/metrics/history", params={"run_id": run_id, "keys": "loss", "max_points": 100}
-        ).json()
-        loss = body["series"]["loss"]
-        assert set(body["series"]) == {"loss"} and loss["total"] == 5000 and loss["downsampled"]
-        assert len(loss["step"]) <= 100 and 1234 in loss["step"] and loss["step"][-1] == 4999
+        assert post_events(client, run_id, events)["stored"] == 5000
+    return run_id
+
+
+@pytest.mark.parametrize("max_points", [2, 3, 7, 100, 999])
+def test_history_downsamples_to_max_points_keeping_the_spike_and_the_latest(
+    shared_server: LiveServer, long_run: str, max_points: int
+) -> None:
+    with shared_server.client() as client:
+        params = {"run_id": long_run, "keys": "loss,acc,wave", "max_points": max_points}
+        body = client.get("/api/metrics/history", params=params).json()
+    assert body["run_id"] == long_run and body["max_points"] == max_points
+    for series in body["series"].values():
+        assert series["total"] == 5000 and series["downsampled"] is True
+        assert 2 <= len(series["step"]) <= max_points
+        assert len(series["value"]) == len(series["ts"]) == len(series["step"])
+        assert series["step"] == sorted(series["step"]) and series["step"][-1] == 4999
+    if max_points >= 3:  # two points leave room only for the ends
+        loss, wave = body["series"]["loss"], body["series"]["wave"]
+        assert loss["value"][loss["step"].index(1234)] == 1e6
+        waves = [math.sin(i / 300) for i in range(5000)]
+        assert max(wave["value"]) == max(waves) and min(wave["value"]) == min(waves)
+
+
+def test_history_filters_by_keys_and_step_range(shared_server: LiveServer, long_run: str) -> None:
+    with shared_server.client() as client:
         ranged = client.get(
             "/api/metrics/history",
-            params={"run_id": run_id, "keys": "loss,acc", "start_step": 10, "end_step": 19},
+            params={"run_id": long_run, "keys": "acc", "start_step": 10, "end_step": 19},
         ).json()
-        assert ranged["series"]["acc"]["step"] == list(range(10, 20))
-        everything = client.get("/api/metrics/history", params={"run_id": run_id, "max_points": 10}).json()
-        assert set(everything["series"]) == {"loss", "acc"}
+        everything = client.get(
+            "/api/metrics/history", params={"run_id": long_run, "max_points": 5000}
+        ).json()
+        open_end = client.get("/api/metrics/history", params={"run_id": long_run, "start_step": 4990}).json()
+        unknown = client.get("/api/metrics/history", params={"run_id": long_run, "keys": "nope"}).json()
+    assert set(ranged["series"]) == {"acc"}
+    acc = ranged["series"]["acc"]
+    assert acc["step"] == list(range(10, 20)) and acc["total"] == 10 and acc["downsampled"] is False
+    assert acc["value"] == pytest.approx([i / 5000 for i in range(10, 20)])
+    assert set(everything["series"]) == {"loss", "acc", "wave"}
+    assert everything["series"]["loss"]["step"] == list(range(5000))
+    assert open_end["series"]["loss"]["step"] == list(range(4990, 5000))
+    assert unknown["series"]["nope"] == {"step": [], "value": [], "ts": [], "total": 0, "downsampled": False}
 
 
-def test_history_bad_parameters_name_the_field(shared_server: LiveServer) -> None:
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"max_points": "1"}, "max_points"),
+        ({"max_points": "100001"}, "max_points"),
+        ({"max_points": "many"}, "max_points"),
+        ({"start_step": "-1"}, "start_step"),
+        ({"start_step": str(10**20)}, "start_step"),
+        ({"end_step": str(2**63)}, "end_step"),
+        ({"start_step": "9", "end_step": "3"}, "end_step"),
+        ({"keys": ",".join(f"k{i}" for i in range(65))}, "keys"),
+    ],
+)
+def test_history_refuses_bad_parameters_naming_the_field(
+    shared_server: LiveServer, long_run: str, params: dict[str, str], field: str
+) -> None:
     with shared_server.client() as client:
-        run_id = unique("histbad")
-        create_run(client, run_id)
-        params = {"run_id": run_id}
-        assert_error(
-            client.get("/api/metrics/history", params={**params, "max_points": 1}), 422, "max_points"
-        )
-        assert_error(
-            client.get("/api/metrics/history", params={**params, "start_step": -1}), 422, "start_step"
-        )
-        assert_error(
-            client.get("/api/metrics/history", params={**params, "start_step": 9, "end_step": 3}),
-            422,
-            "end_step",
-        )
-        assert_error(client.get("/api/metrics/history", params={**params, "max_points": "many"}), 422)
-        assert_error(client.get("/api/metrics/history", params={"run_id": "ghost"}), 404)
+        response = client.get("/api/metrics/history", params={"run_id": long_run, **params})
+    assert_error(response, 422, field)
 
 
-def test_control_commands_are_stored_and_streamed_with_their_id(shared_server: LiveServer) -> None:
+def test_history_of_an_unknown_run_is_a_404(shared_server: LiveServer) -> None:
+    with shared_server.client() as client:
+        assert_error(client.get("/api/metrics/history", params={"run_id": unique("ghost")}), 404)
+
+
+# -- control ----------------------------------------------------------------------------------------
+
+
+def test_control_commands_get_a_command_id_and_are_streamed_as_requested(shared_server: LiveServer) -> None:
     run_id = unique("ctl")
+    commands: list[tuple[str, float | None]] = [
+        ("pause", None),
+        ("resume", None),
+        ("checkpoint", None),
+        ("set_lr", 0.01),
+        ("stop", None),
+    ]
     with shared_server.client() as client:
         create_run(client, run_id)
         ids = []
-        for action, value in (
-            ("pause", None),
-            ("resume", None),
-            ("checkpoint", None),
-            ("set_lr", 0.01),
-            ("stop", None),
-        ):
-            reply = client.post(
-                "/api/training/control", json={"run_id": run_id, "action": action, "value": value}
-            )
-            assert reply.status_code == 202 and reply.json()["status"] == "requested"
-            ids.append(reply.json()["command_id"])
-    events = sse_events(shared_server.url, {"after": "0", "run_id": run_id, "kinds": "control"}, count=5)
+        for action, value in commands:
+            body: dict[str, Any] = {"run_id": run_id, "action": action}
+            if value is not None:
+                body["value"] = value
+            reply = client.post("/api/training/control", json=body)
+            assert reply.status_code == 202, reply.text
+            answer = reply.json()
+            assert answer["status"] == "requested" and isinstance(answer["command_id"], int)
+            assert (answer["run_id"], answer["action"], answer["value"]) == (run_id, action, value)
+            ids.append(answer["command_id"])
+        events = [e for e in stored_events(shared_server, client, run_id) if e.name == "control"]
     assert [e.id for e in events] == ids
-    assert [e.data["data"]["action"] for e in events] == ["pause", "resume", "checkpoint", "set_lr", "stop"]  # type: ignore[index]
-    assert events[3].data["data"]["value"] == 0.01  # type: ignore[index]
+    data = [e.data["data"] for e in events]
+    assert [d["action"] for d in data] == [a for a, _ in commands]
+    assert all(d["status"] == "requested" and d["requested_by"].startswith("http:") for d in data)
+    assert data[3]["value"] == 0.01 and "value" not in data[0]
 
 
-def test_bad_control_requests_are_refused(shared_server: LiveServer) -> None:
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"action": "explode"}, "action"),
+        ({}, "action"),
+        ({"action": "set_lr"}, "value"),
+        ({"action": "set_lr", "value": -1}, "value"),
+        ({"action": "set_lr", "value": 0}, "value"),
+        ({"action": "set_lr", "value": "fast"}, "value"),
+        ({"action": "pause", "value": 3}, "value"),
+    ],
+)
+def test_a_bad_control_request_is_refused_naming_the_field(
+    shared_server: LiveServer, body: dict[str, Any], field: str
+) -> None:
     run_id = unique("ctlbad")
     with shared_server.client() as client:
         create_run(client, run_id)
-        url = "/api/training/control"
-        assert_error(client.post(url, json={"run_id": run_id, "action": "explode"}), 422, "action")
-        assert_error(client.post(url, json={"run_id": run_id, "action": "set_lr"}), 422, "value")
-        assert_error(client.post(url, json={"run_id": run_id, "action": "set_lr", "value": -1}), 422, "value")
-        assert_error(client.post(url, json={"run_id": run_id, "action": "pause", "value": 3}), 422, "value")
-        assert_error(client.post(url, json={"run_id": "ghost", "action": "pause"}), 404)
-        client.post(
-            f"/api/runs/{run_id}/events",
-            json={"events": [{"kind": "status", "data": {"status": "finished"}}]},
+        assert_error(client.post("/api/training/control", json={"run_id": run_id, **body}), 422, field)
+        assert [e.name for e in stored_events(shared_server, client, run_id)] == ["status"]
+
+
+def test_control_of_an_unknown_run_is_a_404(shared_server: LiveServer) -> None:
+    with shared_server.client() as client:
+        response = client.post("/api/training/control", json={"run_id": unique("ghost"), "action": "pause"})
+    assert_error(response, 404)
+
+
+def test_control_with_invalid_json_is_a_400(shared_server: LiveServer) -> None:
+    with shared_server.client() as client:
+        response = client.post(
+            "/api/training/control", content=b"{nope", headers={"content-type": "application/json"}
         )
-        assert_error(client.post(url, json={"run_id": run_id, "action": "pause"}), 409)
+    assert assert_error(response, 400)["code"] == "bad_json"
 
 
-def test_a_token_server_refuses_changes_without_it_and_keeps_reads_open(tmp_path: Path) -> None:
-    live = LiveServer(tmp_path / "d", token="s3cret").start()
-    try:
-        with live.client() as client:
-            assert_error(client.post("/api/runs", json={"id": "r", "project": "p"}), 401)
-            assert_error(
-                client.post(
-                    "/api/runs", json={"id": "r", "project": "p"}, headers={"Authorization": "Bearer wrong"}
-                ),
-                401,
-            )
-            ok = client.post(
-                "/api/runs", json={"id": "r", "project": "p"}, headers={"Authorization": "Bearer s3cret"}
-            )
-            assert ok.status_code == 201
-            assert_error(client.post("/api/runs/r/events", json=metrics_batch(0, 1)), 401)
-            assert_error(client.post("/api/training/control", json={"run_id": "r", "action": "pause"}), 401)
-            assert (
-                client.post(
-                    "/api/training/control",
-                    json={"run_id": "r", "action": "pause"},
-                    headers={"X-Trainpilot-Token": "s3cret"},
-                ).status_code
-                == 202
-            )
-            assert client.get("/api/runs").status_code == 200
-        assert "s3cret" not in live.log.read_text()
-    finally:
-        live.stop()
+def test_control_of_a_finished_run_is_a_409(shared_server: LiveServer) -> None:
+    run_id = unique("ctldone")
+    with shared_server.client() as client:
+        create_run(client, run_id)
+        finish(client, run_id)
+        response = client.post("/api/training/control", json={"run_id": run_id, "action": "pause"})
+        assert assert_error(response, 409)["code"] == "conflict"
+        assert [e.name for e in stored_events(shared_server, client, run_id)] == ["status", "status"]
+
+
+# -- auth -------------------------------------------------------------------------------------------
+
+
+def test_a_token_server_refuses_changes_without_the_token(token_server: LiveServer) -> None:
+    good = {"Authorization": "Bearer s3cret"}
+    with token_server.client() as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-Trainpilot-Token": "wrong"}):
+            refused = client.post("/api/runs", json={"id": "r", "project": "p"}, headers=headers)
+            assert assert_error(refused, 401)["code"] == "unauthorized"
+        assert_error(client.get("/api/runs/r"), 404)  # nothing was created
+        assert client.post("/api/runs", json={"id": "r", "project": "p"}, headers=good).status_code == 201
+        assert_error(client.post("/api/runs/r/events", json=metrics_batch(0, 1)), 401)
+        assert_error(client.post("/api/training/control", json={"run_id": "r", "action": "pause"}), 401)
+        assert client.post("/api/runs/r/events", json=metrics_batch(0, 1), headers=good).status_code == 200
+        control = client.post(
+            "/api/training/control",
+            json={"run_id": "r", "action": "pause"},
+            headers={"X-Trainpilot-Token": "s3cret"},
+        )
+        assert control.status_code == 202
+    assert "s3cret" not in token_server.log.read_text()
+
+
+def test_a_token_server_keeps_reads_open(token_server: LiveServer) -> None:
+    with token_server.client() as client:
+        create = client.post(
+            "/api/runs", json={"id": "r", "project": "p"}, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert create.status_code == 201
+        for path, params in [
+            ("/api/system/health", {}),
+            ("/api/system/info", {}),
+            ("/api/runs", {}),
+            ("/api/runs/r", {}),
+            ("/api/metrics/current", {"run_id": "r"}),
+            ("/api/metrics/history", {"run_id": "r"}),
+        ]:
+            assert client.get(path, params=params).status_code == 200, path

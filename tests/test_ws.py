@@ -1,151 +1,320 @@
-"""The WebSocket against a real server: subscribe with a cursor, ingest, control, ping, errors."""
+"""The WebSocket against a real server: subscribe with a cursor, filters, ingest, control, ping, errors."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import LiveServer, create_run, metrics_batch
 
 
-def ws_url(server: LiveServer, query: str = "") -> str:
-    return f"ws://127.0.0.1:{server.port}/api/ws{query}"
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def ask(ws: ClientConnection, message: dict[str, Any]) -> dict[str, Any]:
-    """Send a message and return the next reply that is not an events message."""
-    ws.send(json.dumps(message))
-    while True:
-        reply: dict[str, Any] = json.loads(ws.recv(timeout=10))
-        if reply["op"] != "events":
-            return reply
+class Socket:
+    """A client that keeps pushed events apart from replies: events can arrive before a reply."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.events: list[dict[str, Any]] = []
+
+    def send(self, message: object) -> None:
+        self.ws.send(message if isinstance(message, str) else json.dumps(message))
+
+    def _next(self, deadline: float) -> dict[str, Any]:
+        message: dict[str, Any] = json.loads(self.ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+        if message["op"] == "events":
+            assert isinstance(message["events"], list) and message["events"], message
+            self.events.extend(message["events"])
+        return message
+
+    def reply(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The next message that is not events (events are kept in `self.events`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self._next(deadline)
+            if message["op"] != "events":
+                return message
+
+    def ask(self, message: object) -> dict[str, Any]:
+        self.send(message)
+        return self.reply()
+
+    def wait_events(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """At least `count` events, however many messages they came in."""
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count:
+            message = self._next(deadline)
+            assert message["op"] == "events", message
+        return list(self.events)
+
+    def quiet(self) -> list[dict[str, Any]]:
+        """The events that arrived before a ping's answer: what was published so far and matched."""
+        assert self.ask({"op": "ping"})["op"] == "pong"
+        return list(self.events)
 
 
-def receive_events(ws: ClientConnection, count: int) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    while len(events) < count:
-        message = json.loads(ws.recv(timeout=10))
-        assert message["op"] == "events", message
-        events.extend(message["events"])
-    return events
+@pytest.fixture
+def token_server(tmp_path: Path) -> Iterator[LiveServer]:
+    live = LiveServer(tmp_path / "token", token="s3cret").start()
+    yield live
+    live.stop()
 
 
-def test_ping_answers_pong_and_echoes_ref(shared_server: LiveServer) -> None:
-    with connect(ws_url(shared_server)) as ws:
-        reply = ask(ws, {"op": "ping", "ref": 7})
-        assert reply["op"] == "pong" and reply["ref"] == 7 and reply["head"] >= 0
+def open_socket(server: LiveServer, query: str = "", **kwargs: Any) -> ClientConnection:
+    return connect(f"ws://127.0.0.1:{server.port}/api/ws{query}", open_timeout=5, **kwargs)
 
 
-def test_subscribe_with_a_cursor_replays_then_streams_live_without_gaps(shared_server: LiveServer) -> None:
-    run_id = f"ws-{uuid.uuid4().hex[:6]}"
-    with shared_server.client() as client, connect(ws_url(shared_server)) as ws:
+def ingest(client: httpx.Client, run_id: str, body: object) -> dict[str, Any]:
+    response = client.post(f"/api/runs/{run_id}/events", json=body)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def assert_strictly_increasing(ids: list[int]) -> None:
+    assert all(a < b for a, b in itertools.pairwise(ids)), ids
+
+
+def test_ping_answers_pong_with_the_ref_and_the_head(shared_server: LiveServer) -> None:
+    run_id = unique("ping")
+    with shared_server.client() as client, open_socket(shared_server) as ws:
+        sock = Socket(ws)
+        first = sock.ask({"op": "ping", "ref": 7})
+        assert first["op"] == "pong" and first["ref"] == 7 and first["head"] >= 0
+        assert "ref" not in sock.ask({"op": "ping"})
         create_run(client, run_id)
-        client.post(f"/api/runs/{run_id}/events", json=metrics_batch(0, 30))
-        reply = ask(ws, {"op": "subscribe", "after": 0, "run_id": run_id, "kinds": ["metrics"]})
-        assert reply == {"op": "subscribed", "after": 0}
-        replayed = receive_events(ws, 30)
-        client.post(f"/api/runs/{run_id}/events", json=metrics_batch(30, 30))
-        live = receive_events(ws, 30)
-    events = replayed + live
-    assert [e["step"] for e in events] == list(range(60))
+        last_id = ingest(client, run_id, metrics_batch(0, 3))["last_id"]
+        pong = sock.ask({"op": "ping", "ref": {"any": ["json"]}})
+    assert pong["ref"] == {"any": ["json"]} and pong["head"] >= last_id
+
+
+def test_subscribe_after_a_cursor_replays_then_streams_live_without_gap_or_duplicate(
+    shared_server: LiveServer,
+) -> None:
+    run_id = unique("cursor")
+    with shared_server.client() as client, open_socket(shared_server) as ws:
+        sock = Socket(ws)
+        create_run(client, run_id)
+        cursor = ingest(client, run_id, metrics_batch(0, 20))["last_id"]
+        ingest(client, run_id, metrics_batch(20, 20))
+        reply = sock.ask({"op": "subscribe", "after": cursor, "run_id": run_id, "kinds": ["metrics"]})
+        assert reply == {"op": "subscribed", "after": cursor}
+        sock.wait_events(20)
+        for start in range(40, 100, 10):  # live, in several batches while the socket reads
+            ingest(client, run_id, metrics_batch(start, 10))
+        events = sock.wait_events(80)
+    assert [e["step"] for e in events] == list(range(20, 100))
     ids = [e["id"] for e in events]
-    assert ids == sorted(ids) and len(set(ids)) == 60
+    assert ids[0] > cursor
+    assert_strictly_increasing(ids)
 
 
-def test_filters_pick_runs_kinds_and_trim_metric_keys(shared_server: LiveServer) -> None:
-    a, b = (f"wsf-{uuid.uuid4().hex[:6]}" for _ in range(2))
-    with shared_server.client() as client, connect(ws_url(shared_server)) as ws:
-        create_run(client, a)
-        create_run(client, b)
-        ask(ws, {"op": "subscribe", "run_id": a, "kinds": "metrics", "keys": ["train/acc"]})
-        client.post(f"/api/runs/{b}/events", json=metrics_batch(0, 3))
-        client.post(f"/api/runs/{a}/events", json={"events": [{"kind": "log", "data": {"text": "skip me"}}]})
-        client.post(f"/api/runs/{a}/events", json=metrics_batch(0, 3))
-        events = receive_events(ws, 3)
-    assert {e["run_id"] for e in events} == {a}
-    assert all(set(e["data"]) == {"train/acc"} for e in events)
+def test_subscribe_without_a_cursor_starts_at_the_live_head(shared_server: LiveServer) -> None:
+    run_id = unique("head")
+    with shared_server.client() as client, open_socket(shared_server) as ws:
+        sock = Socket(ws)
+        create_run(client, run_id)
+        ingest(client, run_id, metrics_batch(0, 5))
+        head = sock.ask({"op": "ping"})["head"]
+        reply = sock.ask({"op": "subscribe", "run_id": run_id})
+        assert reply["op"] == "subscribed" and reply["after"] >= head
+        ingest(client, run_id, metrics_batch(5, 2))
+        events = sock.wait_events(2)
+    assert [e["step"] for e in events] == [5, 6]
 
 
-def test_ingest_over_the_socket_is_idempotent(shared_server: LiveServer) -> None:
-    run_id = f"wsi-{uuid.uuid4().hex[:6]}"
-    with shared_server.client() as client, connect(ws_url(shared_server)) as ws:
+def test_subscription_filters_runs_and_kinds_and_trims_metric_keys(shared_server: LiveServer) -> None:
+    wanted, other = unique("wsf"), unique("wsf")
+    with shared_server.client() as client, open_socket(shared_server) as ws:
+        sock = Socket(ws)
+        create_run(client, wanted)
+        create_run(client, other)
+        sock.ask({"op": "subscribe", "run_id": wanted, "kinds": "metrics", "keys": ["train/acc"]})
+        ingest(client, other, metrics_batch(0, 3))
+        ingest(client, wanted, {"events": [{"kind": "log", "data": {"text": "not a metric"}}]})
+        ingest(client, wanted, {"events": [{"step": 0, "data": {"val/loss": 0.3}}]})  # no wanted key
+        ingest(client, wanted, metrics_batch(1, 3))
+        events = sock.wait_events(3)
+        assert sock.quiet() == events  # nothing else arrived
+    assert {e["run_id"] for e in events} == {wanted} and {e["kind"] for e in events} == {"metrics"}
+    assert [e["step"] for e in events] == [1, 2, 3]
+    assert [e["data"] for e in events] == [{"train/acc": s / 1000} for s in (1, 2, 3)]
+
+
+def test_a_keys_filter_with_a_star_matches_a_prefix(shared_server: LiveServer) -> None:
+    run_id = unique("wsk")
+    with shared_server.client() as client, open_socket(shared_server) as ws:
+        sock = Socket(ws)
+        create_run(client, run_id)
+        sock.ask({"op": "subscribe", "run_id": [run_id], "keys": "train/*,lr"})
+        ingest(
+            client, run_id, {"events": [{"step": 0, "data": {"train/a": 1, "train/b": 2, "lr": 3, "x": 4}}]}
+        )
+        (event,) = sock.wait_events(1)
+    assert event["data"] == {"train/a": 1.0, "train/b": 2.0, "lr": 3.0}
+
+
+def test_ingest_over_the_socket_is_stored_once(shared_server: LiveServer) -> None:
+    run_id = unique("wsi")
+    with shared_server.client() as client, open_socket(shared_server) as ws:
+        sock = Socket(ws)
         create_run(client, run_id)
         batch = {"op": "ingest", "run_id": run_id, "ref": "b1", **metrics_batch(0, 10)}
-        first = ask(ws, batch)
-        assert first["op"] == "ingested" and first["stored"] == 10 and first["ref"] == "b1"
-        second = ask(ws, batch)
-        assert second["stored"] == 0 and second["duplicates"] == 10
-        total = client.get("/api/metrics/history", params={"run_id": run_id, "keys": "train/loss"}).json()
-        assert total["series"]["train/loss"]["total"] == 10
+        first = sock.ask(batch)
+        second = sock.ask({**batch, "ref": "b2"})
+        history = client.get("/api/metrics/history", params={"run_id": run_id, "keys": "train/loss"}).json()
+    assert first["op"] == "ingested" and first["ref"] == "b1"
+    assert (first["stored"], first["duplicates"]) == (10, 0) and isinstance(first["last_id"], int)
+    assert (second["stored"], second["duplicates"], second["last_id"], second["ref"]) == (0, 10, None, "b2")
+    assert history["series"]["train/loss"]["step"] == list(range(10))
 
 
-def test_control_over_the_socket_returns_the_command_id(shared_server: LiveServer) -> None:
-    run_id = f"wsc-{uuid.uuid4().hex[:6]}"
-    with shared_server.client() as client, connect(ws_url(shared_server)) as ws:
+def test_events_ingested_over_the_socket_reach_its_own_subscription(shared_server: LiveServer) -> None:
+    run_id = unique("wsown")
+    with shared_server.client() as client, open_socket(shared_server) as ws:
+        sock = Socket(ws)
         create_run(client, run_id)
-        ask(ws, {"op": "subscribe", "run_id": run_id, "kinds": ["control"]})
-        ws.send(json.dumps({"op": "control", "run_id": run_id, "action": "set_lr", "value": 0.5}))
-        messages = [json.loads(ws.recv(timeout=10)) for _ in range(2)]  # the reply and the event, any order
-        (reply,) = [m for m in messages if m["op"] == "control"]
-        (events,) = [m["events"] for m in messages if m["op"] == "events"]
-        assert reply["status"] == "requested"
-        assert events[0]["id"] == reply["command_id"] and events[0]["data"]["action"] == "set_lr"
+        sock.ask({"op": "subscribe", "run_id": run_id, "kinds": ["metrics"]})
+        answer = sock.ask({"op": "ingest", "run_id": run_id, **metrics_batch(0, 4)})
+        events = sock.wait_events(4)
+    assert [e["step"] for e in events] == [0, 1, 2, 3] and events[-1]["id"] == answer["last_id"]
 
 
-def test_errors_are_messages_and_the_socket_stays_open(shared_server: LiveServer) -> None:
-    with connect(ws_url(shared_server)) as ws:
-        ws.send("{nope")
-        assert json.loads(ws.recv(timeout=10))["error"]["code"] == "bad_json"
-        assert ask(ws, {"op": "dance"})["error"]["field"] == "op"
-        assert ask(ws, [1, 2])["error"]["field"] == "message"  # type: ignore[arg-type]
-        assert ask(ws, {"op": "subscribe", "kinds": ["gossip"]})["error"]["field"] == "kinds"
-        assert ask(ws, {"op": "subscribe", "after": -1})["error"]["field"] == "after"
-        assert ask(ws, {"op": "ingest", "run_id": "ghost", "events": []})["error"]["code"] == "not_found"
-        assert ask(ws, {"op": "ingest", "events": []})["error"]["field"] == "run_id"
-        bad_event = ask(ws, {"op": "ingest", "run_id": "x", "events": [{"data": {"loss": "high"}}]})
-        assert bad_event["error"]["field"] == "events[0].data.loss"
-        assert ask(ws, {"op": "control", "run_id": "ghost", "action": "stop"})["error"]["code"] == "not_found"
-        assert ask(ws, {"op": "ping"})["op"] == "pong"
+def test_control_over_the_socket_returns_the_command_id_of_the_streamed_event(
+    shared_server: LiveServer,
+) -> None:
+    run_id = unique("wsc")
+    with shared_server.client() as client, open_socket(shared_server) as ws:
+        sock = Socket(ws)
+        create_run(client, run_id)
+        sock.ask({"op": "subscribe", "run_id": run_id, "kinds": ["control"]})
+        reply = sock.ask({"op": "control", "run_id": run_id, "action": "set_lr", "value": 0.5, "ref": 3})
+        (event,) = sock.wait_events(1)
+    assert reply["op"] == "control" and reply["status"] == "requested" and reply["ref"] == 3
+    assert (reply["run_id"], reply["action"]) == (run_id, "set_lr")
+    assert event["id"] == reply["command_id"] and event["kind"] == "control"
+    assert event["data"]["action"] == "set_lr" and event["data"]["value"] == 0.5
+    assert event["data"]["status"] == "requested" and event["data"]["requested_by"].startswith("ws:")
 
 
-def test_resubscribe_replaces_the_subscription(shared_server: LiveServer) -> None:
-    a, b = (f"wsr-{uuid.uuid4().hex[:6]}" for _ in range(2))
-    with shared_server.client() as client, connect(ws_url(shared_server)) as ws:
-        create_run(client, a)
-        create_run(client, b)
-        ask(ws, {"op": "subscribe", "run_id": a})
-        ask(ws, {"op": "subscribe", "run_id": b, "kinds": ["metrics"]})
-        client.post(f"/api/runs/{a}/events", json=metrics_batch(0, 2))
-        client.post(f"/api/runs/{b}/events", json=metrics_batch(0, 2))
-        events = receive_events(ws, 2)
-        assert {e["run_id"] for e in events} == {b}
-        assert ask(ws, {"op": "unsubscribe"})["op"] == "unsubscribed"
-        client.post(f"/api/runs/{b}/events", json=metrics_batch(2, 2))
-        assert ask(ws, {"op": "ping"})["op"] == "pong"  # no events arrived in between
+def test_control_of_a_finished_run_is_a_conflict_message(shared_server: LiveServer) -> None:
+    run_id = unique("wsdone")
+    with shared_server.client() as client, open_socket(shared_server) as ws:
+        create_run(client, run_id)
+        ingest(client, run_id, {"events": [{"kind": "status", "data": {"status": "finished"}}]})
+        reply = Socket(ws).ask({"op": "control", "run_id": run_id, "action": "pause"})
+    assert reply["op"] == "error" and reply["error"]["code"] == "conflict"
 
 
-def test_write_ops_need_the_token_on_a_token_server(tmp_path: Path) -> None:
-    live = LiveServer(tmp_path / "d", token="s3cret").start()
-    try:
-        with live.client() as client:
-            client.post(
-                "/api/runs", json={"id": "r", "project": "p"}, headers={"Authorization": "Bearer s3cret"}
-            )
-        with connect(ws_url(live)) as ws:
-            reply = ask(ws, {"op": "ingest", "run_id": "r", **metrics_batch(0, 1)})
-            assert reply["error"]["code"] == "unauthorized"
-            assert (
-                ask(ws, {"op": "control", "run_id": "r", "action": "pause"})["error"]["code"]
-                == "unauthorized"
-            )
-            assert ask(ws, {"op": "subscribe", "run_id": "r"})["op"] == "subscribed"  # reads stay open
-        with connect(ws_url(live, "?token=s3cret")) as ws:
-            assert ask(ws, {"op": "ingest", "run_id": "r", **metrics_batch(0, 1)})["stored"] == 1
-        with connect(ws_url(live), additional_headers={"Authorization": "Bearer s3cret"}) as ws:
-            assert ask(ws, {"op": "control", "run_id": "r", "action": "pause"})["op"] == "control"
-    finally:
-        live.stop()
+@pytest.mark.parametrize(
+    ("message", "code", "field"),
+    [
+        ("{nope", "bad_json", None),
+        ('"just a string"', "invalid_input", "message"),
+        ([1, 2], "invalid_input", "message"),
+        ({"ref": 1}, "invalid_input", "op"),
+        ({"op": "dance"}, "invalid_input", "op"),
+        ({"op": 5}, "invalid_input", "op"),
+        ({"op": "subscribe", "kinds": ["gossip"]}, "invalid_input", "kinds"),
+        ({"op": "subscribe", "after": -1}, "invalid_input", "after"),
+        ({"op": "subscribe", "after": 1.5}, "invalid_input", "after"),
+        ({"op": "subscribe", "run_id": 5}, "invalid_input", "run_id"),
+        ({"op": "subscribe", "keys": [1]}, "invalid_input", "keys"),
+        ({"op": "ingest", "events": []}, "invalid_input", "run_id"),
+        ({"op": "ingest", "run_id": "a/b", "events": []}, "invalid_input", "run_id"),
+        (
+            {"op": "ingest", "run_id": "x", "events": [{"data": {"loss": "high"}}]},
+            "invalid_input",
+            "events[0].data.loss",
+        ),
+        ({"op": "ingest", "run_id": "x", "events": "many"}, "invalid_input", "events"),
+        ({"op": "ingest", "run_id": "ghost-ws", "events": []}, "not_found", None),
+        ({"op": "control", "run_id": "ghost-ws", "action": "stop"}, "not_found", None),
+        ({"op": "control", "action": "stop"}, "invalid_input", "run_id"),
+        ({"op": "control", "run_id": "x", "action": "explode"}, "invalid_input", "action"),
+        ({"op": "control", "run_id": "x", "action": "set_lr"}, "invalid_input", "value"),
+        ({"op": "control", "run_id": "x", "action": "set_lr", "value": -0.1}, "invalid_input", "value"),
+    ],
+)
+def test_a_bad_message_gets_an_error_message_and_the_socket_stays_open(
+    shared_server: LiveServer, message: object, code: str, field: str | None
+) -> None:
+    with open_socket(shared_server) as ws:
+        sock = Socket(ws)
+        reply = sock.ask(message)
+        assert reply["op"] == "error" and reply["error"]["code"] == code, reply
+        assert isinstance(reply["error"]["message"], str) and reply["error"]["message"]
+        assert reply["error"].get("field") == field
+        if isinstance(message, dict) and "ref" in message:
+            assert reply["ref"] == message["ref"]
+        pong = sock.ask({"op": "ping", "ref": "after"})
+    assert pong["op"] == "pong" and pong["ref"] == "after"
+
+
+def test_an_error_echoes_the_ref(shared_server: LiveServer) -> None:
+    with open_socket(shared_server) as ws:
+        reply = Socket(ws).ask({"op": "dance", "ref": "r-9"})
+    assert reply["op"] == "error" and reply["ref"] == "r-9"
+
+
+def test_resubscribe_replaces_the_old_subscription(shared_server: LiveServer) -> None:
+    first, second = unique("wsr"), unique("wsr")
+    with shared_server.client() as client, open_socket(shared_server) as ws:
+        sock = Socket(ws)
+        create_run(client, first)
+        create_run(client, second)
+        assert sock.ask({"op": "subscribe", "run_id": first})["op"] == "subscribed"
+        assert sock.ask({"op": "subscribe", "run_id": second, "kinds": ["metrics"]})["op"] == "subscribed"
+        ingest(client, first, metrics_batch(0, 2))
+        ingest(client, second, metrics_batch(0, 2))
+        events = sock.wait_events(2)
+        assert sock.quiet() == events  # nothing of the first run came, before or after
+    assert {e["run_id"] for e in events} == {second} and [e["step"] for e in events] == [0, 1]
+
+
+def test_unsubscribe_stops_the_events(shared_server: LiveServer) -> None:
+    run_id = unique("wsu")
+    with shared_server.client() as client, open_socket(shared_server) as ws:
+        sock = Socket(ws)
+        create_run(client, run_id)
+        sock.ask({"op": "subscribe", "run_id": run_id, "kinds": ["metrics"]})
+        ingest(client, run_id, metrics_batch(0, 2))
+        assert len(sock.wait_events(2)) == 2
+        assert sock.ask({"op": "unsubscribe", "ref": 1}) == {"op": "unsubscribed", "ref": 1}
+        ingest(client, run_id, metrics_batch(2, 2))
+        assert len(sock.quiet()) == 2
+        assert sock.ask({"op": "unsubscribe"}) == {"op": "unsubscribed"}  # twice is fine
+
+
+def test_write_ops_need_the_token_on_a_token_server(token_server: LiveServer) -> None:
+    with token_server.client() as client:
+        created = client.post(
+            "/api/runs", json={"id": "r", "project": "p"}, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert created.status_code == 201
+        for query in ("", "?token=wrong"):
+            with open_socket(token_server, query) as ws:
+                sock = Socket(ws)
+                refused = sock.ask({"op": "ingest", "run_id": "r", **metrics_batch(0, 1)})
+                assert refused["op"] == "error" and refused["error"]["code"] == "unauthorized"
+                refused = sock.ask({"op": "control", "run_id": "r", "action": "pause"})
+                assert refused["op"] == "error" and refused["error"]["code"] == "unauthorized"
+                assert sock.ask({"op": "subscribe", "run_id": "r"})["op"] == "subscribed"  # reads stay open
+                assert sock.ask({"op": "ping"})["op"] == "pong"
+        assert client.get("/api/runs/r").json()["last_event_id"] == created.json()["last_event_id"]
+        with open_socket(token_server, "?token=s3cret") as ws:
+            assert Socket(ws).ask({"op": "ingest", "run_id": "r", **metrics_batch(0, 1)})["stored"] == 1
+        with open_socket(token_server, additional_headers={"Authorization": "Bearer s3cret"}) as ws:
+            assert Socket(ws).ask({"op": "control", "run_id": "r", "action": "pause"})["op"] == "control"
+    assert "s3cret" not in token_server.log.read_text()
