@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from tests.conftest import LiveServer, create_run, metrics_batch
+from tests.conftest import LiveServer, create_run, metrics_batch, sse_events
+
+CLI = [sys.executable, "-m", "trainpilot.cli"]
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trainpilot.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
+def cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_runs_prints_a_table_of_runs(shared_server: LiveServer) -> None:
@@ -27,14 +38,18 @@ def test_runs_prints_a_table_of_runs(shared_server: LiveServer) -> None:
     assert row.split()[:5] == ["cli-table", "cli", "cli-table", "created", "3"]
 
 
-def test_control_sends_a_command_and_reports_its_id(shared_server: LiveServer) -> None:
+def test_control_prints_the_command_id_and_the_command_is_stored(shared_server: LiveServer) -> None:
     with shared_server.client() as client:
         create_run(client, "cli-ctl")
-        result = cli("control", "cli-ctl", "pause", "--server", shared_server.url, "--wait", "0")
-        assert result.returncode == 0, result.stderr
-        command_id = int(result.stdout.split("command ")[1].split()[0])
-        events = client.get("/api/runs/cli-ctl").json()
-        assert events["last_event_id"] == command_id
+    result = cli("control", "cli-ctl", "pause", "--server", shared_server.url, "--wait", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pause sent to cli-ctl: command ")
+    command_id = int(result.stdout.split("command ")[1].split()[0])
+    (stored,) = sse_events(
+        shared_server.url, {"after": "0", "run_id": "cli-ctl", "kinds": "control"}, count=1
+    )
+    assert stored.id == command_id
+    assert stored.data["data"]["action"] == "pause" and stored.data["data"]["status"] == "requested"
 
 
 def test_control_waits_and_says_when_no_acknowledgement_comes(shared_server: LiveServer) -> None:
@@ -45,53 +60,72 @@ def test_control_waits_and_says_when_no_acknowledgement_comes(shared_server: Liv
     assert "no acknowledgement" in result.stderr
 
 
-def test_control_mistakes_are_one_line_errors(shared_server: LiveServer) -> None:
+def test_set_lr_without_a_value_is_a_clear_error(shared_server: LiveServer) -> None:
     with shared_server.client() as client:
-        create_run(client, "cli-bad")
-    missing = cli("control", "cli-bad", "set_lr", "--server", shared_server.url)
-    assert missing.returncode == 1 and "set_lr needs a value" in missing.stderr
-    unknown = cli("control", "ghost", "pause", "--server", shared_server.url)
-    assert unknown.returncode == 1 and "404" in unknown.stderr and "Traceback" not in unknown.stderr
-    down = cli("runs", "--server", "http://127.0.0.1:9")
-    assert down.returncode == 1 and "cannot reach" in down.stderr and "Traceback" not in down.stderr
+        create_run(client, "cli-lr")
+    result = cli("control", "cli-lr", "set_lr", "--server", shared_server.url)
+    assert_one_line_error(result)
+    assert "set_lr needs a value" in result.stderr
 
 
-def test_tail_prints_metric_lines_live(shared_server: LiveServer) -> None:
+def test_control_of_an_unknown_run_is_a_one_line_error(shared_server: LiveServer) -> None:
+    result = cli("control", "ghost", "pause", "--server", shared_server.url)
+    assert_one_line_error(result)
+    assert "404" in result.stderr and "ghost" in result.stderr
+
+
+def test_an_unreachable_server_is_a_one_line_error() -> None:
+    result = cli("runs", "--server", "http://127.0.0.1:9")
+    assert_one_line_error(result)
+    assert "cannot reach" in result.stderr
+
+
+def test_tail_prints_a_runs_metric_lines_live(shared_server: LiveServer) -> None:
     with shared_server.client() as client:
         create_run(client, "cli-tail")
         client.post("/api/runs/cli-tail/events", json=metrics_batch(0, 3))
-        with subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "trainpilot.cli",
-                "tail",
-                "cli-tail",
-                "--after",
-                "0",
-                "--server",
-                shared_server.url,
-            ],
+        proc = subprocess.Popen(
+            [*CLI, "tail", "cli-tail", "--after", "0", "--server", shared_server.url],
             stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             text=True,
-        ) as proc:
-            assert proc.stdout is not None
-            lines: list[str] = []
+        )
+        assert proc.stdout is not None
+        stdout = proc.stdout
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read() -> None:  # a reader thread, so waiting for a line has a deadline
+            for line in stdout:
+                lines.put(line)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        metric_lines: list[str] = []
+        try:
             deadline = time.monotonic() + 30
-            while len([ln for ln in lines if "metrics" in ln]) < 5 and time.monotonic() < deadline:
-                lines.append(proc.stdout.readline())
-                if len(lines) == 3:
+            while len(metric_lines) < 5 and time.monotonic() < deadline:
+                try:
+                    line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if "metrics" in line:
+                    metric_lines.append(line)
+                if len(metric_lines) == 3:  # the replay is printed; now two live points
                     client.post("/api/runs/cli-tail/events", json=metrics_batch(3, 2))
+        finally:
             proc.terminate()
-    metric_lines = [ln for ln in lines if "metrics" in ln]
+            proc.wait(10)
+            reader.join(10)
+            stdout.close()
     assert [int(ln.split("step")[1].split()[0]) for ln in metric_lines] == [0, 1, 2, 3, 4]
-    assert "train/loss=1" in metric_lines[0]
+    assert "train/loss=1" in metric_lines[0] and "train/acc=0" in metric_lines[0]
 
 
 def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
-    result = cli("serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path))
-    assert result.returncode == 1
-    assert "TRAINPILOT_TOKEN" in result.stderr and "Traceback" not in result.stderr
+    env = {k: v for k, v in os.environ.items() if k != "TRAINPILOT_TOKEN"}
+    result = cli("serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path), env=env)
+    assert_one_line_error(result)
+    assert "TRAINPILOT_TOKEN" in result.stderr
 
 
 def test_train_runs_the_reference_trainer_against_a_server(shared_server: LiveServer, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -16,6 +18,7 @@ import pytest
 
 import trainpilot
 from tests.conftest import LiveServer, free_port, sse_events, wait_for_ack
+from trainpilot.sse_client import ServerEvent, parse
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
@@ -27,233 +30,416 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str =
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def stored_steps(url: str, run_id: str, key: str = "loss") -> list[int]:
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def history(url: str, run_id: str, key: str = "loss") -> dict[str, Any]:
+    """The run's full series of `key` (steps, values, total), or an empty one if there is none yet."""
+    empty: dict[str, Any] = {"step": [], "value": [], "total": 0}
     try:
-        body = httpx.get(
+        response = httpx.get(
             f"{url}/api/metrics/history",
             timeout=5,
             params={"run_id": run_id, "keys": key, "max_points": 100_000},
-        ).json()
+        )
     except httpx.HTTPError:
-        return []
-    series = body.get("series", {}).get(key)
-    return list(series["step"]) if series else []
+        return empty
+    if response.status_code != 200:
+        return empty
+    series: dict[str, Any] = response.json()["series"].get(key) or empty
+    return series
 
 
-def run_script(code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+def stored_steps(url: str, run_id: str, key: str = "loss") -> list[int]:
+    return list(history(url, run_id, key)["step"])
+
+
+def run_info(url: str, run_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(f"{url}/api/runs/{run_id}", timeout=5).json()
+    return body
+
+
+def replay(url: str, run_id: str) -> list[ServerEvent]:
+    """Every stored event of the run, read from the stream from the start up to the run's last event."""
+    last = run_info(url, run_id)["last_event_id"]
+    out: list[ServerEvent] = []
+    params = {"after": "0", "run_id": run_id}
+    with httpx.stream("GET", f"{url}/api/stream/metrics", params=params, timeout=10) as response:
+        for event in parse(response.iter_lines()):
+            out.append(event)
+            if event.id is not None and event.id >= last:
+                break
+    return out
+
+
+def assert_stored_exactly_once(url: str, run_id: str, steps: int) -> None:
+    """Steps 0..steps-1 each stored once, and no seq twice anywhere in the run's event stream."""
+    series = history(url, run_id)
+    assert series["total"] == steps
+    assert series["step"] == list(range(steps))
+    seqs = [e.data["seq"] for e in replay(url, run_id) if e.name == "metrics"]
+    assert len(seqs) == steps
+    assert len(set(seqs)) == steps
 
 
 LOGGER = """
     import sys, time, trainpilot
-    url, data_dir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    run = trainpilot.init(project="sdk", server=url, data_dir=data_dir, run_id=sys.argv[4])
+    url, data_dir, steps, run_id = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    pause = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+    run = trainpilot.init(project="sdk", server=url, data_dir=data_dir, run_id=run_id)
+    print(run.id, flush=True)
     for step in range(steps):
         run.log({"loss": 1.0 / (step + 1), "acc": step / steps})
-        time.sleep(float(sys.argv[5]) if len(sys.argv) > 5 else 0)
+        if pause:
+            time.sleep(pause)
     run.finish(timeout=60)
-    print(run.id, run.delivered)
+    print(run.delivered, flush=True)
 """
 
 
-def test_events_logged_in_another_process_reach_an_sse_subscriber_in_order(
-    server: LiveServer, tmp_path: Path
-) -> None:
-    result: list[Any] = []
-    reader = threading.Thread(
-        target=lambda: result.extend(
-            sse_events(
-                server.url, {"run_id": "other", "kinds": "metrics", "after": "0"}, count=200, timeout=30
-            )
-        )
+def start_logger(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(LOGGER), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    reader.start()
-    run_script(LOGGER, server.url, str(tmp_path / "client"), "200", "other")
-    reader.join(30)
-    assert [e.data["step"] for e in result] == list(range(200))
-    assert [e.data["data"]["loss"] for e in result[:2]] == [1.0, 0.5]
+
+
+def end(proc: subprocess.Popen[str]) -> None:
+    """Kill the child if a failure left it running, and reap it and its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
+def test_metrics_logged_in_another_process_reach_an_sse_subscriber_once_and_in_order(
+    shared_server: LiveServer, tmp_path: Path
+) -> None:
+    run_id = unique("other")
+    proc = start_logger(shared_server.url, str(tmp_path / "client"), "200", run_id)
+    try:
+        # after=0 replays anything logged before this subscriber connected, so nothing can be missed
+        events = sse_events(
+            shared_server.url,
+            {"run_id": run_id, "kinds": "metrics,status", "after": "0"},
+            count=203,  # created, running, 200 metrics, finished
+            timeout=30,
+        )
+        out, err = proc.communicate(timeout=60)
+    finally:
+        end(proc)
+    assert proc.returncode == 0, err
+    assert out.split()[0] == run_id
+    assert [e.data["data"]["status"] for e in events if e.name == "status"] == [
+        "created",
+        "running",
+        "finished",
+    ]
+    metrics = [e for e in events if e.name == "metrics"]
+    assert [e.data["step"] for e in metrics] == list(range(200))
+    assert [e.data["data"]["loss"] for e in metrics] == [1.0 / (s + 1) for s in range(200)]
+    seqs = [e.data["seq"] for e in metrics]
+    assert seqs == sorted(set(seqs))
+    assert all(e.data["run_id"] == run_id for e in events)
 
 
 def test_points_logged_while_the_server_is_down_arrive_exactly_once_when_it_starts(tmp_path: Path) -> None:
-    live = LiveServer(tmp_path / "server")
+    live = LiveServer(tmp_path / "server")  # its port is known, nothing listens on it yet
     run = trainpilot.init(project="sdk", server=live.url, data_dir=str(tmp_path / "client"))
-    for step in range(300):
-        run.log({"loss": float(step)})
-    wait_until(lambda: run._sender.spool.path.exists(), what="the spool file")
-    live.start()
-    for step in range(300, 400):
-        run.log({"loss": float(step)})
-    run.finish(timeout=60)
     try:
-        assert stored_steps(live.url, run.id) == list(range(400))
-        replay = sse_events(live.url, {"after": "0", "run_id": run.id, "kinds": "metrics"}, count=400)
-        assert len({e.data["seq"] for e in replay}) == 400
+        for step in range(300):
+            run.log({"loss": float(step)})
+        wait_until(lambda: run._sender.spool.path.exists(), what="the SDK to spool")
+        live.start()
+        for step in range(300, 400):
+            run.log({"loss": float(step)})
+        run.finish(timeout=60)
+        assert_stored_exactly_once(live.url, run.id, 400)
+        assert run_info(live.url, run.id)["status"] == "finished"
     finally:
+        run.finish(timeout=1)
         live.stop()
 
 
 def test_kill_9_of_the_server_mid_run_loses_and_duplicates_nothing(
     server: LiveServer, tmp_path: Path
 ) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(LOGGER),
-            server.url,
-            str(tmp_path / "client"),
-            "3000",
-            "killed",
-            "0.001",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    wait_until(lambda: len(stored_steps(server.url, "killed")) > 300, what="the first points")
-    server.stop(kill=True)
-    time.sleep(0.5)
-    server.start()
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0
-    assert stored_steps(server.url, "killed") == list(range(3000))
-    assert out.split()[1] == str(3000 + 2)  # every metric plus the running and finished status events
+    spool = tmp_path / "client" / "spool" / "killed.jsonl"
+    proc = start_logger(server.url, str(tmp_path / "client"), "3000", "killed", "0.001")
+    try:
+        wait_until(lambda: len(stored_steps(server.url, "killed")) > 300, what="the first points")
+        server.stop(kill=True)
+        wait_until(spool.exists, timeout=15, what="the SDK to spool while the server is dead")
+        server.start()
+        out, err = proc.communicate(timeout=90)
+    finally:
+        end(proc)
+    assert proc.returncode == 0, err
+    assert_stored_exactly_once(server.url, "killed", 3000)
+    # a batch the dead server stored but never answered is sent again, so this may count it twice
+    assert int(out.split()[1]) >= 3000 + 2  # every metric plus the running and finished status events
+    assert run_info(server.url, "killed")["status"] == "finished"
 
 
-def test_control_reaches_a_running_loop_and_each_ack_is_on_the_stream(
-    server: LiveServer, tmp_path: Path
+def test_control_pauses_resumes_sets_lr_rejects_and_stops_a_training_loop(
+    shared_server: LiveServer, tmp_path: Path
 ) -> None:
-    run = trainpilot.init(project="sdk", server=server.url, data_dir=str(tmp_path / "client"))
+    url = shared_server.url
+    run = trainpilot.init(project="sdk", server=url, data_dir=str(tmp_path / "client"), run_id=unique("ctl"))
     lr_seen: list[tuple[float, str]] = []
     run.on_control("set_lr", lambda value: lr_seen.append((value, threading.current_thread().name)))
-    state = {"step": 0}
+    steps = [0]
 
     def loop() -> None:
         while not run.should_stop:
             run.wait_if_paused()
-            run.log({"loss": 1.0})
-            state["step"] += 1
+            run.log({"loss": 1.0 / (steps[0] + 1)})
+            steps[0] += 1
             time.sleep(0.002)
-        run.finish()
 
     trainer = threading.Thread(target=loop, name="training")
     trainer.start()
-    api = httpx.Client(base_url=server.url, timeout=10)
+    api = httpx.Client(base_url=url, timeout=10)
 
     def command(action: str, value: float | None = None) -> dict[str, Any]:
         reply = api.post("/api/training/control", json={"run_id": run.id, "action": action, "value": value})
-        return wait_for_ack(server.url, run.id, reply.json()["command_id"])
+        assert reply.status_code == 202, reply.text
+        ack = wait_for_ack(url, run.id, reply.json()["command_id"])  # read from the SSE stream
+        assert ack["action"] == action
+        return ack
 
-    wait_until(lambda: state["step"] > 5, what="the loop to run")
-    assert command("pause")["status"] == "applied"
-    paused_at = state["step"]
-    time.sleep(0.4)
-    assert state["step"] == paused_at
-    assert api.get(f"/api/runs/{run.id}").json()["status"] == "paused"
-    assert command("set_lr", 0.02)["status"] == "applied"
-    assert lr_seen == [(0.02, "training")]
-    rejected = command("checkpoint")
-    assert rejected["status"] == "rejected" and "handler" in rejected["reason"]
-    assert command("pause")["status"] == "rejected"
-    assert command("resume")["status"] == "applied"
-    wait_until(lambda: state["step"] > paused_at + 5, what="steps after resume")
-    assert command("stop")["status"] == "applied"
-    trainer.join(20)
-    assert not trainer.is_alive()
-    assert api.get(f"/api/runs/{run.id}").json()["status"] == "stopped"
-    api.close()
+    try:
+        wait_until(lambda: steps[0] > 5, what="the loop to run")
+        assert command("pause")["status"] == "applied"
+        paused_at, stored_at = steps[0], run_info(url, run.id)["last_step"]
+        time.sleep(0.5)
+        assert steps[0] == paused_at
+        info = run_info(url, run.id)
+        assert info["last_step"] == stored_at and info["status"] == "paused"
+
+        set_lr = command("set_lr", 0.02)
+        assert set_lr["status"] == "applied" and set_lr["value"] == 0.02
+        assert lr_seen == [(0.02, "training")]  # called on the training thread, even while paused
+
+        checkpoint = command("checkpoint")
+        assert checkpoint["status"] == "rejected"
+        assert "checkpoint" in checkpoint["reason"] and "handler" in checkpoint["reason"]
+        assert steps[0] == paused_at
+
+        assert command("resume")["status"] == "applied"
+        wait_until(lambda: steps[0] > paused_at + 5, what="steps after resume")
+
+        assert command("stop")["status"] == "applied"
+        trainer.join(10)
+        assert not trainer.is_alive()
+        run.finish()
+        assert run_info(url, run.id)["status"] == "stopped"
+    finally:
+        run.finish(timeout=5)  # also ends the loop if an assertion above failed
+        trainer.join(5)
+        api.close()
 
 
-def test_log_never_raises_on_odd_values(server: LiveServer, tmp_path: Path) -> None:
-    class Scalar:  # like a 0-d tensor or numpy scalar: has __float__
-        def __float__(self) -> float:
-            return 2.5
+class Scalar:
+    """Like a 0-d tensor or a numpy scalar, without numpy: converts with float()."""
 
-    run = trainpilot.init(project="sdk", server=server.url, data_dir=str(tmp_path / "client"))
-    run.log(
-        {
-            "ok": 1,
-            "flag": True,
-            "text": "high",
-            "none": None,
-            "nested": {"a": 1.0, "b": {"c": 2.0}},
-            "nan": float("nan"),
-            "inf": float("inf"),
-            "obj": Scalar(),
-            7: 3.0,
+    def __float__(self) -> float:
+        return 2.5
+
+
+class StepLike:
+    """Like a tensor or numpy integer used as a step: converts with int()."""
+
+    def __int__(self) -> int:
+        return 5
+
+
+class Exploding:
+    def __float__(self) -> float:
+        raise RuntimeError("a tensor on a dead device")
+
+
+def test_log_never_raises_and_keeps_every_usable_value(shared_server: LiveServer, tmp_path: Path) -> None:
+    url = shared_server.url
+    run = trainpilot.init(project="sdk", server=url, data_dir=str(tmp_path / "client"), run_id=unique("odd"))
+    try:
+        run.log(
+            {
+                "ok": 1,
+                "flag": True,
+                "text": "high",
+                "none": None,
+                "nested": {"a": 1.0, "b": {"c": 2}},
+                "scalar": Scalar(),
+                "obj": object(),
+                "list": [1, 2],
+                "huge": 10**400,
+                "exploding": Exploding(),
+                "": 4.0,
+                "x" * 300: 4.0,
+                7: 3.0,  # type: ignore[dict-item]
+            }
+        )
+        run.log(None)  # type: ignore[arg-type]
+        run.log("loss")  # type: ignore[arg-type]
+        run.log({"loss": 0.5}, step="ten")  # type: ignore[arg-type]
+        run.log({"loss": 0.25}, step=StepLike())  # type: ignore[arg-type]
+        run.log({"loss": 0.125}, step=-3)
+        run.finish(timeout=30)
+        current = httpx.get(f"{url}/api/metrics/current", params={"run_id": run.id}).json()["metrics"]
+        assert {k: v["value"] for k, v in current.items()} == {
+            "ok": 1.0,
+            "flag": 1.0,
+            "nested/a": 1.0,
+            "nested/b/c": 2.0,
+            "scalar": 2.5,
+            "7": 3.0,
+            "loss": 0.125,
         }
+        # a bad step becomes the next one; one that converts to an int is used as that int
+        loss = history(url, run.id)
+        assert (loss["step"], loss["value"]) == ([1, 5, 6], [0.5, 0.25, 0.125])
+        assert run_info(url, run.id)["status"] == "finished"
+        assert run._sender.dropped == 0
+    finally:
+        run.finish(timeout=1)
+
+
+def test_an_event_the_server_refuses_costs_only_itself(shared_server: LiveServer, tmp_path: Path) -> None:
+    url = shared_server.url
+    run = trainpilot.init(
+        project="sdk", server=url, data_dir=str(tmp_path / "client"), run_id=unique("split")
     )
-    run.log(None)  # type: ignore[arg-type]
+    for step in range(10):
+        run.log({"loss": float(step)})
+        if step == 4:
+            run.log_event("gossip", {"text": "not a kind the server knows"})
+            run.log_event("status", {"status": "dancing"})
     run.finish(timeout=30)
-    current = httpx.get(f"{server.url}/api/metrics/current", params={"run_id": run.id}).json()["metrics"]
-    assert {k: v["value"] for k, v in current.items()} == {
-        "ok": 1.0,
-        "flag": 1.0,
-        "nested/a": 1.0,
-        "nested/b/c": 2.0,
-        "obj": 2.5,
-        "7": 3.0,
-    }
-    insights = sse_events(server.url, {"after": "0", "run_id": run.id, "kinds": "insight"}, count=1)
-    assert set(insights[0].data["data"]["evidence"]["metrics"]) == {"nan", "inf"}  # None: skipped, warned
+    assert history(url, run.id)["step"] == list(range(10))
+    assert run_info(url, run.id)["status"] == "finished"
+    assert run._sender.dropped == 2
 
 
-def test_serve_true_runs_the_server_inside_the_process(tmp_path: Path) -> None:
+def test_nan_and_inf_are_stored_as_null_and_reported_as_a_nan_inf_insight(
+    shared_server: LiveServer, tmp_path: Path
+) -> None:
+    url = shared_server.url
+    run = trainpilot.init(project="sdk", server=url, data_dir=str(tmp_path / "client"), run_id=unique("nan"))
+    try:
+        run.log({"loss": 1.0, "grad": 1.0})
+        run.log({"loss": math.nan, "grad": math.inf})
+        run.log({"loss": 2.0, "grad": -math.inf})
+        run.finish(timeout=30)
+        events = replay(url, run.id)
+        stored = [(e.data["step"], e.data["data"]) for e in events if e.name == "metrics"]
+        assert stored == [
+            (0, {"loss": 1.0, "grad": 1.0}),
+            (1, {"loss": None, "grad": None}),
+            (2, {"loss": 2.0, "grad": None}),
+        ]
+        loss = history(url, run.id, "loss")  # charts get the finite points only
+        assert (loss["step"], loss["value"]) == ([0, 2], [1.0, 2.0])
+        insights = [e.data["data"] for e in events if e.name == "insight"]
+        nan_inf = [i for i in insights if i["kind"] == "nan_inf"]
+        assert len(nan_inf) == 1  # once per run and metric, not once per bad point
+        assert set(nan_inf[0]["evidence"]["metrics"]) == {"loss", "grad"}
+        assert nan_inf[0]["step"] == 1
+    finally:
+        run.finish(timeout=1)
+
+
+def test_serve_true_runs_the_server_in_process_with_readable_points_and_working_control(
+    tmp_path: Path,
+) -> None:
     port = free_port()
     run = trainpilot.init(project="embedded", serve=True, port=port, data_dir=str(tmp_path / "data"))
     try:
         assert run.url == f"http://127.0.0.1:{port}"
         for step in range(50):
             run.log({"loss": float(step)})
-        reply = httpx.post(
-            f"{run.url}/api/training/control", json={"run_id": run.id, "action": "pause"}
-        ).json()
-        wait_until(lambda: bool(run._commands), what="the command to reach the run")
-        run.wait_if_paused(timeout=0.2)
-        assert run.paused
-        assert wait_for_ack(run.url, run.id, reply["command_id"])["status"] == "applied"
+        wait_until(lambda: stored_steps(run.url, run.id) == list(range(50)), what="points over HTTP")
+
+        def command(action: str) -> int:
+            reply = httpx.post(f"{run.url}/api/training/control", json={"run_id": run.id, "action": action})
+            assert reply.status_code == 202, reply.text
+            command_id: int = reply.json()["command_id"]
+            return command_id
+
+        def paused() -> bool:  # the training thread (here: this one) applies commands at step boundaries
+            run.wait_if_paused(timeout=0.05)
+            return run.paused
+
+        pause = command("pause")
+        wait_until(paused, what="the pause to apply")
+        assert wait_for_ack(run.url, run.id, pause)["status"] == "applied"
+        assert run_info(run.url, run.id)["status"] == "paused"
+
+        stop = command("stop")
+        wait_until(lambda: run.should_stop, what="the stop to arrive")
+        run.wait_if_paused()  # returns at once: a stopped run is never held paused
+        assert wait_for_ack(run.url, run.id, stop)["status"] == "applied"
         run.finish()
-        assert stored_steps(run.url, run.id) == list(range(50))
+        assert run_info(run.url, run.id)["status"] == "stopped"
+        assert_stored_exactly_once(run.url, run.id, 50)
     finally:
-        run.finish()
+        run.finish(timeout=1)
         run._server.stop()
 
 
-def test_a_spool_left_by_a_dead_process_is_replayed_by_the_next_one(tmp_path: Path) -> None:
+REPLAYER = """
+    import sys, time, trainpilot
+    from pathlib import Path
+    url, data_dir, spool = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    run = trainpilot.init(project="later", server=url, data_dir=data_dir)
+    deadline = time.monotonic() + 30
+    while spool.exists() and time.monotonic() < deadline:  # the replay runs in the background
+        time.sleep(0.05)
+    run.finish()
+    print("replayed" if not spool.exists() else "spool still there")
+"""
+
+
+def test_finish_with_the_server_down_keeps_the_spool_and_the_next_process_replays_it(
+    tmp_path: Path,
+) -> None:
     live = LiveServer(tmp_path / "server")
-    client_dir = str(tmp_path / "client")
-    script = """
-        import sys, trainpilot
-        run = trainpilot.init(project="sdk", server=sys.argv[1], data_dir=sys.argv[2], run_id="orphan")
-        for step in range(120):
-            run.log({"loss": float(step)})
-        run.finish(timeout=1)
-    """
-    run_script(script, live.url, client_dir)
-    spool = tmp_path / "client" / "spool" / "orphan.jsonl"
+    client_dir = tmp_path / "client"
+    run = trainpilot.init(project="sdk", server=live.url, data_dir=str(client_dir), run_id="orphan")
+    for step in range(120):
+        run.log({"loss": float(step)})
+    started = time.monotonic()
+    run.finish(timeout=1)
+    # the timeout bounds the wait for delivery; the sender then gets a few seconds to let go of the spool
+    assert time.monotonic() - started < 1 + 6
+    spool = client_dir / "spool" / "orphan.jsonl"
     assert spool.exists() and spool.stat().st_size > 0
+    assert sum(line.count(b'"kind":"metrics"') for line in spool.read_bytes().splitlines()) == 120
+
     live.start()
     try:
-        later = trainpilot.init(project="sdk", server=live.url, data_dir=client_dir)
-        wait_until(
-            lambda: stored_steps(live.url, "orphan") == list(range(120)), what="the orphan spool replay"
+        result = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(REPLAYER), live.url, str(client_dir), str(spool)],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
-        later.finish()
-        wait_until(lambda: not spool.exists() or spool.stat().st_size == 0, what="the spool to be emptied")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "replayed"
+        assert_stored_exactly_once(live.url, "orphan", 120)
+        assert run_info(live.url, "orphan")["status"] == "finished"
     finally:
         live.stop()
 
 
-def test_an_exception_in_a_with_block_marks_the_run_failed(server: LiveServer, tmp_path: Path) -> None:
-    with (
-        pytest.raises(RuntimeError),
-        trainpilot.init(project="sdk", server=server.url, data_dir=str(tmp_path / "client")) as run,
-    ):
-        run.log({"loss": 1.0})
+def test_an_exception_in_a_with_block_marks_the_run_failed(shared_server: LiveServer, tmp_path: Path) -> None:
+    url, client = shared_server.url, str(tmp_path / "client")
+    with pytest.raises(RuntimeError), trainpilot.init(project="sdk", server=url, data_dir=client) as failed:
+        failed.log({"loss": 1.0})
         raise RuntimeError("boom")
-    assert httpx.get(f"{server.url}/api/runs/{run.id}").json()["status"] == "failed"
+    assert run_info(url, failed.id)["status"] == "failed"
+    with trainpilot.init(project="sdk", server=url, data_dir=client) as clean:
+        clean.log({"loss": 1.0})
+    assert run_info(url, clean.id)["status"] == "finished"

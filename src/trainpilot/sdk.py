@@ -129,9 +129,8 @@ class Run:
 
         It is encoded to PNG on the sender thread, stored by the server as a file and shown by URL.
         """
-        self._put(
-            ("image", self._next_step - 1 if step is None else step, time.time(), (name, image, caption))
-        )
+        step = max(0, self._next_step - 1) if step is None else step
+        self._put(("image", step, time.time(), (name, image, caption)))
 
     def log_recorded(self, data: dict[str, Any], *, step: int, ts: float, seq: int) -> None:
         """Queue metrics recorded elsewhere (an importer, a log tailer) with their own wall time and a
@@ -346,8 +345,14 @@ def _replay_orphans(connect: Callable[[], Transport], data_dir: str) -> None:
         transport = connect()
         for spool in spools:
             stem = spool.path.stem
-            spec = {"id": stem, "project": "default", "name": stem, "config": {}}
-            Sender(transport, spool, spec, seq_base=0)._replay()
+            sender = Sender(
+                transport, spool, {"id": stem, "project": "default", "name": stem, "config": {}}, 0
+            )
+            while True:  # a daemon thread: it retries with the sender's backoff until done or exit
+                sender._replay()
+                if not spool:
+                    break
+                time.sleep(max(0.0, sender._retry_at - time.monotonic()))
             spool.close()
         transport.close()
 

@@ -183,9 +183,30 @@ class Sender(threading.Thread):
             self.spool.append({"run": self.run_spec, "media": media})
 
     def _send(self, events: list[dict[str, Any]], run_spec: dict[str, Any] | None = None) -> bool:
-        """True when delivered or refused for good; False when it should be spooled and retried."""
+        """True when delivered or refused for good; False when it should be spooled and retried.
+
+        A batch the server refuses as invalid is split in halves and sent again, so one bad event
+        costs only itself, never its neighbours.
+        """
         spec = run_spec or self.run_spec
-        return self._attempt(lambda: self.transport.send(spec["id"], events), spec, len(events))
+        refused: list[bool] = []
+
+        def deliver() -> None:
+            try:
+                self.transport.send(spec["id"], events)
+            except TransportError as exc:
+                if not exc.retryable and len(events) > 1:
+                    refused.append(True)
+                    return
+                raise
+
+        if not self._attempt(deliver, spec, len(events)):
+            return False
+        if refused:
+            self.sent -= len(events)
+            half = len(events) // 2
+            return self._send(events[:half], spec) and self._send(events[half:], spec)
+        return True
 
     def _upload(self, media: dict[str, Any], spec: dict[str, Any]) -> bool:
         """`_send` for one image."""
