@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+from served import served
 
 import trainpilot
 
@@ -38,53 +36,24 @@ def percentiles(fn: Callable[[dict[str, Any]], Any], steps: int) -> tuple[float,
     return samples[steps // 2] / 1000, samples[int(steps * 0.99)] / 1000, sum(samples) / steps / 1000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200_000)
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="tp-log-")
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trainpilot.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            os.path.join(tmp, "server"),
-            "--log-level",
-            "warning",
-        ]
-    )
-    try:
-        for _ in range(300):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/api/system/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+    with served(tmp) as (url, _):
         rows = []
         floor: list[Any] = []
         rows.append(("list.append", *percentiles(floor.append, args.steps)))
         q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         rows.append(("SimpleQueue.put", *percentiles(q.put, args.steps)))
-        up = trainpilot.init(
-            project="bench", server=f"http://127.0.0.1:{port}", data_dir=os.path.join(tmp, "c1")
-        )
+        up = trainpilot.init(project="bench", server=url, data_dir=os.path.join(tmp, "c1"))
         rows.append(("run.log, server up", *percentiles(up.log, args.steps)))
         t0 = time.perf_counter()
         up.finish()
         flush_up = time.perf_counter() - t0
         stored = httpx.get(
-            f"http://127.0.0.1:{port}/api/metrics/history",
+            url + "/api/metrics/history",
             params={"run_id": up.id, "keys": "train/metric_0", "max_points": 2},
         ).json()
         down = trainpilot.init(project="bench", server="http://127.0.0.1:9", data_dir=os.path.join(tmp, "c2"))
@@ -95,9 +64,6 @@ def main() -> None:
             print(f"{name:34} {p50:8.2f} {p99:8.2f} {mean:8.2f}")
         total = stored["series"]["train/metric_0"]["total"]
         print(f"server up: finish() flushed in {flush_up:.2f} s; points stored {total} / {args.steps}")
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 if __name__ == "__main__":

@@ -14,25 +14,16 @@ import argparse
 import asyncio
 import os
 import re
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 
-import httpx
 import psutil
+from served import served
 
 import trainpilot
 
 FRAME = re.compile(rb'"ts":([0-9.]+)')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def subscriber(
@@ -64,8 +55,9 @@ async def subscriber(
             counts[index] += 1
 
 
-async def main_async(args: argparse.Namespace, port: int, server_pid: int) -> dict[str, float]:
-    run = trainpilot.init(project="bench", server=f"http://127.0.0.1:{port}", data_dir=args.data_dir)
+async def main_async(args: argparse.Namespace, url: str, server_pid: int) -> dict[str, float]:
+    port = int(url.rsplit(":", 1)[1])
+    run = trainpilot.init(project="bench", server=url, data_dir=args.data_dir)
     latencies: list[float] = []
     counts = [0] * args.subscribers
     ready = asyncio.Event()
@@ -120,34 +112,9 @@ def main() -> None:
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="tp-fanout-")
     args.data_dir = os.path.join(tmp, "client")
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trainpilot.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            os.path.join(tmp, "server"),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(300):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/api/system/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        result = asyncio.run(main_async(args, port, server.pid))
+    with served(tmp) as (url, server):
+        result = asyncio.run(main_async(args, url, server.pid))
         print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,8 @@ import httpx
 import pytest
 
 import trainpilot
-from tests.conftest import LiveServer, free_port, sse_events, wait_for_ack
+from tests.conftest import LiveServer, free_port, sse_events, wait_for_ack, wait_until
 from trainpilot.sse_client import ServerEvent, parse
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def unique(prefix: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import trainpilot
-from tests.conftest import free_port, sse_events, wait_for_ack
+from tests.conftest import free_port, sse_events, wait_for_ack, wait_until
 from trainpilot.sdk import Run
 from trainpilot.train import Trainer
 from trainpilot.trainconfig import TrainConfig
@@ -39,15 +39,6 @@ def small(tmp_path: Path, **overrides: Any) -> TrainConfig:
     }
     base.update(overrides)
     return TrainConfig(**base)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def history(run: Run, keys: str) -> dict[str, Any]:

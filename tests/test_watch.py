@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, wait_until
 from trainpilot.watch import Watcher, run_id_for
 
 WRITER = """
@@ -46,15 +45,6 @@ def history(server: LiveServer, run_id: str) -> dict[str, Any]:
         return {}
     series: dict[str, Any] = response.json()["series"]
     return series
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def watcher_for(logdir: Path, server: LiveServer, tmp_path: Path) -> Watcher:

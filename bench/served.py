@@ -1,0 +1,50 @@
+"""A `trainpilot serve` child process for the quick checks, on a free port, stopped on exit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def served(data_dir: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Yield (url, process) once the server answers its health check."""
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainpilot.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        os.path.join(data_dir, "server"),
+        "--log-level",
+        "warning",
+    ]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                httpx.get(url + "/api/system/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(10)
