@@ -152,3 +152,34 @@ def test_train_runs_the_reference_trainer_against_a_server(shared_server: LiveSe
     with shared_server.client() as client:
         runs = client.get("/api/runs", params={"project": "cli-train"}).json()["runs"]
     assert runs[0]["status"] == "finished" and runs[0]["config"]["batch_size"] == 256
+
+
+def test_train_resume_continues_the_same_run_at_the_checkpoint_step(
+    shared_server: LiveServer, tmp_path: Path
+) -> None:
+    common = [
+        "--server",
+        shared_server.url,
+        "--data-dir",
+        str(tmp_path / "client"),
+        "--batch-size",
+        "256",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--tensorboard-dir",
+        str(tmp_path / "tb"),
+        "--project",
+        "cli-resume",
+    ]
+    first = cli("train", *common, "--epochs", "1", timeout=120)
+    assert first.returncode == 0, first.stderr
+    (folder,) = (tmp_path / "ck").iterdir()
+    (checkpoint,) = folder.glob("step-*.pt")  # the final checkpoint
+    steps_per_epoch = int(checkpoint.stem.removeprefix("step-"))
+    second = cli("train", *common, "--epochs", "2", "--resume", str(checkpoint), timeout=120)
+    assert second.returncode == 0, second.stderr
+    with shared_server.client() as client:
+        runs = client.get("/api/runs", params={"project": "cli-resume"}).json()["runs"]
+        loss = client.get("/api/metrics/history", params={"run_id": folder.name, "keys": "train/loss"}).json()
+    assert [r["id"] for r in runs] == [folder.name] and runs[0]["status"] == "finished"
+    assert loss["series"]["train/loss"]["step"] == list(range(1, 2 * steps_per_epoch + 1))

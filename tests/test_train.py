@@ -146,3 +146,45 @@ def test_each_control_command_changes_the_real_training_thread(tmp_path: Path, e
     assert trainer.checkpoints[-1].name == f"step-{trainer.step}.pt"
     assert api.get("/api/runs/" + run.id).json()["status"] == "stopped"
     api.close()
+
+
+def test_an_image_folder_and_a_toml_config_drive_the_trainer(tmp_path: Path, embedded_run: Run) -> None:
+    import argparse
+
+    from PIL import Image
+
+    from trainpilot.trainconfig import add_flags, config_from
+
+    for label, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        (tmp_path / "pics" / label).mkdir(parents=True)
+        for i in range(12):
+            shade = tuple(max(0, c - 8 * i) for c in colour)
+            Image.new("RGB", (20, 20), shade).save(tmp_path / "pics" / label / f"{i}.png")
+    (tmp_path / "pics" / "red" / "notes.txt").write_text("not an image: skipped")
+    (tmp_path / "run.toml").write_text(
+        f'data = "folder:{tmp_path / "pics"}"\nimage-size = 16\nepochs = 2\nlr = 0.1\n'
+    )
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    args = parser.parse_args(
+        [
+            "--config",
+            str(tmp_path / "run.toml"),
+            "--lr",
+            "0.05",
+            "--batch-size",
+            "8",
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+            "--no-progress",
+        ]
+    )
+    cfg = config_from(args)
+    assert (cfg.image_size, cfg.epochs, cfg.lr, cfg.batch_size, cfg.progress) == (16, 2, 0.05, 8, False)
+    trainer = Trainer(cfg, embedded_run)
+    assert trainer.data.classes == ["blue", "red"] and trainer.data.shape == (3, 16, 16)
+    trainer.fit()
+    assert trainer.final_val["val/acc"] >= 0.5
+    (tmp_path / "bad.toml").write_text("epochz = 3\n")
+    with pytest.raises(ValueError, match="epochz"):
+        config_from(parser.parse_args(["--config", str(tmp_path / "bad.toml")]))

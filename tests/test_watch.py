@@ -17,7 +17,7 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
-from tests.conftest import LiveServer, wait_until
+from tests.conftest import LiveServer, sse_events, wait_until
 from trainpilot.watch import Watcher, run_id_for
 
 WRITER = """
@@ -185,3 +185,24 @@ def test_symlinks_out_of_the_log_directory_are_not_followed(server: LiveServer, 
     watcher.close()
     assert all(f.path.resolve().is_relative_to(logdir.resolve()) for f in watcher.files.values())
     assert len(watcher.files) == 1
+
+
+def test_images_in_event_files_become_media(server: LiveServer, tmp_path: Path) -> None:
+    logdir = tmp_path / "logs"
+    script = """
+        import sys, torch
+        from torch.utils.tensorboard import SummaryWriter
+        with SummaryWriter(sys.argv[1]) as w:
+            w.add_scalar("loss", 1.0, 0)
+            w.add_image("samples", torch.rand(3, 16, 24), 0)
+    """
+    subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(logdir / "img")], check=True)
+    watcher = watcher_for(logdir, server, tmp_path)
+    watcher.poll()
+    watcher.close()
+    run_id = run_id_for(logdir.resolve(), "img")
+    (event,) = sse_events(server.url, {"after": "0", "run_id": run_id, "kinds": "media"}, count=1)
+    media = event.data["data"]  # type: ignore[index]
+    assert media["name"] == "samples"
+    image = httpx.get(server.url + media["url"])
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")

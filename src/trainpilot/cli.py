@@ -187,8 +187,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         server=args.server,
         serve=args.serve,
         data_dir=args.data_dir,
+        run_id=_checkpoint_run_id(cfg.resume) if cfg.resume else None,
     )
     return _train(cfg, run)
+
+
+def _checkpoint_run_id(path: str) -> str:
+    """A resumed training continues its run: same id, so its curves go on where they stopped."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError) as exc:
+        raise CLIError(f"cannot read checkpoint {path}: {exc}") from None
+    run_id: str = state["run_id"]
+    return run_id
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -12,8 +12,9 @@ confusion matrix; every few seconds system/* (CPU, RAM, GPU). It also writes Ten
 (when the `tensorboard` package is installed) so existing TensorBoard workflows keep working.
 
 Commands from the dashboard, the API or `trainpilot control` act on the training thread at the
-next step: pause blocks until resume, stop ends cleanly with a final checkpoint, checkpoint writes
-model + optimizer + scheduler + step to `--checkpoint-dir`, set_lr changes the optimizer's rate
+next step: pause blocks until resume, stop ends cleanly, checkpoint writes model + optimizer +
+scheduler + step to `--checkpoint-dir` (every run also ends with a final one, which `--resume` continues
+in the same run), set_lr changes the optimizer's rate
 (and stops the scheduler from overriding it). Fault knobs (--label-noise, --train-fraction,
 --no-normalize, --loader-delay, --init-scale, --activation sigmoid --depth 8) make the classic
 failure cases for the analysis engine's corpus out of the same code.
@@ -266,8 +267,7 @@ class Trainer:
                 self.validate()
         if bar is not None:
             bar.close()
-        if stopped:
-            self.save("stop")
+        self.save("stop" if stopped else "final")
         if self.tb is not None:
             self.tb.close()
         self.run.finish("stopped" if stopped else "finished")

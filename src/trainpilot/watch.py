@@ -11,6 +11,8 @@ once it is complete), and sends each scalar as a metrics event of a trainpilot r
 - Every record gets a seq from (a hash of the file's path, record number), so re-reading a file after
   a restart stores nothing twice; the watcher also remembers how far it read, in ``<data_dir>/watch/``,
   so it need not re-read at all.
+- Images (legacy image summaries and the TF2 images plugin) go to the run as media; like every
+  image they are best-effort on a restart: a re-read file sends its images again.
 - Files are found only inside LOGDIR: symlinks that lead outside it are not followed.
 """
 
@@ -176,13 +178,14 @@ class Watcher:
             if index < tailed.skip:
                 continue
             values = scalars(event, tailed.plugins)
+            step = max(0, int(event.step))
+            for tag, png in images(event, tailed.plugins):
+                self._run(tailed.run_key).log_image(tailed.prefix + tag, png, step=step)
             if not values:
                 continue
             data = {tailed.prefix + tag: value for tag, value in values.items()}
             seq = (tailed.ordinal << RECORD_BITS) | index
-            self._run(tailed.run_key).log_recorded(
-                data, step=max(0, int(event.step)), ts=event.wall_time, seq=seq
-            )
+            self._run(tailed.run_key).log_recorded(data, step=step, ts=event.wall_time, seq=seq)
             sent += 1
         return sent
 
@@ -227,6 +230,21 @@ def scalars(event: Any, plugins: dict[str, str]) -> dict[str, float]:
         array = tensor_util.make_ndarray(migrated.tensor)
         if array.size == 1:
             out[value.tag] = float(array.reshape(()))
+    return out
+
+
+def images(event: Any, plugins: dict[str, str]) -> list[tuple[str, bytes]]:
+    """Encoded images of one record: legacy image summaries, or tensors of the images plugin (TF2)."""
+    out: list[tuple[str, bytes]] = []
+    if not event.HasField("summary"):
+        return out
+    for value in event.summary.value:
+        if value.HasField("image"):
+            out.append((value.tag, bytes(value.image.encoded_image_string)))
+        elif plugins.get(value.tag) == "images" and value.HasField("tensor"):
+            out.extend(
+                (value.tag, bytes(blob)) for blob in value.tensor.string_val[2:3]
+            )  # width, height, image
     return out
 
 
