@@ -176,6 +176,8 @@ def test_an_image_folder_and_a_toml_config_drive_the_trainer(tmp_path: Path, emb
             "8",
             "--checkpoint-dir",
             str(tmp_path / "ck"),
+            "--tensorboard-dir",
+            str(tmp_path / "tb"),
             "--no-progress",
         ]
     )
