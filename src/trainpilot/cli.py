@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="start the server, train the default model on digits for real, keep serving until Ctrl-C",
         description="Starts the server in this process on the embedded SQLite store, trains a small CNN "
-        "on scikit-learn's digits (about a minute on two CPU cores), prints the dashboard and stream URLs, "
+        "on scikit-learn's digits (about a minute on two CPU cores), prints the server and stream URLs, "
         "and keeps serving after training ends until Ctrl-C. Every `trainpilot train` flag works here.",
     )
     demo.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}, or a free one if taken)")
@@ -218,7 +218,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(
         f"trainpilot demo: training run {run.id} ({cfg.model} on {cfg.data}, {cfg.epochs} epochs)\n"
-        f"  dashboard:   {run.url}/\n"
+        f"  server:      {run.url}/  (API docs at /docs)\n"
         f"  live stream: curl -N {run.url}/api/stream/metrics\n"
         f"  control:     trainpilot control {run.id} pause --server {run.url}",
         flush=True,
