@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.responses import HTMLResponse
+from starlette.responses import FileResponse
+from starlette.staticfiles import StaticFiles
 
 from trainpilot.broker import open_broker
 from trainpilot.server import errors, media, rest, sse, system, ws
@@ -49,12 +51,7 @@ STREAM_DOC = {
     }
 }
 
-INDEX = """<!doctype html><html><head><meta charset="utf-8"><title>trainpilot</title></head>
-<body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto">
-<h1>trainpilot {version}</h1>
-<p>The server is up. Live stream: <a href="/api/stream/metrics"><code>/api/stream/metrics</code></a>
-(SSE); runs: <a href="/api/runs"><code>/api/runs</code></a>; API reference: <a href="/docs">/docs</a>.</p>
-</body></html>"""
+DASHBOARD = Path(__file__).resolve().parent.parent / "dashboard"
 
 
 def create_app(settings: Settings) -> Any:
@@ -89,8 +86,10 @@ def create_app(settings: Settings) -> Any:
     api.include_router(media.router)
 
     @api.get("/", include_in_schema=False)
-    async def index() -> HTMLResponse:
-        return HTMLResponse(INDEX.format(version=__version__))
+    async def dashboard() -> FileResponse:
+        return FileResponse(DASHBOARD / "index.html", headers={"cache-control": "no-cache"})
+
+    api.mount("/static", StaticFiles(directory=DASHBOARD), name="static")
 
     schema = api.openapi()
     schema["paths"][sse.PATH] = STREAM_DOC

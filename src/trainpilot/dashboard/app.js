@@ -1,0 +1,468 @@
+// trainpilot dashboard: run list, live charts (SSE, resumable), control, CV panels, insights.
+// Plain JS and the vendored uPlot: no build step. Every number comes from the server's API.
+"use strict";
+
+const ACTIVE = new Set(["created", "running", "paused"]);
+const SPLITS = ["train", "training", "val", "validation", "eval", "test"];
+const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#4d7c0f"];
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  runs: [], selected: null, run: null, charts: new Map(), series: new Map(),
+  streams: [], compare: new Set(), token: localStorage.getItem("trainpilot-token") || "",
+  pending: new Map(),
+};
+
+// -- HTTP ---------------------------------------------------------------------------------------
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
+  if (!response.ok) {
+    const error = new Error(body?.error?.message || `HTTP ${response.status}`);
+    error.status = response.status;
+    throw error;
+  }
+  return body;
+}
+
+// -- metric grouping: train/loss and val/loss share the chart "loss" ----------------------------
+
+function groupOf(key) {
+  const parts = key.split("/");
+  if (parts.length > 1 && SPLITS.includes(parts[0].toLowerCase())) return parts.slice(1).join("/");
+  if (parts.length > 1 && SPLITS.includes(parts[parts.length - 1].toLowerCase())) return parts.slice(0, -1).join("/");
+  if (key.startsWith("grad_norm/layer/")) return "grad_norm/layer";
+  if (key.startsWith("grad_norm")) return "grad_norm";
+  return key;
+}
+
+function isPerClass(key) { return /^val(idation)?\/acc\/.+/.test(key); }
+
+// -- run list -------------------------------------------------------------------------------------
+
+async function refreshRuns() {
+  try {
+    state.runs = (await api("/api/runs?limit=200")).runs;
+  } catch (e) { return; }
+  renderRuns();
+  if (!state.selected && state.runs.length) {
+    const fromHash = new URLSearchParams(location.hash.slice(1)).get("run");
+    const pick = state.runs.find((r) => r.id === fromHash) || state.runs.find((r) => ACTIVE.has(r.status)) || state.runs[0];
+    selectRun(pick.id);
+  }
+  const current = state.runs.find((r) => r.id === state.selected);
+  if (current) updateRunHead(current);
+}
+
+function duration(run) {
+  const seconds = Math.max(0, run.updated_at - run.created_at);
+  return seconds < 120 ? `${seconds.toFixed(0)} s` : seconds < 7200 ? `${(seconds / 60).toFixed(1)} min` : `${(seconds / 3600).toFixed(1)} h`;
+}
+
+function renderRuns() {
+  const query = $("search").value.trim().toLowerCase();
+  const list = $("runs");
+  list.replaceChildren();
+  for (const run of state.runs) {
+    const text = `${run.name} ${run.project} ${run.id} ${run.status}`.toLowerCase();
+    if (query && !text.includes(query)) continue;
+    const li = document.createElement("li");
+    li.dataset.run = run.id;
+    if (run.id === state.selected) li.classList.add("selected");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.checked = state.compare.has(run.id);
+    box.title = "select for compare";
+    box.addEventListener("click", (event) => {
+      event.stopPropagation();
+      box.checked ? state.compare.add(run.id) : state.compare.delete(run.id);
+      $("compare-btn").disabled = state.compare.size < 2;
+    });
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = run.name;
+    const meta = document.createElement("span");
+    meta.className = "meta";
+    const started = new Date(run.created_at * 1000).toLocaleString();
+    meta.textContent = `${run.project} · ${run.status} · step ${run.last_step ?? "–"} · ${started} · ${duration(run)}`;
+    li.append(box, name, meta);
+    li.addEventListener("click", () => selectRun(run.id));
+    list.append(li);
+  }
+  $("empty").hidden = state.runs.length > 0;
+}
+
+// -- one run --------------------------------------------------------------------------------------
+
+function closeStreams() {
+  for (const stream of state.streams) stream.close();
+  state.streams = [];
+}
+
+async function selectRun(runId) {
+  closeStreams();
+  state.selected = runId;
+  history.replaceState(null, "", `#run=${encodeURIComponent(runId)}`);
+  $("compareview").hidden = true;
+  $("runview").hidden = false;
+  renderRuns();
+  for (const chart of state.charts.values()) chart.plot.destroy();
+  state.charts.clear();
+  state.series.clear();
+  $("charts").replaceChildren();
+  for (const id of ["confusion", "perclass", "samples"]) $(id).textContent = "none yet";
+  $("insights").replaceChildren(item("none yet"));
+  let run;
+  try { run = await api(`/api/runs/${encodeURIComponent(runId)}`); } catch (e) { return; }
+  if (state.selected !== runId) return;
+  state.run = run;
+  updateRunHead(run);
+  const cursor = run.last_event_id ?? 0;
+  await loadHistory(runId);
+  renderPerClass(run.metrics);
+  openStreams(runId, cursor);
+}
+
+function updateRunHead(run) {
+  state.run = Object.assign(state.run || {}, run);
+  $("run-title").textContent = `${run.name} (${run.id})`;
+  $("run-status").textContent = run.status;
+  $("run-status").dataset.status = run.status;
+  $("run-step").textContent = `step ${run.last_step ?? "–"} · project ${run.project}`;
+  for (const button of document.querySelectorAll("#controls button")) button.disabled = !ACTIVE.has(run.status);
+}
+
+async function loadHistory(runId, range = null) {
+  const width = Math.max(300, Math.floor($("charts").clientWidth / 2));
+  const params = new URLSearchParams({ run_id: runId, max_points: String(range ? 5000 : width) });
+  if (range) { params.set("start_step", String(Math.max(0, Math.floor(range[0])))); params.set("end_step", String(Math.ceil(range[1]))); }
+  let body;
+  try { body = await api(`/api/metrics/history?${params}`); } catch (e) { return; }
+  if (state.selected !== runId) return;
+  for (const [key, s] of Object.entries(body.series)) {
+    if (isPerClass(key)) continue;
+    state.series.set(key, { step: s.step.slice(), value: s.value.slice(), ts: s.ts.slice() });
+  }
+  redrawAll();
+}
+
+function openStreams(runId, cursor) {
+  // Metrics from the cursor read before the history: EventSource resumes with Last-Event-ID itself.
+  const metrics = new EventSource(`/api/stream/metrics?run_id=${encodeURIComponent(runId)}&kinds=metrics&after=${cursor}`);
+  metrics.addEventListener("metrics", (message) => onMetrics(JSON.parse(message.data)));
+  // The rest from the beginning: few events, and the panels want their history.
+  const others = new EventSource(`/api/stream/metrics?run_id=${encodeURIComponent(runId)}&kinds=status,control,insight,media,log&after=0`);
+  for (const kind of ["status", "control", "insight", "media", "log"]) {
+    others.addEventListener(kind, (message) => onEvent(kind, JSON.parse(message.data)));
+  }
+  for (const stream of [metrics, others]) {
+    stream.addEventListener("open", showConnection);
+    stream.addEventListener("error", showConnection);
+    stream.addEventListener("resync", () => { stream.close(); selectRun(runId); });
+  }
+  state.streams = [metrics, others];
+  showConnection();
+}
+
+function showConnection() {
+  const states = state.streams.map((s) => s.readyState);
+  const label = states.length && states.every((s) => s === EventSource.OPEN) ? "live" : states.some((s) => s === EventSource.CLOSED) ? "closed" : "reconnecting";
+  $("conn").dataset.state = label;
+  $("conn").textContent = label === "live" ? "● live" : label === "closed" ? "○ closed" : "◌ reconnecting…";
+}
+
+let redrawQueued = false;
+function onMetrics(event) {
+  if (event.run_id !== state.selected) return;
+  for (const [key, value] of Object.entries(event.data)) {
+    if (value === null) continue;
+    if (isPerClass(key)) { renderPerClass({ [key]: { value } }); continue; }
+    let s = state.series.get(key);
+    if (!s) { s = { step: [], value: [], ts: [] }; state.series.set(key, s); }
+    const last = s.step.length ? s.step[s.step.length - 1] : -Infinity;
+    if (event.step < last) continue; // already in the history we loaded
+    s.step.push(event.step); s.value.push(value); s.ts.push(event.ts);
+  }
+  if (state.run && event.step != null) { state.run.last_step = Math.max(state.run.last_step ?? 0, event.step); $("run-step").textContent = `step ${state.run.last_step} · project ${state.run.project}`; }
+  if (!redrawQueued) { redrawQueued = true; requestAnimationFrame(() => { redrawQueued = false; redrawAll(); }); }
+}
+
+function onEvent(kind, event) {
+  const data = event.data || {};
+  if (kind === "status") updateRunHead(Object.assign({}, state.run, { status: data.status }));
+  else if (kind === "control") onControl(event);
+  else if (kind === "insight") addInsight(event);
+  else if (kind === "media" && data.type === "confusion_matrix") renderConfusion(data);
+  else if (kind === "media" && data.type === "image") addSample(event);
+}
+
+// -- charts ---------------------------------------------------------------------------------------
+
+function smoothed(values, alpha) {
+  if (!alpha) return values;
+  const out = new Array(values.length);
+  let acc = null;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    acc = acc === null || v === null ? v : alpha * acc + (1 - alpha) * v;
+    out[i] = acc;
+  }
+  return out;
+}
+
+function xValues(s) {
+  const mode = $("xaxis").value;
+  if (mode === "step") return s.step;
+  if (mode === "time") return s.ts;
+  const t0 = state.run ? state.run.created_at : s.ts[0];
+  return s.ts.map((t) => t - t0);
+}
+
+function alignedData(keys) {
+  // One shared x array: the union of every series' x values, each series null where it has none.
+  const maps = keys.map((key) => {
+    const s = state.series.get(key);
+    const x = xValues(s);
+    const values = smoothed(s.value, Number($("smooth").value));
+    const m = new Map();
+    for (let i = 0; i < x.length; i++) m.set(x[i], values[i]);
+    return m;
+  });
+  const xs = Array.from(new Set(maps.flatMap((m) => Array.from(m.keys())))).sort((a, b) => a - b);
+  return [xs, ...maps.map((m) => xs.map((x) => (m.has(x) ? m.get(x) : null)))];
+}
+
+const FIRST = ["loss", "acc", "accuracy", "lr", "grad_norm"];
+function chartOrder(a, b) {
+  const rank = (key) => {
+    const group = groupOf(key);
+    const first = FIRST.findIndex((name) => group === name || group.endsWith(`/${name}`) || group.startsWith(`${name}_`));
+    if (first >= 0) return first;
+    return group.startsWith("system/") || group === "epoch" ? 100 : 50;
+  };
+  return rank(a) - rank(b) || groupOf(a).localeCompare(groupOf(b)) || a.localeCompare(b);
+}
+
+function redrawAll() {
+  const groups = new Map();
+  for (const key of Array.from(state.series.keys()).sort(chartOrder)) {
+    const group = groupOf(key);
+    if (!groups.has(group)) groups.set(group, []);
+    groups.get(group).push(key);
+  }
+  for (const [group, keys] of groups) drawChart(group, keys);
+}
+
+function drawChart(group, keys) {
+  const data = alignedData(keys);
+  const existing = state.charts.get(group);
+  const log = $("logscale").checked && data.slice(1).every((col) => col.every((v) => v === null || v > 0));
+  if (existing && existing.keys.join() === keys.join() && existing.log === log && existing.x === $("xaxis").value) {
+    existing.plot.setData(data, !existing.zoomed);
+    return;
+  }
+  if (existing) existing.plot.destroy();
+  let holder = document.querySelector(`.chart[data-group="${CSS.escape(group)}"]`);
+  if (!holder) {
+    holder = document.createElement("div");
+    holder.className = "chart";
+    holder.dataset.group = group;
+    $("charts").append(holder);
+  }
+  holder.replaceChildren();
+  const time = $("xaxis").value === "time";
+  const entry = { keys, log, x: $("xaxis").value, zoomed: false };
+  const opts = {
+    title: group, width: Math.max(380, holder.clientWidth - 8), height: 220,
+    scales: { x: { time }, y: { distr: log ? 3 : 1 } },
+    series: [{ label: $("xaxis").value }, ...keys.map((key, i) => ({ label: key, stroke: COLORS[i % COLORS.length], spanGaps: true, width: 1.5 }))],
+    cursor: { drag: { x: true, y: false } },
+    hooks: {
+      setSelect: [(u) => {
+        if (u.select.width < 5 || $("xaxis").value !== "step") return;
+        const range = [u.posToVal(u.select.left, "x"), u.posToVal(u.select.left + u.select.width, "x")];
+        entry.zoomed = true;
+        zoomTo(group, keys, range);
+      }],
+    },
+  };
+  entry.plot = new uPlot(opts, data, holder);
+  holder.addEventListener("dblclick", () => { entry.zoomed = false; redrawAll(); });
+  state.charts.set(group, entry);
+}
+
+async function zoomTo(group, keys, range) {
+  // Full resolution for the zoomed window, straight from the store.
+  const params = new URLSearchParams({ run_id: state.selected, keys: keys.join(","), max_points: "5000",
+    start_step: String(Math.max(0, Math.floor(range[0]))), end_step: String(Math.ceil(range[1])) });
+  let body;
+  try { body = await api(`/api/metrics/history?${params}`); } catch (e) { return; }
+  const entry = state.charts.get(group);
+  if (!entry) return;
+  const maps = keys.map((key) => new Map((body.series[key]?.step || []).map((s, i) => [s, body.series[key].value[i]])));
+  const xs = Array.from(new Set(maps.flatMap((m) => Array.from(m.keys())))).sort((a, b) => a - b);
+  entry.plot.setData([xs, ...maps.map((m) => smoothed(xs.map((x) => (m.has(x) ? m.get(x) : null)), Number($("smooth").value)))]);
+}
+
+// -- control ----------------------------------------------------------------------------------------
+
+async function sendControl(action) {
+  const body = { run_id: state.selected, action };
+  if (action === "set_lr") {
+    const value = Number($("lr-value").value);
+    if (!(value > 0)) { $("ack").textContent = "enter a positive learning rate"; return; }
+    body.value = value;
+  }
+  try {
+    const reply = await api("/api/training/control", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    state.pending.set(reply.command_id, action);
+    $("ack").textContent = `${action}: requested (command ${reply.command_id}), waiting for the run…`;
+  } catch (error) {
+    if (error.status === 401) {
+      const token = prompt("This server needs a token for control. Token:");
+      if (token) { state.token = token; localStorage.setItem("trainpilot-token", token); return sendControl(action); }
+    }
+    $("ack").textContent = `${action}: ${error.message}`;
+  }
+}
+
+function onControl(event) {
+  const data = event.data;
+  if (data.status === "requested") return;
+  const action = data.action || state.pending.get(data.command_id);
+  const detail = data.reason ? ` — ${data.reason}` : "";
+  $("ack").textContent = `${action}: ${data.status} at step ${data.step ?? "?"} (command ${data.command_id})${detail}`;
+  $("ack").dataset.status = data.status;
+}
+
+// -- CV panels and insights ---------------------------------------------------------------------
+
+function renderConfusion(data) {
+  const max = Math.max(1, ...data.matrix.flat());
+  const table = document.createElement("table");
+  table.className = "cm";
+  const head = table.insertRow();
+  head.insertCell().textContent = "true \\ pred";
+  for (const name of data.classes) { const th = document.createElement("th"); th.textContent = name; head.append(th); }
+  data.matrix.forEach((row, i) => {
+    const tr = table.insertRow();
+    const th = document.createElement("th"); th.textContent = data.classes[i]; tr.append(th);
+    row.forEach((count, j) => {
+      const cell = tr.insertCell();
+      cell.textContent = count;
+      const strength = count / max;
+      cell.style.background = i === j ? `rgba(37,99,235,${0.1 + 0.9 * strength})` : `rgba(220,38,38,${strength})`;
+      cell.style.color = strength > 0.55 ? "#fff" : "#111";
+    });
+  });
+  $("confusion").replaceChildren(table);
+}
+
+function renderPerClass(metrics) {
+  const entries = Object.entries(metrics || {}).filter(([key]) => isPerClass(key));
+  if (!entries.length) return;
+  const panel = $("perclass");
+  if (panel.textContent === "none yet") panel.replaceChildren();
+  for (const [key, point] of entries) {
+    const name = key.split("/").slice(2).join("/");
+    let row = panel.querySelector(`[data-key="${CSS.escape(key)}"]`);
+    if (!row) {
+      row = document.createElement("div"); row.className = "bar"; row.dataset.key = key;
+      row.append(document.createElement("span"), document.createElement("span"), document.createElement("span"));
+      row.children[1].className = "fill";
+      panel.append(row);
+    }
+    row.children[0].textContent = name;
+    row.children[1].style.width = `${(100 * point.value).toFixed(1)}%`;
+    row.children[2].textContent = `${(100 * point.value).toFixed(1)} %`;
+  }
+}
+
+function addSample(event) {
+  const panel = $("samples");
+  if (panel.textContent === "none yet") panel.replaceChildren();
+  const figure = document.createElement("figure");
+  const img = document.createElement("img");
+  img.src = event.data.url;
+  img.alt = event.data.name;
+  const caption = document.createElement("figcaption");
+  caption.textContent = `step ${event.step ?? "?"}: ${event.data.caption || event.data.name}`;
+  figure.append(img, caption);
+  panel.prepend(figure);
+  while (panel.children.length > 4) panel.lastChild.remove();
+}
+
+function item(text, className) {
+  const li = document.createElement("li");
+  li.textContent = text;
+  if (className) li.className = className;
+  return li;
+}
+
+function addInsight(event) {
+  const list = $("insights");
+  if (list.firstChild?.textContent === "none yet") list.replaceChildren();
+  const d = event.data;
+  list.prepend(item(`[${d.severity}] ${d.kind} at step ${d.step ?? event.step ?? "?"}: ${d.message || ""}${d.suggestion ? " — " + d.suggestion : ""}`, d.severity));
+}
+
+// -- compare ----------------------------------------------------------------------------------------
+
+async function openCompare() {
+  closeStreams();
+  $("runview").hidden = true;
+  $("compareview").hidden = false;
+  const ids = Array.from(state.compare);
+  const keys = new Set();
+  const bodies = await Promise.all(ids.map((id) => api(`/api/metrics/history?run_id=${encodeURIComponent(id)}&max_points=1000`).catch(() => null)));
+  bodies.forEach((b) => b && Object.keys(b.series).forEach((k) => keys.add(k)));
+  const select = $("compare-key");
+  const previous = select.value;
+  select.replaceChildren(...Array.from(keys).sort().map((k) => { const o = document.createElement("option"); o.value = o.textContent = k; return o; }));
+  if (keys.has(previous)) select.value = previous;
+  else if (keys.has("train/loss")) select.value = "train/loss";
+  drawCompare(ids, bodies);
+  select.onchange = () => drawCompare(ids, bodies);
+}
+
+function drawCompare(ids, bodies) {
+  const key = $("compare-key").value;
+  const maps = bodies.map((b) => new Map((b?.series[key]?.step || []).map((s, i) => [s, b.series[key].value[i]])));
+  const xs = Array.from(new Set(maps.flatMap((m) => Array.from(m.keys())))).sort((a, b) => a - b);
+  const holder = $("compare-chart");
+  holder.replaceChildren();
+  const names = ids.map((id) => state.runs.find((r) => r.id === id)?.name || id);
+  new uPlot({ title: key, width: Math.max(500, holder.clientWidth - 8), height: 360, scales: { x: { time: false } },
+    series: [{ label: "step" }, ...names.map((n, i) => ({ label: n, stroke: COLORS[i % COLORS.length], spanGaps: true }))] },
+    [xs, ...maps.map((m) => xs.map((x) => (m.has(x) ? m.get(x) : null)))], holder);
+}
+
+// -- system -----------------------------------------------------------------------------------------
+
+async function refreshSystem() {
+  try {
+    const info = await api("/api/system/info");
+    $("sysline").textContent = `v${info.version} · ${info.connections.sse} SSE · ${info.connections.ws} WS · CPU ${info.cpu.percent}% · RAM ${info.memory.percent}%`;
+    const gpus = info.gpus.length ? info.gpus.map((g) => `${g.name} ${g.utilization_percent}% ${g.memory_used_mib}/${g.memory_total_mib} MiB`).join("; ") : "none";
+    $("system").textContent = `host ${info.host.hostname} (${info.host.platform}, Python ${info.host.python})\n` +
+      `store ${info.backends.store} · broker ${info.backends.broker} · uptime ${info.uptime_s.toFixed(0)} s\n` +
+      `CPU ${info.cpu.count} cores, ${info.cpu.percent}% (server process ${info.cpu.process_percent}%)\n` +
+      `RAM ${(info.memory.available_bytes / 2 ** 30).toFixed(1)} GiB free of ${(info.memory.total_bytes / 2 ** 30).toFixed(1)} GiB; server RSS ${(info.memory.process_rss_bytes / 2 ** 20).toFixed(0)} MiB\n` +
+      `GPU ${gpus}\nlive connections: ${info.connections.sse} SSE, ${info.connections.ws} WebSocket`;
+  } catch (e) { $("sysline").textContent = "server unreachable"; }
+}
+
+// -- wiring -----------------------------------------------------------------------------------------
+
+$("search").addEventListener("input", renderRuns);
+for (const button of document.querySelectorAll("#controls button")) button.addEventListener("click", () => sendControl(button.dataset.action));
+for (const id of ["smooth", "logscale", "xaxis"]) $(id).addEventListener("input", () => { for (const c of state.charts.values()) c.zoomed = false; redrawAll(); });
+$("compare-btn").addEventListener("click", openCompare);
+$("compare-close").addEventListener("click", () => { const id = state.selected || state.runs[0]?.id; if (id) selectRun(id); });
+refreshRuns();
+refreshSystem();
+setInterval(refreshRuns, 3000);
+setInterval(refreshSystem, 5000);
