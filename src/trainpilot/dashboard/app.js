@@ -10,7 +10,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   runs: [], selected: null, run: null, charts: new Map(), series: new Map(),
   streams: [], compare: new Set(), token: localStorage.getItem("trainpilot-token") || "",
-  pending: new Map(),
+  pending: new Map(), acked: new Set(),
 };
 
 // -- HTTP ---------------------------------------------------------------------------------------
@@ -183,7 +183,7 @@ function onMetrics(event) {
     let s = state.series.get(key);
     if (!s) { s = { step: [], value: [], ts: [] }; state.series.set(key, s); }
     const last = s.step.length ? s.step[s.step.length - 1] : -Infinity;
-    if (event.step < last) continue; // already in the history we loaded
+    if (event.step <= last) continue; // the history we loaded has it (it and the stream overlap)
     s.step.push(event.step); s.value.push(value); s.ts.push(event.ts);
   }
   if (state.run && event.step != null) { state.run.last_step = Math.max(state.run.last_step ?? 0, event.step); $("run-step").textContent = `step ${state.run.last_step} · project ${state.run.project}`; }
@@ -261,7 +261,8 @@ function drawChart(group, keys) {
   const existing = state.charts.get(group);
   const log = $("logscale").checked && data.slice(1).every((col) => col.every((v) => v === null || v > 0));
   if (existing && existing.keys.join() === keys.join() && existing.log === log && existing.x === $("xaxis").value) {
-    existing.plot.setData(data, !existing.zoomed);
+    if (!existing.zoomed) existing.plot.setData(data);
+    existing.holder.dataset.points = String(data[0].length);
     return;
   }
   if (existing) existing.plot.destroy();
@@ -274,7 +275,8 @@ function drawChart(group, keys) {
   }
   holder.replaceChildren();
   const time = $("xaxis").value === "time";
-  const entry = { keys, log, x: $("xaxis").value, zoomed: false };
+  const entry = { keys, log, x: $("xaxis").value, zoomed: false, holder };
+  holder.dataset.points = String(data[0].length);
   const opts = {
     title: group, width: Math.max(380, holder.clientWidth - 8), height: 220,
     scales: { x: { time }, y: { distr: log ? 3 : 1 } },
@@ -319,7 +321,8 @@ async function sendControl(action) {
   try {
     const reply = await api("/api/training/control", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
     state.pending.set(reply.command_id, action);
-    $("ack").textContent = `${action}: requested (command ${reply.command_id}), waiting for the run…`;
+    // The run can acknowledge before this reply is read: never write "requested" over its answer.
+    if (!state.acked.has(reply.command_id)) $("ack").textContent = `${action}: requested (command ${reply.command_id}), waiting for the run…`;
   } catch (error) {
     if (error.status === 401) {
       const token = prompt("This server needs a token for control. Token:");
@@ -332,6 +335,7 @@ async function sendControl(action) {
 function onControl(event) {
   const data = event.data;
   if (data.status === "requested") return;
+  state.acked.add(data.command_id);
   const action = data.action || state.pending.get(data.command_id);
   const detail = data.reason ? ` — ${data.reason}` : "";
   $("ack").textContent = `${action}: ${data.status} at step ${data.step ?? "?"} (command ${data.command_id})${detail}`;

@@ -1,0 +1,146 @@
+"""The dashboard in a real browser (Debian's Chromium driven by Playwright) against a real server
+and a real run logging from another process."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, wait_until
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+LOGGER = """
+    import sys, time, trainpilot
+    run = trainpilot.init(project="browser", name="live", server=sys.argv[1], data_dir=sys.argv[2])
+    print(run.id, flush=True)
+    step = 0
+    while not run.should_stop and step < 20000:
+        run.wait_if_paused()
+        run.log({"train/loss": 1.0 / (step + 1), "val/loss": 1.2 / (step + 1), "lr": 0.1})
+        step += 1
+        time.sleep(0.05)
+    run.finish()
+"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip(
+            "BROWSER TESTS SKIPPED: no chromium on this machine (make test installs Debian's 'chromium')"
+        )
+    playwright_api = pytest.importorskip(
+        "playwright.sync_api", reason="BROWSER TESTS SKIPPED: playwright missing"
+    )
+    with playwright_api.sync_playwright() as p:
+        launched = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def logging_run(server: LiveServer, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    with subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(LOGGER), server.url, str(tmp_path / "client")],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        run_id = proc.stdout.readline().strip()
+        yield run_id, proc
+        proc.kill()
+
+
+class Page:
+    """A page that records every uncaught error and console error, so a test can fail on them."""
+
+    def __init__(self, browser: Any, url: str) -> None:
+        self.page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        self.errors: list[str] = []
+        self.console_errors: list[str] = []
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.page.on("console", lambda msg: msg.type == "error" and self.console_errors.append(msg.text))
+        self.page.goto(url)
+
+    def points(self, group: str) -> int:
+        value = self.page.get_attribute(f'.chart[data-group="{group}"]', "data-points", timeout=20_000)
+        return int(value or 0)
+
+    def last_step(self) -> float:
+        value = self.page.evaluate("() => Math.max(...(state.series.get('train/loss')?.step || [0]))")
+        return float(value)
+
+
+def run_step(server: LiveServer, run_id: str) -> int:
+    step: int = httpx.get(f"{server.url}/api/runs/{run_id}").json()["last_step"] or 0
+    return step
+
+
+def test_charts_grow_live_and_pause_stops_the_real_run_with_its_acknowledgement(
+    browser: Any, server: LiveServer, logging_run: tuple[str, subprocess.Popen[str]]
+) -> None:
+    run_id, _ = logging_run
+    page = Page(browser, f"{server.url}/#run={run_id}")
+    wait_until(lambda: page.points("loss") > 5, what="the loss chart to fill")
+    before = page.points("loss")
+    wait_until(lambda: page.points("loss") > before + 10, what="the chart to grow live")
+    assert page.page.inner_text("#conn") == "● live"
+
+    page.page.click('#controls button[data-action="pause"]')
+    page.page.wait_for_selector("#ack:has-text('pause: applied')", timeout=20_000)
+    paused_at = run_step(server, run_id)
+    page.page.wait_for_timeout(600)
+    assert run_step(server, run_id) == paused_at, "the real run stopped advancing"
+    assert page.page.inner_text("#run-status") == "paused"
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.page.screenshot(path=str(ARTIFACTS / "dashboard-run.png"), full_page=True)
+
+    page.page.click('#controls button[data-action="resume"]')
+    page.page.wait_for_selector("#ack:has-text('resume: applied')", timeout=20_000)
+    wait_until(lambda: run_step(server, run_id) > paused_at + 3, what="the run to advance after resume")
+    assert page.errors == [] and page.console_errors == []
+    page.page.close()
+
+
+def test_the_page_reconnects_after_a_server_restart_and_shows_what_was_logged_meanwhile(
+    browser: Any, server: LiveServer, logging_run: tuple[str, subprocess.Popen[str]]
+) -> None:
+    run_id, _ = logging_run
+    page = Page(browser, f"{server.url}/#run={run_id}")
+    wait_until(lambda: page.points("loss") > 5, what="the loss chart to fill")
+    server.stop(kill=True)
+    page.page.wait_for_selector("#conn[data-state=reconnecting]", timeout=20_000)
+    page.page.wait_for_timeout(1500)  # the run keeps logging into its spool meanwhile
+    server.start()
+    page.page.wait_for_selector("#conn[data-state=live]", timeout=30_000)
+    wait_until(lambda: run_step(server, run_id) > 0, what="the run's points to reach the restarted server")
+    target = run_step(server, run_id)
+    wait_until(
+        lambda: page.last_step() >= target, what="the page to catch up with the points logged meanwhile"
+    )
+    steps = page.page.evaluate("() => state.series.get('train/loss').step")
+    assert steps == sorted(set(steps)), "no duplicate and no reordering after the reconnect"
+    assert steps[-1] - steps[0] + 1 == len(steps), "no gap after the reconnect"
+    assert page.errors == []
+    page.page.close()
