@@ -33,7 +33,7 @@ typecheck: $(STAMP)
 
 # The dashboard's browser tests drive Debian's Chromium; without it (no root, no apt) they skip, loudly.
 browser:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 		|| echo "WARNING: could not install chromium; the browser tests will be skipped"
 
 test: lint typecheck browser
