@@ -144,3 +144,25 @@ def test_the_page_reconnects_after_a_server_restart_and_shows_what_was_logged_me
     assert steps[-1] - steps[0] + 1 == len(steps), "no gap after the reconnect"
     assert page.errors == []
     page.page.close()
+
+
+def test_search_filters_the_run_list_and_compare_overlays_runs(browser: Any, server: LiveServer) -> None:
+    with server.client() as client:
+        for run_id, scale in (("alpha-run", 1.0), ("beta-run", 2.0)):
+            client.post("/api/runs", json={"id": run_id, "project": "cmp", "name": run_id})
+            events = [{"seq": i, "step": i, "data": {"train/loss": scale / (i + 1)}} for i in range(50)]
+            client.post(f"/api/runs/{run_id}/events", json={"events": events})
+    page = Page(browser, server.url + "/")
+    page.page.wait_for_selector("#runs li[data-run=beta-run]")
+    page.page.fill("#search", "alpha")
+    page.page.wait_for_function("document.querySelectorAll('#runs li').length === 1")
+    page.page.fill("#search", "")
+    for run_id in ("alpha-run", "beta-run"):
+        page.page.check(f"#runs li[data-run={run_id}] input[type=checkbox]")
+    page.page.click("#compare-btn")
+    page.page.wait_for_selector("#compare-chart .u-legend")
+    legend = page.page.inner_text("#compare-chart .u-legend")
+    assert "alpha-run" in legend and "beta-run" in legend
+    assert page.page.input_value("#compare-key") == "train/loss"
+    assert page.errors == [] and page.console_errors == []
+    page.page.close()
