@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--once", action="store_true", help="read what is there, send it, exit")
     watch.set_defaults(func=cmd_watch)
 
+    analyze = sub.add_parser("analyze", help="find training problems in a run, offline")
+    analyze.add_argument("source", help="a TensorBoard log directory, a JSON(L) file of events, or a run id")
+    analyze.add_argument("--server", help="the server holding the run id")
+    analyze.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    analyze.set_defaults(func=cmd_analyze)
+
     runs = sub.add_parser("runs", help="list runs")
     add_server_flag(runs)
     runs.add_argument("--project")
@@ -156,6 +162,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  live stream: curl -N {settings.url}/api/stream/metrics", flush=True)
     print(f"  API docs:    {settings.url}/docs", flush=True)
     serve_forever(settings)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import json
+
+    from trainpilot.analysis import analyze_events
+    from trainpilot.analysis.sources import load
+
+    try:
+        runs = load(args.source, args.server)
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    results = [{"run": name, **f.as_data()} for name, events in runs.items() for f in analyze_events(events)]
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    rows = [["RUN", "STEP", "SEVERITY", "KIND", "FINDING"]]
+    rows += [[r["run"], str(r["step"]), r["severity"], r["kind"], r["message"]] for r in results]
+    print_table(rows)
+    if not results:
+        print(f"no problems found in {len(runs)} run(s)")
     return 0
 
 

@@ -49,6 +49,45 @@ class TailedFile:
     plugins: dict[str, str] = field(default_factory=dict)
 
 
+def run_of(rel: Path) -> tuple[str, str]:
+    """(run key, metric prefix) of an event file's path relative to the log directory."""
+    parts = rel.parent.parts
+    if parts and parts[-1].lower() in SPLIT_DIRS:
+        return "/".join(parts[:-1]) or ".", parts[-1] + "/"
+    return "/".join(parts) or ".", ""
+
+
+def read_logdir(logdir: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every scalar under a log directory, as metrics events per run key (for offline analysis)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    root = Path(logdir).expanduser().resolve()
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for name in sorted(names):
+            path = Path(dirpath) / name
+            if "tfevents" not in name or not path.resolve().is_relative_to(root):
+                continue
+            run_key, prefix = run_of(path.relative_to(root))
+            plugins: dict[str, str] = {}
+            try:
+                for event in EventFileLoader(str(path)).Load():
+                    values = scalars(event, plugins)
+                    if values:
+                        data = {prefix + tag: value for tag, value in values.items()}
+                        runs.setdefault(run_key, []).append(
+                            {
+                                "kind": "metrics",
+                                "step": max(0, int(event.step)),
+                                "ts": event.wall_time,
+                                "data": data,
+                            }
+                        )
+            except Exception as exc:  # a corrupt file: what was read before it counts
+                log.warning("stopped reading %s: %s", path, exc)
+    return runs
+
+
 def run_id_for(root: Path, run_key: str) -> str:
     digest = hashlib.sha1(f"{root}\0{run_key}".encode()).hexdigest()[:10]
     return f"tb-{digest}"
@@ -124,11 +163,7 @@ class Watcher:
         saved = self._state.get(str(rel), {})
         # From the file's own path, so a watcher that lost its state numbers records the same way.
         ordinal = int(hashlib.sha1(str(rel).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-        parts = rel.parent.parts
-        if parts and parts[-1].lower() in SPLIT_DIRS:
-            run_key, prefix = "/".join(parts[:-1]) or ".", parts[-1] + "/"
-        else:
-            run_key, prefix = "/".join(parts) or ".", ""
+        run_key, prefix = run_of(rel)
         tailed = TailedFile(
             path, ordinal, run_key, prefix, EventFileLoader(str(path)), skip=int(saved.get("records", 0))
         )

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainpilot.analysis import Analyzer
 from trainpilot.broker import Broker
 from trainpilot.events import ACTIONS, ACTIVE_STATUSES, Event, NewEvent, Run
 from trainpilot.exceptions import Conflict, InvalidInput
@@ -39,7 +40,7 @@ class Hub:
     counters: dict[str, int] = field(
         default_factory=lambda: {"events_ingested": 0, "duplicates": 0, "batches": 0, "control_requests": 0}
     )
-    _nan_reported: set[tuple[str, str]] = field(default_factory=set)
+    analyzer: Analyzer = field(default_factory=Analyzer)
 
     async def create_run(
         self, run_id: str, project: str, name: str, config: dict[str, Any]
@@ -58,39 +59,10 @@ class Hub:
         self.counters["batches"] += 1
         self.counters["events_ingested"] += len(stored)
         self.counters["duplicates"] += len(events) - len(stored)
-        insights = self._non_finite_insights(stored)
+        insights = self.analyzer.observe(stored)
         if insights:
             await self.store.append(insights)
         return IngestResult(len(stored), len(events) - len(stored), stored[-1].id if stored else None)
-
-    def _non_finite_insights(self, stored: list[Event]) -> list[NewEvent]:
-        """NaN/Inf arrive as null metric values; the first one per run and metric becomes an insight."""
-        out = []
-        for e in stored:
-            if e.kind != "metrics":
-                continue
-            bad = [k for k, v in e.data.items() if v is None and (e.run_id, k) not in self._nan_reported]
-            if not bad:
-                continue
-            self._nan_reported.update((e.run_id, k) for k in bad)
-            out.append(
-                NewEvent(
-                    e.run_id,
-                    "insight",
-                    {
-                        "kind": "nan_inf",
-                        "severity": "critical",
-                        "step": e.step,
-                        "evidence": {"metrics": bad, "event_id": e.id},
-                        "message": f"non-finite value (NaN or Inf) in {', '.join(bad)} at step {e.step}",
-                        "suggestion": "lower the learning rate, clip gradients, or check the input data "
-                        "and the loss for log(0) or division by zero",
-                    },
-                    ts=e.ts,
-                    step=e.step,
-                )
-            )
-        return out
 
     async def request_control(self, run_id: str, action: str, value: Any, requested_by: str) -> Event:
         """Store a control command for the run; its event id is the command id."""

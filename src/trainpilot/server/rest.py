@@ -182,6 +182,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+@router.get("/api/runs/{run_id}/insights", tags=["runs"], summary="The run's analysis findings, oldest first")
+async def run_insights(
+    request: Request, run_id: str, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
+) -> Response:
+    store = hub_of(request).store
+    await store.get_run(run_id)
+    events = await store.read(0, run_id=run_id, kinds=frozenset({"insight"}), limit=limit)
+    return JSON({"run_id": run_id, "insights": [{"id": e.id, "ts": e.ts, **e.data} for e in events]})
+
+
 # -- metrics --------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,167 @@
+"""The analysis engine: routes each run's metrics to the detectors, and says each finding once.
+
+`RunAnalysis.observe(step, metrics)` is incremental (constant work per point); feeding a whole
+history point by point gives the same findings as feeding it live. `Analyzer` keeps one per run
+for the server, which stores what it finds as ``insight`` events.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from trainpilot.analysis.names import grad_layer, role
+from trainpilot.analysis.rules import (
+    Finding,
+    GradTracker,
+    LossTracker,
+    PaceTracker,
+    Thresholds,
+    ValTracker,
+    weak_classes,
+)
+from trainpilot.events import Event, NewEvent
+
+REPEATABLE = {"loss_spike": 5}  # kinds that may recur, at most this many times, 100 steps apart
+
+
+class RunAnalysis:
+    def __init__(self, thresholds: Thresholds | None = None, classes: int | None = None) -> None:
+        self.t = thresholds or Thresholds()
+        self.classes = classes
+        self.losses: dict[str, LossTracker] = {}
+        self.vals: dict[str, ValTracker] = {}
+        self.paces: dict[str, PaceTracker] = {}
+        self.grads = GradTracker(self.t)
+        self.lr: float | None = None
+        self.train_acc: float | None = None
+        self.val_accs = 0
+        self.per_class: dict[str, float] = {}
+        self.said: dict[str, tuple[int, int]] = {}  # kind -> (times, last step)
+        self.non_finite: set[str] = set()
+        self.roles: dict[str, tuple[str | None, str | None]] = {}
+
+    def observe(self, step: int, metrics: dict[str, float | None]) -> list[Finding]:
+        found: list[Finding] = []
+        class_update = False
+        bad = [
+            k for k, v in metrics.items() if (v is None or not math.isfinite(v)) and k not in self.non_finite
+        ]
+        if bad:  # said once per metric, not once per bad point
+            self.non_finite.update(bad)
+            found.append(
+                Finding(
+                    "nan_inf",
+                    "critical",
+                    step,
+                    step,
+                    {"metrics": bad},
+                    f"non-finite value (NaN or Inf) in {', '.join(bad)} at step {step}",
+                    "lower the learning rate, clip gradients, or check the input data and the loss "
+                    "for log(0) or division by zero",
+                )
+            )
+        for key, value in metrics.items():
+            if value is None or not math.isfinite(value):
+                continue
+            split, quantity = self.roles.get(key) or self.roles.setdefault(key, role(key))
+            if quantity == "lr":
+                self.lr = value
+            elif quantity == "loss" and split != "val":
+                tracker = self.losses.setdefault(key, LossTracker(key, self.t))
+                found += tracker.observe(step, value, self.lr, self.classes or _classes_from_start(tracker))
+            elif quantity == "loss":
+                train = self._train_loss()
+                found += self.vals.setdefault(key, ValTracker(key, self.t)).observe(step, value, train)
+            elif quantity == "acc" and split == "val":
+                self.val_accs += 1
+                found += self._noisy_labels(step, key, value)
+            elif quantity == "acc":
+                self.train_acc = value if self.train_acc is None else 0.9 * self.train_acc + 0.1 * value
+            elif grad_layer(key) is not None or quantity == "grad_norm":
+                found += self.grads.observe(step, key, grad_layer(key), value)
+            elif quantity in ("step_time", "throughput"):
+                pace = self.paces.setdefault(key, PaceTracker(key, self.t, quantity == "step_time"))
+                found += pace.observe(step, value)
+            elif split == "val" and "acc" in key.lower():
+                self.per_class[key.rsplit("/", 1)[-1]] = value
+                class_update = True
+        if class_update:
+            self.classes = self.classes or len(self.per_class)
+            found += weak_classes(self.per_class, step, self.t)
+        return [f for f in found if f.kind == "nan_inf" or self._first_time(f)]
+
+    def _train_loss(self) -> float | None:
+        smoothed = [t.ema for t in self.losses.values() if t.ema is not None]
+        return min(smoothed) if smoothed else None
+
+    def _noisy_labels(self, step: int, key: str, value: float) -> list[Finding]:
+        if self.val_accs < 2 or self.train_acc is None or value < 0.5 or self.train_acc > value - 0.15:
+            return []
+        return [
+            Finding(
+                "noisy_labels",
+                "warning",
+                step,
+                step,
+                {"val_metric": key, "val_acc": round(value, 4), "train_acc": round(self.train_acc, 4)},
+                f"training accuracy {self.train_acc:.2f} is well below validation accuracy {value:.2f}: "
+                "the model cannot fit its own training labels",
+                "look for noisy or wrong training labels (or augmentation so strong it changes the class)",
+            )
+        ]
+
+    def _first_time(self, finding: Finding) -> bool:
+        times, last = self.said.get(finding.kind, (0, -(10**9)))
+        limit = REPEATABLE.get(finding.kind, 1)
+        step = finding.step or 0
+        if times >= limit or (times and step - last < 100):
+            return False
+        self.said[finding.kind] = (times + 1, step)
+        return True
+
+
+def _classes_from_start(tracker: LossTracker) -> int | None:
+    """Classes guessed from a cross-entropy that starts at ln(C), as an untrained classifier's does."""
+    if tracker.start is None or tracker.n < 5 or not 0.5 < tracker.start < 12:
+        return None
+    guess = round(math.exp(tracker.start))
+    return guess if guess >= 2 and abs(math.exp(tracker.start) - guess) <= 0.1 * guess else None
+
+
+class Analyzer:
+    """One RunAnalysis per run, fed with stored events; returns the insight events to store."""
+
+    def __init__(self, thresholds: Thresholds | None = None) -> None:
+        self.thresholds = thresholds or Thresholds()
+        self.runs: dict[str, RunAnalysis] = {}
+
+    def observe(self, events: Iterable[Event]) -> list[NewEvent]:
+        out = []
+        for event in events:
+            if event.kind != "metrics" or event.step is None:
+                continue
+            analysis = self.runs.setdefault(event.run_id, RunAnalysis(self.thresholds))
+            for finding in analysis.observe(event.step, event.data):
+                out.append(
+                    NewEvent(event.run_id, "insight", finding.as_data(), ts=event.ts, step=finding.step)
+                )
+        return out
+
+
+def analyze_events(events: Iterable[dict[str, Any]], thresholds: Thresholds | None = None) -> list[Finding]:
+    """Findings for one run given as envelope-shaped dicts (the `trainpilot analyze` path)."""
+    analysis = RunAnalysis(thresholds)
+    found: list[Finding] = []
+    ordered = sorted(
+        (e for e in events if e.get("kind", "metrics") == "metrics" and e.get("step") is not None),
+        key=lambda e: e["step"],
+    )
+    for event in ordered:
+        data = {
+            k: (float(v) if isinstance(v, int | float) else None)
+            for k, v in (event.get("data") or {}).items()
+        }
+        found += analysis.observe(int(event["step"]), data)
+    return found

@@ -1,0 +1,161 @@
+"""The analysis engine: on real training runs of the reference trainer, live on the server and offline."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import trainpilot
+from tests.conftest import free_port
+from trainpilot.analysis import Analyzer, analyze_events
+from trainpilot.analysis.names import role
+from trainpilot.events import Event
+from trainpilot.sdk import Run
+from trainpilot.train import Trainer
+from trainpilot.trainconfig import TrainConfig
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("loss", (None, "loss")),
+        ("train/loss", ("train", "loss")),
+        ("train_loss", ("train", "loss")),
+        ("Loss/train", ("train", "loss")),
+        ("train/epoch_loss", ("train", "loss")),
+        ("val_loss", ("val", "loss")),
+        ("validation/epoch_loss", ("val", "loss")),
+        ("eval/loss", ("val", "loss")),
+        ("Accuracy/val", ("val", "acc")),
+        ("val/acc", ("val", "acc")),
+        ("lr-SGD", (None, "lr")),
+        ("learning_rate", (None, "lr")),
+        ("metrics/precision", (None, None)),
+    ],
+)
+def test_metric_names_are_matched_whoever_wrote_them(
+    name: str, expected: tuple[str | None, str | None]
+) -> None:
+    assert role(name) == expected
+
+
+@pytest.fixture
+def server_run(tmp_path: Path) -> Iterator[Any]:
+    runs: list[Run] = []
+    port = free_port()
+
+    def start(**config: Any) -> tuple[Run, Trainer]:
+        first = not runs
+        url = f"http://127.0.0.1:{port}"
+        run = trainpilot.init(
+            project="analysis",
+            serve=first,
+            port=port if first else None,
+            server=None if first else url,
+            data_dir=str(tmp_path / "data"),
+        )
+        runs.append(run)
+        base: dict[str, Any] = {
+            "epochs": 4,
+            "batch_size": 32,
+            "tensorboard_dir": None,
+            "progress": False,
+            "checkpoint_dir": str(tmp_path / "ck"),
+        }
+        base.update(config)
+        return run, Trainer(TrainConfig(**base), run)
+
+    yield start
+    for run in runs:
+        run.finish()
+    runs[0]._server.stop()
+
+
+def insights(run: Run) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = httpx.get(f"{run.url}/api/runs/{run.id}/insights").json()["insights"]
+    return found
+
+
+def test_a_healthy_run_raises_nothing_serious_and_a_far_too_high_lr_is_flagged_early(server_run: Any) -> None:
+    healthy, trainer = server_run()
+    trainer.fit()
+    assert trainer.final_val["val/acc"] > 0.9
+    assert [i for i in insights(healthy) if i["severity"] != "info"] == []
+
+    wild, trainer = server_run(lr=20.0)
+    trainer.fit()
+    found = {i["kind"]: i for i in insights(wild)}
+    assert found["divergence"]["severity"] == "critical" and found["divergence"]["step"] <= 40
+    assert found["lr_too_high"]["evidence"]["lr"] > 1 and "lower" in found["lr_too_high"]["suggestion"]
+
+
+def test_a_run_that_learns_nothing_is_stuck_at_chance(server_run: Any) -> None:
+    run, trainer = server_run(lr=1e-5, warmup_steps=0, epochs=5)
+    trainer.fit()
+    (stuck,) = [i for i in insights(run) if i["kind"] == "stuck_at_chance"]
+    assert stuck["evidence"]["classes"] == 10 and abs(stuck["evidence"]["ln_classes"] - math.log(10)) < 1e-3
+
+
+def test_live_and_offline_analysis_agree_and_feeding_order_does_not_matter(server_run: Any) -> None:
+    run, trainer = server_run(lr=20.0, epochs=2)
+    trainer.fit()
+    series = httpx.get(
+        f"{run.url}/api/metrics/history", params={"run_id": run.id, "max_points": 100000}
+    ).json()
+    by_step: dict[int, dict[str, float]] = {}
+    for key, s in series["series"].items():
+        for step, value in zip(s["step"], s["value"], strict=True):
+            by_step.setdefault(step, {})[key] = value
+    events = [{"kind": "metrics", "step": step, "data": data} for step, data in sorted(by_step.items())]
+    offline = [(f.kind, f.step) for f in analyze_events(events)]
+    live = [(i["kind"], i["step"]) for i in insights(run)]
+    assert offline == live  # the server was fed batch by batch, offline point by point
+    stored = [Event(i + 1, "r", i, "metrics", 0.0, e["step"], e["data"]) for i, e in enumerate(events)]
+    one_batch = [(e.data["kind"], e.step) for e in Analyzer().observe(stored)]
+    assert one_batch == offline
+
+
+def test_analyze_reads_a_json_file_and_a_tensorboard_directory(tmp_path: Path) -> None:
+    losses = [2.3 * 0.97**i for i in range(60)] + [2.3 * 5 * 1.1**i for i in range(30)]
+    events = [
+        {"kind": "metrics", "step": i, "data": {"Loss/train": v, "lr": 0.5}} for i, v in enumerate(losses)
+    ]
+    (tmp_path / "run.json").write_text(json.dumps({"events": events}))
+    (tmp_path / "run.jsonl").write_text("\n".join(json.dumps(e) for e in events))
+    script = f"""
+from torch.utils.tensorboard import SummaryWriter
+with SummaryWriter({str(tmp_path / "tb" / "exp1")!r}) as w:
+    for i, v in enumerate({losses!r}):
+        w.add_scalar("train_loss", v, i)
+"""
+    subprocess.run([sys.executable, "-c", script], check=True)
+    for source in ("run.json", "run.jsonl", "tb"):
+        result = subprocess.run(
+            [sys.executable, "-m", "trainpilot.cli", "analyze", str(tmp_path / source), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        found = json.loads(result.stdout)
+        kinds = {f["kind"] for f in found}
+        assert "divergence" in kinds, (source, found)
+        assert set(found[0]) >= {"kind", "severity", "step", "evidence", "suggestion"}
+    table = subprocess.run(
+        [sys.executable, "-m", "trainpilot.cli", "analyze", str(tmp_path / "run.json")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "divergence" in table and "critical" in table
+    missing = subprocess.run(
+        [sys.executable, "-m", "trainpilot.cli", "analyze", "no-such-run"], capture_output=True, text=True
+    )
+    assert missing.returncode == 1 and "--server" in missing.stderr
