@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck serve clean browser
+.PHONY: demo test lint typecheck serve clean browser analysis-eval corpus
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,8 +25,8 @@ serve: $(STAMP)
 	$(BIN)/trainpilot serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench corpus
+	$(BIN)/ruff format --check src tests bench corpus
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -38,6 +38,12 @@ browser:
 
 test: lint typecheck browser
 	$(BIN)/pytest
+
+analysis-eval: $(STAMP)
+	$(BIN)/python -m trainpilot.analysis.evaluate corpus
+
+corpus: $(STAMP)
+	$(BIN)/python corpus/record.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -98,7 +98,7 @@ def test_a_healthy_run_raises_nothing_serious_and_a_far_too_high_lr_is_flagged_e
 
 
 def test_a_run_that_learns_nothing_is_stuck_at_chance(server_run: Any) -> None:
-    run, trainer = server_run(lr=1e-5, warmup_steps=0, epochs=5)
+    run, trainer = server_run(init_scale=0.001, batch_norm=False, epochs=5)
     trainer.fit()
     (stuck,) = [i for i in insights(run) if i["kind"] == "stuck_at_chance"]
     assert stuck["evidence"]["classes"] == 10 and abs(stuck["evidence"]["ln_classes"] - math.log(10)) < 1e-3

@@ -7,7 +7,7 @@
 - ``folder:PATH``: any ``PATH/<class>/<image>`` tree (Pillow reads it), for your own data.
 
 Every loader returns a `Split` of float tensors, normalised per channel with statistics of the
-training part only.
+training part only (or, with ``normalize=False``, raw pixel values 0..255).
 """
 
 from __future__ import annotations
@@ -149,4 +149,6 @@ def _split(
         mean = tx.mean(dim=(0, 2, 3), keepdim=True)
         std = tx.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
         tx, vx = (tx - mean) / std, (vx - mean) / std
+    else:  # raw pixel values, as a pipeline that forgot to normalise feeds them
+        tx, vx = tx * 255, vx * 255
     return Split(tx, torch.from_numpy(y[train]), vx, torch.from_numpy(y[val]), classes)

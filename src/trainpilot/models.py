@@ -114,10 +114,11 @@ def build(
     activation: str = "relu",
     depth: int = 2,
     width: int | None = None,
+    batch_norm: bool = True,
 ) -> nn.Module:
     """A model by name: ``cnn``, ``resnet``, or ``tv:<torchvision model>`` when torchvision is installed."""
     if name == "cnn":
-        return SmallCNN(in_channels, num_classes, width or 32, depth, activation)
+        return SmallCNN(in_channels, num_classes, width or 32, depth, activation, batch_norm)
     if name == "resnet":
         return ResNet(in_channels, num_classes, width or 16, activation=activation)
     if name.startswith("tv:"):

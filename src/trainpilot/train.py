@@ -96,6 +96,7 @@ class Trainer:
             len(self.data.classes),
             activation=cfg.activation,
             depth=cfg.depth,
+            batch_norm=cfg.batch_norm,
             width=cfg.width,
         ).to(self.device)
         if cfg.init_scale != 1.0:
@@ -274,7 +275,7 @@ class Trainer:
 
     def train_step(self, index: torch.Tensor) -> dict[str, float]:
         started = time.perf_counter()
-        if self.cfg.loader_delay:
+        if self.cfg.loader_delay and self.step >= self.total_steps // 3:
             time.sleep(self.cfg.loader_delay)
         x = self.train_x[index].to(self.device, non_blocking=True)
         y = self.train_y[index].to(self.device, non_blocking=True)

@@ -38,8 +38,11 @@ class TrainConfig:
     init_scale: float = 1.0  # multiplies initial weights: 0.01 or 10 for bad-initialisation runs
     label_noise: float = 0.0  # fraction of training labels replaced at random
     train_fraction: float = 1.0  # use only this fraction of the training set (tiny-data runs)
-    normalize: bool = True
-    loader_delay: float = 0.0  # seconds of sleep per batch: a slow input pipeline
+    normalize: bool = True  # off: raw pixel values (0..255), as a pipeline that forgot to normalise gives
+    batch_norm: bool = True
+    loader_delay: float = (
+        0.0  # seconds of sleep per batch from a third of the run on: a pipeline falling behind
+    )
     eval_every: int = 0  # steps between validations; 0 = once per epoch
     checkpoint_dir: str = "checkpoints"
     tensorboard_dir: str | None = "runs"

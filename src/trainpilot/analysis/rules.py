@@ -27,7 +27,9 @@ class Thresholds:
     plateau_window: int = 300  # no more than `plateau_gain` relative improvement over this many points
     plateau_gain: float = 0.01
     chance_tolerance: float = 0.03  # loss within 3 % of ln(classes) ...
-    chance_after: int = 150  # ... after this many points
+    chance_after: int = 150  # ... for half this many points in a row, and at least this many in all
+    start_ratio: float = 3.0  # a cross-entropy starting this many times above ln(classes)
+    gap_ratio: float = 3.0  # validation loss this many times the training loss, on two evaluations
     overfit_rise: float = 0.10  # validation loss 10 % above its best while training loss keeps falling
     grad_explode_ratio: float = 20.0  # gradient norm this many times its recent median
     vanishing_ratio: float = 1e-3  # first-layer gradient norm below this fraction of the last layer's
@@ -81,6 +83,31 @@ class LossTracker:
     spikes: deque[int] = field(default_factory=lambda: deque(maxlen=64))
     history: deque[float] = field(default_factory=lambda: deque(maxlen=301))
     rising: int = 0
+    at_chance: int = 0  # consecutive points with the smoothed loss at ln(classes)
+
+    def _initial(self, step: int, classes: int | None) -> list[Finding]:
+        """A cross-entropy that starts far above ln(classes): unnormalised inputs or a bad initialisation.
+
+        With the class count unknown, ln(1000) bounds it, and a loss that may not be a cross-entropy
+        at all only earns an info.
+        """
+        assert self.start is not None
+        chance = math.log(classes or 1000)
+        if self.start <= self.t.start_ratio * chance:
+            return []
+        what = f"ln({classes}) = {chance:.3g}" if classes else f"ln(1000) = {chance:.3g}, more than any"
+        return [
+            Finding(
+                "bad_initial_loss",
+                "warning" if classes else "info",
+                step,
+                0,
+                {"metric": self.key, "start": _r(self.start), "ln_classes": _r(chance), "classes": classes},
+                f"{self.key} starts at {self.start:.4g}, far above the {what} untrained classifier gives",
+                "normalise the inputs (mean 0, std 1 per channel), check the initialisation and the scale of "
+                "the last layer's outputs",
+            )
+        ]
 
     def observe(self, step: int, value: float, lr: float | None, classes: int | None) -> list[Finding]:
         out: list[Finding] = []
@@ -185,12 +212,13 @@ class LossTracker:
                         f"restart with lr around {lr / 10:.2g} (10x lower), or add warm-up",
                     )
                 )
-        if classes and self.n >= self.t.chance_after:
+        if self.n == 5:
+            out += self._initial(step, classes)
+        if classes:
             chance = math.log(classes)
-            if (
-                abs(self.ema - chance) <= self.t.chance_tolerance * chance
-                and abs(self.start - chance) <= 0.2 * chance
-            ):
+            near = abs(self.ema - chance) <= max(self.t.chance_tolerance * chance, 2 * self.mad)
+            self.at_chance = self.at_chance + 1 if near else 0
+            if self.n >= self.t.chance_after and self.at_chance >= self.t.chance_after // 2:
                 out.append(
                     Finding(
                         "stuck_at_chance",
@@ -246,14 +274,46 @@ class ValTracker:
     train_at_best: float | None = None
     evals: int = 0
     above: int = 0  # consecutive evaluations above the best by the margin
+    wide: int = 0  # consecutive evaluations with a validation/training ratio above gap_ratio
+    first_train: float | None = None
 
     def observe(self, step: int, value: float, train: float | None) -> list[Finding]:
         self.evals += 1
         if value < self.best:
             self.best, self.best_step, self.train_at_best = value, step, train
             self.above = 0
+        else:
+            self.above = self.above + 1 if value > (1 + self.t.overfit_rise) * self.best else 0
+        return self._rising(step, value, train) + self._gap(step, value, train)
+
+    def _gap(self, step: int, value: float, train: float | None) -> list[Finding]:
+        """A widening generalisation gap: validation loss a multiple of a training loss that keeps falling."""
+        if train is None or train <= 0:
             return []
-        self.above = self.above + 1 if value > (1 + self.t.overfit_rise) * self.best else 0
+        self.first_train = self.first_train or train
+        self.wide = self.wide + 1 if value > self.t.gap_ratio * train and value - train > 0.3 * value else 0
+        if self.evals >= 3 and self.wide >= 2 and train < 0.5 * self.first_train:
+            return [
+                Finding(
+                    "overfitting",
+                    "warning",
+                    step,
+                    self.best_step,
+                    {
+                        "val_metric": self.key,
+                        "val": _r(value),
+                        "train_now": _r(train),
+                        "ratio": _r(value / train),
+                    },
+                    f"{self.key} is {value / train:.1f}x the training loss ({value:.4g} vs {train:.4g}): "
+                    "the model memorises its training set",
+                    "more data or augmentation, weight decay or dropout, a smaller model, or stop early",
+                )
+            ]
+        return []
+
+    def _rising(self, step: int, value: float, train: float | None) -> list[Finding]:
+        """Validation loss climbing away from its best while training loss still falls."""
         if (
             self.evals >= 3
             and self.above >= 2
