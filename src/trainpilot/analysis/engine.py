@@ -71,6 +71,8 @@ class RunAnalysis:
             elif quantity == "loss" and split != "val":
                 tracker = self.losses.setdefault(key, LossTracker(key, self.t))
                 found += tracker.observe(step, value, self.lr, self.classes or _classes_from_start(tracker))
+                if tracker.n == self.t.chance_after:
+                    found += self._slow_start(step, tracker)
             elif quantity == "loss":
                 train = self._train_loss()
                 found += self.vals.setdefault(key, ValTracker(key, self.t)).observe(step, value, train)
@@ -91,6 +93,46 @@ class RunAnalysis:
             self.classes = self.classes or len(self.per_class)
             found += weak_classes(self.per_class, step, self.t)
         return [f for f in found if f.kind == "nan_inf" or self._first_time(f)]
+
+    def _slow_start(self, step: int, tracker: LossTracker) -> list[Finding]:
+        """A loss that has hardly moved while gradients flow normally: the step size is the problem.
+
+        Gradients that vanish or are zero point elsewhere (initialisation, activations), so then this
+        stays quiet; without gradient metrics it is only an info.
+        """
+        assert tracker.start is not None and tracker.ema is not None
+        moved = (tracker.start - tracker.ema) / max(abs(tracker.start), 1e-12)
+        if moved >= 0.05 or tracker.ema > tracker.start * 1.05:
+            return []
+        grads_known = self.grads.first is not None or len(self.grads.recent) > 0
+        if (
+            self.grads.vanishing > 0
+            or self.grads.zero > 0
+            or (
+                self.grads.first is not None and self.grads.last and self.grads.first / self.grads.last < 1e-2
+            )
+        ):
+            return []
+        lr = f" with lr={self.lr:.3g}" if self.lr is not None else ""
+        return [
+            Finding(
+                "lr_too_low",
+                "warning" if grads_known else "info",
+                step,
+                0,
+                {
+                    "metric": tracker.key,
+                    "start": round(tracker.start, 4),
+                    "smoothed": round(tracker.ema, 4),
+                    "relative_change": round(moved, 4),
+                    "points": tracker.n,
+                    "lr": self.lr,
+                },
+                f"{tracker.key} moved {100 * moved:.1f} % in {tracker.n} steps{lr} "
+                "while gradients flow normally",
+                "raise the learning rate (try 10x), or check that the optimizer steps (zero_grad/step order)",
+            )
+        ]
 
     def _train_loss(self) -> float | None:
         smoothed = [t.ema for t in self.losses.values() if t.ema is not None]
