@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     analyze.set_defaults(func=cmd_analyze)
 
+    ask = sub.add_parser("ask", help="ask the advisor about a run")
+    ask.add_argument("run", help="run id")
+    ask.add_argument("question")
+    add_server_flag(ask)
+    ask.set_defaults(func=cmd_ask)
+
     runs = sub.add_parser("runs", help="list runs")
     add_server_flag(runs)
     runs.add_argument("--project")
@@ -162,6 +168,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  live stream: curl -N {settings.url}/api/stream/metrics", flush=True)
     print(f"  API docs:    {settings.url}/docs", flush=True)
     serve_forever(settings)
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    import httpx
+
+    from trainpilot.sse_client import parse
+
+    url = f"{args.server.rstrip('/')}/api/runs/{args.run}/ask"
+    try:
+        with httpx.stream(
+            "POST", url, json={"question": args.question}, timeout=httpx.Timeout(120, connect=5)
+        ) as r:
+            if r.status_code != 200:
+                r.read()
+                raise CLIError(f"POST {url}: HTTP {r.status_code}: {r.text[:200]}")
+            for event in parse(r.iter_lines()):
+                data = event.data if isinstance(event.data, dict) else {}
+                if event.name == "token":
+                    print(data.get("text", ""), end="", flush=True)
+                elif event.name == "error":
+                    print()
+                    raise CLIError(str(data.get("message")))
+    except httpx.HTTPError as exc:
+        raise CLIError(f"cannot reach {args.server}: {exc}") from None
+    print()
     return 0
 
 

@@ -29,6 +29,9 @@ class Settings:
     ring_size: int = 16384
     heartbeat_s: float = 15.0
     max_body_bytes: int = 32 * 2**20
+    llm_url: str = ""  # an OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1 (Ollama)
+    llm_model: str = ""
+    llm_key: str | None = field(default=None, repr=False)
 
     @property
     def store_url(self) -> str:

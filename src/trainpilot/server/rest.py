@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from trainpilot.events import Point, Run
 from trainpilot.exceptions import InvalidInput, NotFound
@@ -190,6 +191,47 @@ async def run_insights(
     await store.get_run(run_id)
     events = await store.read(0, run_id=run_id, kinds=frozenset({"insight"}), limit=limit)
     return JSON({"run_id": run_id, "insights": [{"id": e.id, "ts": e.ts, **e.data} for e in events]})
+
+
+class AskRequest(BaseModel):
+    question: str = Field(..., min_length=1, max_length=4000)
+
+
+@router.post(
+    "/api/runs/{run_id}/ask",
+    tags=["runs"],
+    summary="Ask about a run: an SSE stream of `token` events, then `done` (or `error`)",
+)
+async def ask(request: Request, run_id: str, body: AskRequest) -> Response:
+    from trainpilot.analysis.llm import Advisor, AdvisorError
+    from trainpilot.analysis.summary import rules_answer, summarize
+
+    hub = hub_of(request)
+    store = hub.store
+    run = await store.get_run(run_id)
+    series = await store.history(run_id, (await store.metric_keys(run_id))[:MAX_HISTORY_KEYS], max_points=300)
+    found = [e.data for e in await store.read(0, run_id=run_id, kinds=frozenset({"insight"}), limit=200)]
+    summary = summarize(run, series, found)
+    settings = hub.settings
+
+    def frame(name: str, payload: dict[str, Any]) -> bytes:
+        return b"event: %s\ndata: %s\n\n" % (name.encode(), orjson.dumps(payload))
+
+    async def answer() -> AsyncIterator[bytes]:
+        if not (settings.llm_url and settings.llm_model):
+            yield frame("token", {"text": rules_answer(summary, body.question)})
+            yield frame("done", {"source": "rules"})
+            return
+        advisor = Advisor(settings.llm_url, settings.llm_model, settings.llm_key)
+        try:
+            async for text in advisor.stream(summary, body.question):
+                yield frame("token", {"text": text})
+        except AdvisorError as exc:
+            yield frame("error", {"message": str(exc)})
+            return
+        yield frame("done", {"source": "llm", "model": settings.llm_model})
+
+    return StreamingResponse(answer(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
 # -- metrics --------------------------------------------------------------------------------------

@@ -57,6 +57,11 @@ def info(hub: Hub) -> dict[str, Any]:
             "broker": hub.settings.broker.split(":", 1)[0],
         },
         "connections": hub.broker.counts(),
+        "llm": {
+            "configured": bool(hub.settings.llm_url),
+            "url": hub.settings.llm_url or None,
+            "model": hub.settings.llm_model or None,
+        },
         "uptime_s": round(time.time() - hub.started_at, 3),
     }
 

@@ -1,0 +1,94 @@
+"""The LLM advisor: any OpenAI-compatible chat endpoint (Ollama, vLLM, llama.cpp server, LM Studio, hosted).
+
+Only the run's compact summary (summary.py) and the question are sent. Answers stream token by token.
+Connection failures are retried before the first token; a timeout, an HTTP error or a malformed
+stream ends the answer with an `AdvisorError` whose message says what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+SYSTEM = (
+    "You are trainpilot's training advisor for computer-vision models. You get a compact numeric summary "
+    "of one training run (its config, per-metric statistics for the early, middle and late thirds of the "
+    "run, and the findings of rule-based detectors) and a question. Answer briefly and concretely: say what "
+    "the numbers show, the likely cause, and specific changes to try (with values). Say when the summary "
+    "does not contain enough to tell."
+)
+
+
+class AdvisorError(Exception):
+    """The endpoint could not give an answer; the message is for the user."""
+
+
+@dataclass
+class Advisor:
+    url: str
+    model: str
+    key: str | None = field(default=None, repr=False)
+    timeout_s: float = 60.0
+    retries: int = 2
+
+    def messages(self, summary: dict[str, Any], question: str) -> list[dict[str, str]]:
+        return [
+            {"role": "system", "content": SYSTEM},
+            {
+                "role": "user",
+                "content": "Run summary (JSON):\n"
+                + orjson.dumps(summary).decode()
+                + f"\n\nQuestion: {question}",
+            },
+        ]
+
+    async def stream(self, summary: dict[str, Any], question: str) -> AsyncIterator[str]:
+        """Text chunks of the answer as they arrive."""
+        import httpx
+
+        body = {"model": self.model, "messages": self.messages(summary, question), "stream": True}
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        endpoint = self.url.rstrip("/") + "/chat/completions"
+        for attempt in range(self.retries + 1):
+            try:
+                async with (
+                    httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=5.0)) as client,
+                    client.stream("POST", endpoint, json=body, headers=headers) as response,
+                ):
+                    if response.status_code != 200:
+                        text = (await response.aread())[:200].decode(errors="replace")
+                        raise AdvisorError(f"the LLM endpoint answered HTTP {response.status_code}: {text}")
+                    async for chunk in _deltas(response.aiter_lines()):
+                        yield chunk
+                    return
+            except httpx.ConnectError as exc:
+                if attempt == self.retries:
+                    raise AdvisorError(f"cannot reach the LLM endpoint {self.url}: {exc}") from None
+                await asyncio.sleep(0.5 * 2**attempt)
+            except httpx.TimeoutException:
+                raise AdvisorError(
+                    f"the LLM endpoint {self.url} did not answer within {self.timeout_s:g} s"
+                ) from None
+
+
+async def _deltas(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The content deltas of an OpenAI-style SSE stream; a line that is not one is an error."""
+    async for line in lines:
+        if not line.strip() or line.startswith(":"):
+            continue
+        if not line.startswith("data:"):
+            raise AdvisorError(f"malformed stream from the LLM endpoint: {line[:80]!r}")
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return
+        try:
+            choice = orjson.loads(payload)["choices"][0]
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            raise AdvisorError(f"malformed chunk from the LLM endpoint: {payload[:80]!r}") from None
+        text = (choice.get("delta") or {}).get("content") or ""
+        if text:
+            yield text

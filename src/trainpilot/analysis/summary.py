@@ -1,0 +1,81 @@
+"""A compact, numeric summary of a run: what an LLM advisor is given, and nothing else.
+
+Curves become a few numbers per phase (first, middle and last third: mean, min, max, last value),
+so even a small local model sees the shape of a run in a few hundred tokens, and no raw data leaves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainpilot.events import Run
+from trainpilot.store import Series
+
+PHASES = ("early", "middle", "late")
+
+
+def _r(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def curve(series: Series) -> dict[str, Any]:
+    points = series.points
+    if not points:
+        return {}
+    out: dict[str, Any] = {
+        "points": series.total,
+        "first_step": points[0].step,
+        "last_step": points[-1].step,
+        "last": _r(points[-1].value),
+    }
+    third = max(1, len(points) // 3)
+    for i, name in enumerate(PHASES):
+        chunk = points[i * third : (i + 1) * third] if i < 2 else points[2 * third :]
+        values = [p.value for p in chunk] or [points[-1].value]
+        out[name] = {"mean": _r(sum(values) / len(values)), "min": _r(min(values)), "max": _r(max(values))}
+    return out
+
+
+def summarize(
+    run: Run, series: list[Series], insights: list[dict[str, Any]], max_metrics: int = 24
+) -> dict[str, Any]:
+    """The run's config, status, per-metric phase statistics and findings, bounded in size."""
+    ranked = sorted(series, key=lambda s: (not any(w in s.key for w in ("loss", "acc", "lr", "grad")), s.key))
+    return {
+        "run": {
+            "id": run.id,
+            "name": run.name,
+            "project": run.project,
+            "status": run.status,
+            "last_step": run.last_step,
+        },
+        "config": {k: v for k, v in list(run.config.items())[:40] if isinstance(v, int | float | str | bool)},
+        "metrics": {s.key: curve(s) for s in ranked[:max_metrics] if s.points},
+        "insights": [
+            {k: i.get(k) for k in ("kind", "severity", "step", "message", "evidence")} for i in insights[-20:]
+        ],
+    }
+
+
+def rules_answer(summary: dict[str, Any], question: str) -> str:
+    """What the rules alone can say, for when no LLM is configured (and labelled so)."""
+    lines = ["(Rules only: no LLM is configured, so this answer comes from the detectors, not a model.)"]
+    findings = summary["insights"]
+    if findings:
+        lines.append(f"The detectors found {len(findings)} problem(s) in run {summary['run']['name']}:")
+        for f in findings:
+            lines.append(f"- [{f['severity']}] {f['kind']} at step {f['step']}: {f['message']}")
+    else:
+        lines.append(f"The detectors found no problem in run {summary['run']['name']} so far.")
+    for key in ("train/loss", "loss", "val/loss", "val/acc"):
+        stats = summary["metrics"].get(key)
+        if stats:
+            lines.append(
+                f"{key}: early mean {stats['early']['mean']}, late mean {stats['late']['mean']}, "
+                f"last {stats['last']} at step {stats['last_step']}."
+            )
+    lines.append(
+        f"Your question was: {question!r}. Configure an LLM (TRAINPILOT_LLM_URL, TRAINPILOT_LLM_MODEL) "
+        "for a free-form answer."
+    )
+    return "\n".join(lines)

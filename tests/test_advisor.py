@@ -1,0 +1,171 @@
+"""The LLM advisor against a small OpenAI-compatible server that checks what it is sent."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.conftest import LiveServer, create_run, free_port
+from trainpilot.sse_client import parse
+
+ANSWER = ["Lower ", "the learning ", "rate to 0.01."]
+
+
+class FakeLLM:
+    """/ok/v1 streams ANSWER; /fail/v1 answers 500; /garbage/v1 streams a line that is not SSE."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.port = free_port()
+
+        async def chat(request: Request) -> Response:
+            body = await request.json()
+            self.requests.append(
+                {"path": request.url.path, "body": body, "auth": request.headers.get("authorization")}
+            )
+            mode = request.url.path.split("/")[1]
+            if mode == "fail":
+                return Response("model exploded", status_code=500)
+
+            async def chunks() -> AsyncIterator[bytes]:
+                if mode == "garbage":
+                    yield b"this is not a server-sent event\n\n"
+                    return
+                for text in ANSWER:
+                    yield (
+                        b"data: " + json.dumps({"choices": [{"delta": {"content": text}}]}).encode() + b"\n\n"
+                    )
+                yield b"data: [DONE]\n\n"
+
+            return StreamingResponse(chunks(), media_type="text/event-stream")
+
+        app = Starlette(routes=[Route("/{mode}/v1/chat/completions", chat, methods=["POST"])])
+        self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def url(self, mode: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{mode}/v1"
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[FakeLLM]:
+    fake = FakeLLM()
+    fake.thread.start()
+    while not fake.server.started:
+        time.sleep(0.01)
+    yield fake
+    fake.server.should_exit = True
+    fake.thread.join(5)
+
+
+def ask(server: LiveServer, run_id: str, question: str) -> tuple[str, list[tuple[str, Any]]]:
+    events = []
+    with httpx.stream(
+        "POST", f"{server.url}/api/runs/{run_id}/ask", json={"question": question}, timeout=30
+    ) as r:
+        assert r.status_code == 200
+        for event in parse(r.iter_lines()):
+            events.append((event.name, event.data))
+    text = "".join(d["text"] for name, d in events if name == "token")
+    return text, events
+
+
+def seeded(server: LiveServer) -> None:
+    with server.client() as client:
+        create_run(client, "adv")
+        events = [
+            {
+                "seq": i,
+                "step": i,
+                "data": {"train/loss": 2.3 * 1.2**i if i > 30 else 2.3 - i * 0.01, "lr": 5.0},
+            }
+            for i in range(60)
+        ]
+        client.post("/api/runs/adv/events", json={"events": events})
+
+
+def test_the_advisor_streams_the_models_answer_and_sends_only_the_summary(
+    llm: FakeLLM, tmp_path: Path
+) -> None:
+    server = LiveServer(tmp_path / "d", llm_url=llm.url("ok"), llm_model="tiny", llm_key="sk-secret").start()
+    try:
+        seeded(server)
+        text, events = ask(server, "adv", "why is my loss rising?")
+        assert text == "".join(ANSWER)
+        assert events[-1] == ("done", {"source": "llm", "model": "tiny"})
+        request = llm.requests[-1]
+        assert request["body"]["model"] == "tiny" and request["body"]["stream"] is True
+        assert request["auth"] == "Bearer sk-secret"
+        system, user = request["body"]["messages"]
+        assert system["role"] == "system" and user["role"] == "user"
+        assert "why is my loss rising?" in user["content"] and '"train/loss"' in user["content"]
+        assert '"divergence"' in user["content"]  # the detectors' findings are part of the summary
+        assert len(user["content"]) < 8000  # a compact summary, not the points
+        info = httpx.get(f"{server.url}/api/system/info").json()
+        assert info["llm"] == {"configured": True, "url": llm.url("ok"), "model": "tiny"}
+        assert "sk-secret" not in json.dumps(info)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"), [("fail", "HTTP 500"), ("garbage", "malformed"), ("down", "cannot reach")]
+)
+def test_advisor_failures_end_the_stream_with_a_clear_error(
+    llm: FakeLLM, tmp_path: Path, mode: str, message: str
+) -> None:
+    url = llm.url(mode) if mode != "down" else f"http://127.0.0.1:{free_port()}/v1"
+    server = LiveServer(tmp_path / "d", llm_url=url, llm_model="tiny").start()
+    try:
+        seeded(server)
+        _, events = ask(server, "adv", "what now?")
+        name, data = events[-1]
+        assert name == "error" and message in data["message"]
+    finally:
+        server.stop()
+
+
+def test_without_an_llm_the_rules_answer_and_say_so(shared_server: LiveServer) -> None:
+    seeded(shared_server)
+    text, events = ask(shared_server, "adv", "is it healthy?")
+    assert text.startswith("(Rules only: no LLM is configured")
+    assert "divergence" in text and events[-1] == ("done", {"source": "rules"})
+    with httpx.Client(base_url=shared_server.url) as client:
+        assert client.post("/api/runs/adv/ask", json={"question": ""}).status_code == 422
+        assert client.post("/api/runs/ghost/ask", json={"question": "x"}).status_code == 404
+
+
+def test_trainpilot_ask_prints_the_answer(shared_server: LiveServer) -> None:
+    import subprocess
+    import sys
+
+    seeded(shared_server)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainpilot.cli",
+            "ask",
+            "adv",
+            "what happened?",
+            "--server",
+            shared_server.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Rules only" in result.stdout and "divergence" in result.stdout
