@@ -169,3 +169,28 @@ def test_trainpilot_ask_prints_the_answer(shared_server: LiveServer) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Rules only" in result.stdout and "divergence" in result.stdout
+
+
+def test_serious_findings_get_a_short_llm_explanation(llm: FakeLLM, tmp_path: Path) -> None:
+    from tests.conftest import wait_until
+
+    server = LiveServer(tmp_path / "d", llm_url=llm.url("ok"), llm_model="tiny").start()
+    try:
+        seeded(server)
+
+        def explanations() -> list[dict[str, Any]]:
+            found = httpx.get(f"{server.url}/api/runs/adv/insights").json()["insights"]
+            return [i for i in found if i["kind"] == "explanation"]
+
+        wait_until(lambda: bool(explanations()), what="an explanation")
+        insights = httpx.get(f"{server.url}/api/runs/adv/insights").json()["insights"]
+        (first,) = explanations()[:1]
+        explained = next(i for i in insights if i["id"] == first["explains"])
+        assert (
+            explained["severity"] in ("warning", "critical") and first["explains_kind"] == explained["kind"]
+        )
+        assert first["message"] == "".join(ANSWER) and first["source"] == "llm"
+        question = llm.requests[-1]["body"]["messages"][1]["content"]
+        assert explained["kind"] in question
+    finally:
+        server.stop()

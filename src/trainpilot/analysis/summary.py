@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainpilot.events import Run
-from trainpilot.store import Series
+from trainpilot.store import Series, Store
 
 PHASES = ("early", "middle", "late")
 
@@ -55,6 +55,14 @@ def summarize(
             {k: i.get(k) for k in ("kind", "severity", "step", "message", "evidence")} for i in insights[-20:]
         ],
     }
+
+
+async def run_summary(store: Store, run_id: str) -> dict[str, Any]:
+    """The summary of a stored run: its record, 300-point curves and its findings so far."""
+    run = await store.get_run(run_id)
+    series = await store.history(run_id, (await store.metric_keys(run_id))[:64], max_points=300)
+    found = [e.data for e in await store.read(0, run_id=run_id, kinds=frozenset({"insight"}), limit=200)]
+    return summarize(run, series, [f for f in found if f.get("kind") != "explanation"])
 
 
 def rules_answer(summary: dict[str, Any], question: str) -> str:

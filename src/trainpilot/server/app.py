@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from trainpilot.broker import open_broker
 from trainpilot.server import errors, media, rest, sse, system, ws
+from trainpilot.server.explain import Explainer
 from trainpilot.server.hub import Hub
 from trainpilot.settings import Settings
 from trainpilot.store import open_store
@@ -67,6 +68,8 @@ def create_app(settings: Settings) -> Any:
         store.on_commit = broker.publish
         await broker.start(await store.last_id())
         hub = Hub(settings, store, broker)
+        if settings.llm_url and settings.llm_model:
+            hub.explainer = Explainer(settings, store)
         api.state.hub = hub
         api.state.registry = system.registry(hub)
         try:

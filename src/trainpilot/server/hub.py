@@ -16,6 +16,7 @@ from trainpilot.analysis import Analyzer
 from trainpilot.broker import Broker
 from trainpilot.events import ACTIONS, ACTIVE_STATUSES, Event, NewEvent, Run
 from trainpilot.exceptions import Conflict, InvalidInput
+from trainpilot.server.explain import Explainer
 from trainpilot.settings import Settings
 from trainpilot.store import Store
 from trainpilot.wire import check_run_id
@@ -41,6 +42,7 @@ class Hub:
         default_factory=lambda: {"events_ingested": 0, "duplicates": 0, "batches": 0, "control_requests": 0}
     )
     analyzer: Analyzer = field(default_factory=Analyzer)
+    explainer: Explainer | None = None
 
     async def create_run(
         self, run_id: str, project: str, name: str, config: dict[str, Any]
@@ -61,7 +63,9 @@ class Hub:
         self.counters["duplicates"] += len(events) - len(stored)
         insights = self.analyzer.observe(stored)
         if insights:
-            await self.store.append(insights)
+            found = await self.store.append(insights)
+            if self.explainer is not None:
+                self.explainer.schedule(found)
         return IngestResult(len(stored), len(events) - len(stored), stored[-1].id if stored else None)
 
     async def request_control(self, run_id: str, action: str, value: Any, requested_by: str) -> Event:

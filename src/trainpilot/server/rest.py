@@ -204,14 +204,10 @@ class AskRequest(BaseModel):
 )
 async def ask(request: Request, run_id: str, body: AskRequest) -> Response:
     from trainpilot.analysis.llm import Advisor, AdvisorError
-    from trainpilot.analysis.summary import rules_answer, summarize
+    from trainpilot.analysis.summary import rules_answer, run_summary
 
     hub = hub_of(request)
-    store = hub.store
-    run = await store.get_run(run_id)
-    series = await store.history(run_id, (await store.metric_keys(run_id))[:MAX_HISTORY_KEYS], max_points=300)
-    found = [e.data for e in await store.read(0, run_id=run_id, kinds=frozenset({"insight"}), limit=200)]
-    summary = summarize(run, series, found)
+    summary = await run_summary(hub.store, run_id)
     settings = hub.settings
 
     def frame(name: str, payload: dict[str, Any]) -> bytes:
