@@ -11,7 +11,7 @@ imports nothing else of ours.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict, get_args
+from typing import Any, Literal, get_args
 
 Kind = Literal["metrics", "status", "control", "insight", "media", "log"]
 KINDS: frozenset[str] = frozenset(get_args(Kind))
@@ -72,15 +72,3 @@ class Point:
     value: float
     ts: float
     event_id: int
-
-
-class EventDict(TypedDict):
-    """The envelope as it travels on the wire."""
-
-    id: int
-    run_id: str
-    seq: int | None
-    kind: str
-    ts: float
-    step: int | None
-    data: dict[str, Any]

@@ -44,10 +44,6 @@ QUANTITIES = {
 _SPLIT = re.compile(r"[/._\-\s]+")
 
 
-def _canonical(token: str) -> str:
-    return token.lower().strip()
-
-
 def role(name: str) -> tuple[str | None, str | None]:
     """(split, quantity): split is 'train', 'val' or None; quantity one of QUANTITIES' keys or None."""
     lower = name.lower()

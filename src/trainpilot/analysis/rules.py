@@ -286,6 +286,20 @@ class ValTracker:
             self.above = self.above + 1 if value > (1 + self.t.overfit_rise) * self.best else 0
         return self._rising(step, value, train) + self._gap(step, value, train)
 
+    def _finding(self, step: int, evidence: dict[str, Any], message: str, suggestion: str) -> list[Finding]:
+        """An overfitting finding, whichever of the two signs showed it."""
+        return [
+            Finding(
+                "overfitting",
+                "warning",
+                step,
+                self.best_step,
+                {"val_metric": self.key, **evidence},
+                message,
+                suggestion,
+            )
+        ]
+
     def _gap(self, step: int, value: float, train: float | None) -> list[Finding]:
         """A widening generalisation gap: validation loss a multiple of a training loss that keeps falling."""
         if train is None or train <= 0:
@@ -293,23 +307,13 @@ class ValTracker:
         self.first_train = self.first_train or train
         self.wide = self.wide + 1 if value > self.t.gap_ratio * train and value - train > 0.3 * value else 0
         if self.evals >= 3 and self.wide >= 2 and train < 0.5 * self.first_train:
-            return [
-                Finding(
-                    "overfitting",
-                    "warning",
-                    step,
-                    self.best_step,
-                    {
-                        "val_metric": self.key,
-                        "val": _r(value),
-                        "train_now": _r(train),
-                        "ratio": _r(value / train),
-                    },
-                    f"{self.key} is {value / train:.1f}x the training loss ({value:.4g} vs {train:.4g}): "
-                    "the model memorises its training set",
-                    "more data or augmentation, weight decay or dropout, a smaller model, or stop early",
-                )
-            ]
+            return self._finding(
+                step,
+                {"val": _r(value), "train_now": _r(train), "ratio": _r(value / train)},
+                f"{self.key} is {value / train:.1f}x the training loss ({value:.4g} vs {train:.4g}): "
+                "the model memorises its training set",
+                "more data or augmentation, weight decay or dropout, a smaller model, or stop early",
+            )
         return []
 
     def _rising(self, step: int, value: float, train: float | None) -> list[Finding]:
@@ -321,25 +325,19 @@ class ValTracker:
             and self.train_at_best is not None
             and train < 0.9 * self.train_at_best
         ):
-            return [
-                Finding(
-                    "overfitting",
-                    "warning",
-                    step,
-                    self.best_step,
-                    {
-                        "val_metric": self.key,
-                        "val": _r(value),
-                        "best_val": _r(self.best),
-                        "best_step": self.best_step,
-                        "train_now": _r(train),
-                        "train_at_best": _r(self.train_at_best),
-                    },
-                    f"{self.key} rose to {value:.4g} from its best {self.best:.4g} at step {self.best_step} "
-                    f"while training loss kept falling ({self.train_at_best:.4g} -> {train:.4g})",
-                    "stop early / keep the best checkpoint, add augmentation or weight decay, get more data",
-                )
-            ]
+            return self._finding(
+                step,
+                {
+                    "val": _r(value),
+                    "best_val": _r(self.best),
+                    "best_step": self.best_step,
+                    "train_now": _r(train),
+                    "train_at_best": _r(self.train_at_best),
+                },
+                f"{self.key} rose to {value:.4g} from its best {self.best:.4g} at step {self.best_step} "
+                f"while training loss kept falling ({self.train_at_best:.4g} -> {train:.4g})",
+                "stop early / keep the best checkpoint, add augmentation or weight decay, get more data",
+            )
         return []
 
 
