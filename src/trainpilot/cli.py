@@ -1,4 +1,4 @@
-"""The `trainpilot` command: serve, demo, train, runs, tail, control.
+"""The `trainpilot` command.
 
 trainpilot serve [--host H] [--port P] [--data-dir D]     run the server, print its URL
 trainpilot demo                                           server + a real training run; Ctrl-C ends it
@@ -7,6 +7,9 @@ trainpilot watch LOGDIR                                   stream a TensorBoard d
 trainpilot runs                                           a table of runs
 trainpilot tail RUN                                       live metrics, resuming after reconnects
 trainpilot control RUN ACTION [VALUE]                     pause | resume | stop | checkpoint | set_lr
+trainpilot analyze SOURCE [--json]                        find training problems offline
+trainpilot ask RUN "QUESTION"                             ask the advisor about a run
+trainpilot mcp                                            an MCP server on stdio, for assistants
 """
 
 from __future__ import annotations
@@ -95,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     add_server_flag(ask)
     ask.set_defaults(func=cmd_ask)
+
+    mcp = sub.add_parser(
+        "mcp",
+        help="an MCP server on stdio for assistants (Claude Desktop, IDEs, local agents)",
+        description="Speaks the Model Context Protocol on stdin/stdout and calls the trainpilot server at "
+        "--server: list runs, read summaries, metrics, history and findings, and control runs (with "
+        "--token when the server has one). The server itself also serves MCP at /mcp (streamable HTTP).",
+    )
+    add_server_flag(mcp)
+    mcp.add_argument("--token", default=os.environ.get("TRAINPILOT_TOKEN"), help="write token, for control")
+    mcp.set_defaults(func=cmd_mcp)
 
     runs = sub.add_parser("runs", help="list runs")
     add_server_flag(runs)
@@ -194,6 +208,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
     except httpx.HTTPError as exc:
         raise CLIError(f"cannot reach {args.server}: {exc}") from None
     print()
+    return 0
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from trainpilot.mcpserver import remote
+
+    remote(args.server, args.token).run("stdio")
     return 0
 
 

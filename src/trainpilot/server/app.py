@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
+from trainpilot import mcpserver
 from trainpilot.broker import open_broker
 from trainpilot.server import errors, media, rest, sse, system, ws
 from trainpilot.server.explain import Explainer
@@ -52,6 +53,7 @@ STREAM_DOC = {
     }
 }
 
+MCP_PATH = "/mcp"
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboard"
 
 
@@ -73,7 +75,8 @@ def create_app(settings: Settings) -> Any:
         api.state.hub = hub
         api.state.registry = system.registry(hub)
         try:
-            yield
+            async with assistant.session_manager.run():
+                yield
         finally:
             await broker.close()
             await store.close()
@@ -96,14 +99,19 @@ def create_app(settings: Settings) -> Any:
 
     schema = api.openapi()
     schema["paths"][sse.PATH] = STREAM_DOC
-    return Dispatcher(api)
+    assistant = mcpserver.in_process(api)
+    mcp_app = assistant.streamable_http_app(
+        streamable_http_path=MCP_PATH, stateless_http=True, host=settings.host
+    )
+    return Dispatcher(api, mcp_app)
 
 
 class Dispatcher:
-    """Sends the two endless streams straight to their handlers, everything else to FastAPI."""
+    """Sends the two endless streams and MCP straight to their handlers, everything else to FastAPI."""
 
-    def __init__(self, api: FastAPI) -> None:
+    def __init__(self, api: FastAPI, mcp_app: Any) -> None:
         self.api = api
+        self.mcp_app = mcp_app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -111,5 +119,7 @@ class Dispatcher:
             await sse.stream(self.api.state.hub, scope, receive, send)
         elif kind == "websocket" and scope["path"] == ws.PATH:
             await ws.websocket(self.api.state.hub, scope, receive, send)
+        elif kind == "http" and scope["path"] in (MCP_PATH, MCP_PATH + "/"):
+            await self.mcp_app(scope, receive, send)
         else:
             await self.api(scope, receive, send)

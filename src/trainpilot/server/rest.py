@@ -193,6 +193,17 @@ async def run_insights(
     return JSON({"run_id": run_id, "insights": [{"id": e.id, "ts": e.ts, **e.data} for e in events]})
 
 
+@router.get(
+    "/api/runs/{run_id}/summary",
+    tags=["runs"],
+    summary="A run in brief: config, per-phase curve statistics, findings (what the LLM advisor sees)",
+)
+async def summary(request: Request, run_id: str) -> Response:
+    from trainpilot.analysis.summary import run_summary
+
+    return JSON(await run_summary(hub_of(request).store, run_id))
+
+
 class AskRequest(BaseModel):
     question: str = Field(..., min_length=1, max_length=4000)
 
