@@ -6,7 +6,7 @@ Each case of `cases.json` (the trainer's config overrides, the problem kinds tha
 detecting it, and when the fault begins) is trained for real on CPU for each seed, streamed to an
 in-process trainpilot server, and its metrics are written to `runs/<case>-s<seed>.jsonl.gz` as
 metrics events (one JSON object per step). `trainpilot.analysis.evaluate` scores the detectors on
-them. About 5 minutes on two cores.
+them. About a minute on two cores.
 """
 
 from __future__ import annotations

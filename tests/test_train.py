@@ -63,6 +63,7 @@ def test_digits_trains_for_real_and_logs_what_it_promises(tmp_path: Path, embedd
         "grad_norm/first_layer",
         "grad_norm/last_layer",
         "step_time_s",
+        "data_time_s",
         "images_per_s",
         "val/loss",
         "val/acc",

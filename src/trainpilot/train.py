@@ -7,9 +7,10 @@
     trainpilot train --resume checkpoints/r-1a2b/step-400.pt
 
 Every step it logs train/loss, train/acc, lr, grad_norm (global, first and last layer, and every
-weight), step_time_s and images_per_s; every epoch val/loss, val/acc, per-class accuracy and a
-confusion matrix; every few seconds system/* (CPU, RAM, GPU). It also writes TensorBoard event files
-(when the `tensorboard` package is installed) so existing TensorBoard workflows keep working.
+weight), step_time_s, data_time_s (the part of it spent getting the batch) and images_per_s; every
+epoch val/loss, val/acc, per-class accuracy and a confusion matrix; every few seconds system/* (CPU,
+RAM, GPU). It also writes TensorBoard event files (when the `tensorboard` package is installed) so
+existing TensorBoard workflows keep working.
 
 Commands from the dashboard, the API or `trainpilot control` act on the training thread at the
 next step: pause blocks until resume, stop ends cleanly, checkpoint writes model + optimizer +
@@ -281,6 +282,7 @@ class Trainer:
         y = self.train_y[index].to(self.device, non_blocking=True)
         if self.cfg.augment:
             x = augment(x, self.generator)
+        data_time = time.perf_counter() - started
         self.model.train()
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
@@ -301,6 +303,7 @@ class Trainer:
             "lr": lr,
             **norms,
             "step_time_s": elapsed,
+            "data_time_s": data_time,
             "images_per_s": len(index) / elapsed,
             "epoch": self.epoch,
         }

@@ -11,10 +11,11 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from trainpilot.analysis.names import grad_layer, role
+from trainpilot.analysis.names import Role, grad_layer, per_class, role
 from trainpilot.analysis.rules import (
     Finding,
     GradTracker,
+    InputShareTracker,
     LossTracker,
     PaceTracker,
     Thresholds,
@@ -33,6 +34,7 @@ class RunAnalysis:
         self.losses: dict[str, LossTracker] = {}
         self.vals: dict[str, ValTracker] = {}
         self.paces: dict[str, PaceTracker] = {}
+        self.input_share: InputShareTracker | None = None  # once a data-loading time is seen
         self.grads = GradTracker(self.t)
         self.lr: float | None = None
         self.train_acc: float | None = None
@@ -40,7 +42,7 @@ class RunAnalysis:
         self.per_class: dict[str, float] = {}
         self.said: dict[str, tuple[int, int]] = {}  # kind -> (times, last step)
         self.non_finite: set[str] = set()
-        self.roles: dict[str, tuple[str | None, str | None]] = {}
+        self.roles: dict[str, Role] = {}
 
     def observe(self, step: int, metrics: dict[str, float | None]) -> list[Finding]:
         found: list[Finding] = []
@@ -65,16 +67,17 @@ class RunAnalysis:
         for key, value in metrics.items():
             if value is None or not math.isfinite(value):
                 continue
-            split, quantity = self.roles.get(key) or self.roles.setdefault(key, role(key))
+            split, quantity, base, component = self.roles.get(key) or self.roles.setdefault(key, role(key))
             if quantity == "lr":
                 self.lr = value
             elif quantity == "loss" and split != "val":
-                tracker = self.losses.setdefault(key, LossTracker(key, self.t))
-                found += tracker.observe(step, value, self.lr, self.classes or _classes_from_start(tracker))
-                if tracker.n == self.t.chance_after:
+                tracker = self.losses.setdefault(key, LossTracker(key, self.t, component=component))
+                classes = None if component else self.classes or _classes_from_start(tracker)
+                found += tracker.observe(step, value, self.lr, classes)
+                if tracker.n == self.t.chance_after and not component:
                     found += self._slow_start(step, tracker)
             elif quantity == "loss":
-                train = self._train_loss()
+                train = self._train_loss(base)
                 found += self.vals.setdefault(key, ValTracker(key, self.t)).observe(step, value, train)
             elif quantity == "acc" and split == "val":
                 self.val_accs += 1
@@ -83,11 +86,17 @@ class RunAnalysis:
                 self.train_acc = value if self.train_acc is None else 0.9 * self.train_acc + 0.1 * value
             elif grad_layer(key) is not None or quantity == "grad_norm":
                 found += self.grads.observe(step, key, grad_layer(key), value)
-            elif quantity in ("step_time", "throughput"):
-                pace = self.paces.setdefault(key, PaceTracker(key, self.t, quantity == "step_time"))
-                found += pace.observe(step, value)
-            elif split == "val" and "acc" in key.lower():
-                self.per_class[key.rsplit("/", 1)[-1]] = value
+            elif quantity == "data_time" and split != "val":
+                self.input_share = self.input_share or InputShareTracker(self.t, key)
+                found += self.input_share.observe(step, "data", value)
+            elif quantity in ("step_time", "throughput") and split != "val":
+                if quantity == "step_time" and self.input_share is not None:
+                    found += self.input_share.observe(step, "step", value)
+                if self.input_share is None:  # without data time, a slowing step is the best clue
+                    pace = self.paces.setdefault(key, PaceTracker(key, self.t, quantity == "step_time"))
+                    found += pace.observe(step, value)
+            elif (name := per_class(key)) is not None:
+                self.per_class[name] = value
                 class_update = True
         if class_update:
             self.classes = self.classes or len(self.per_class)
@@ -134,9 +143,13 @@ class RunAnalysis:
             )
         ]
 
-    def _train_loss(self) -> float | None:
-        smoothed = [t.ema for t in self.losses.values() if t.ema is not None]
-        return min(smoothed) if smoothed else None
+    def _train_loss(self, base: str) -> float | None:
+        """The smoothed training loss a validation loss compares with: the one of the same name
+        (``val/box_loss`` with ``train/box_loss``), else the total loss seen most often."""
+        same = [t for t in self.losses.values() if t.ema is not None and self.roles[t.key].base == base]
+        totals = [t for t in self.losses.values() if t.ema is not None and not t.component]
+        candidates = same or totals
+        return max(candidates, key=lambda t: t.n).ema if candidates else None
 
     def _noisy_labels(self, step: int, key: str, value: float) -> list[Finding]:
         if self.val_accs < 2 or self.train_acc is None or value < 0.5 or self.train_acc > value - 0.15:

@@ -1,74 +1,155 @@
 """What a metric is, from its name, whoever wrote it.
 
 Runs arrive from TensorBoard logs written by other programs, so names vary: ``loss``, ``train/loss``,
-``train_loss``, ``Loss/train``, ``training_loss``, ``train/epoch_loss`` (Keras), ``val_loss``,
-``validation/epoch_loss``, ``eval/loss``, ``Accuracy/val`` ... `role` maps a name to (split, quantity).
+``train_loss``, ``Loss/train``, ``train/epoch_loss`` and ``validation/epoch_loss`` (Keras),
+``train_loss_step`` (Lightning), ``train/box_loss`` and ``lr/pg0`` (YOLO), ``loss_cls`` (mmdetection),
+``eval/loss`` and ``train/learning_rate`` (Hugging Face), ``eval_top1`` (timm), ``Accuracy/val`` ...
+A name is cut into words; the words for a split (train, val) and for bookkeeping (step, epoch, avg)
+are set aside and what remains says the quantity. A loss with other words left (``box_loss``) is a
+*component* of the total: the detectors that assume a cross-entropy leave it alone.
 
->>> role("Loss/train"), role("val_acc"), role("validation/epoch_loss"), role("lr")
-(('train', 'loss'), ('val', 'acc'), ('val', 'loss'), (None, 'lr'))
+>>> role("Loss/train")[:2], role("val_acc")[:2], role("train_loss_step")[:2], role("lr/pg0")[:2]
+(('train', 'loss'), ('val', 'acc'), ('train', 'loss'), (None, 'lr'))
+>>> role("train/box_loss")
+Role(split='train', quantity='loss', base='box_loss', component=True)
 """
 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 TRAIN = {"train", "training", "tr"}
 VAL = {"val", "valid", "validation", "eval", "evaluation", "test", "dev"}
-QUANTITIES = {
-    "loss": {"loss", "epoch_loss", "batch_loss", "total_loss", "nll", "ce", "cross_entropy", "xent"},
-    "acc": {
-        "acc",
-        "accuracy",
-        "epoch_accuracy",
-        "batch_accuracy",
-        "epoch_acc",
-        "top1",
-        "acc1",
-        "top1_acc",
-        "categorical_accuracy",
-        "sparse_categorical_accuracy",
-    },
-    "lr": {"lr", "learning_rate", "learningrate", "lr0", "lr_pg0", "lr-sgd", "lr-adam", "lr-adamw"},
-    "grad_norm": {"grad_norm", "gradient_norm", "grad_norm_total", "global_grad_norm", "grad_l2", "gradnorm"},
-    "step_time": {"step_time", "step_time_s", "batch_time", "iter_time", "time_per_step", "data_time"},
-    "throughput": {
-        "images_per_s",
-        "samples_per_sec",
-        "samples_per_second",
-        "throughput",
-        "img_per_s",
-        "examples_per_sec",
-        "it_per_s",
-    },
+BOOKKEEPING = {
+    "step",
+    "steps",
+    "epoch",
+    "epochs",
+    "batch",
+    "iter",
+    "avg",
+    "mean",
+    "running",
+    "smoothed",
+    "metrics",
 }
-_SPLIT = re.compile(r"[/._\-\s]+")
+TOTAL = {"total", "overall", "global", "all", "sum"}
+LOSS_WORDS = {"loss", "losses", "nll", "xent", "ce", "objective"}
+NOT_LOSS = {"scale", "scaler", "weight", "weights", "coef", "coeff", "ratio", "lr", "rate", "multiplier"}
+ACC_WORDS = {"acc", "accuracy", "top1", "acc1", "acc@1"}
+ACC_QUALIFIERS = {"categorical", "sparse", "binary", "top1", "acc1", "multiclass"}
+LR_WORDS = {"lr", "learningrate", "lr0"}
+NOT_LR = {
+    "momentum",
+    "beta",
+    "beta1",
+    "beta2",
+    "wd",
+    "decay",
+    "weight",
+    "scale",
+    "factor",
+    "mult",
+    "multiplier",
+}
+OPTIMISERS = {
+    "sgd",
+    "adam",
+    "adamw",
+    "rmsprop",
+    "adagrad",
+    "lamb",
+    "lion",
+    "lars",
+    "pg0",
+    "pg1",
+    "pg2",
+    "group",
+}
+GRAD_WORDS = {"grad", "gradient", "grads", "gradients", "gradnorm"}
+STEP_TIME = {("step", "time"), ("batch", "time"), ("iter", "time"), ("time", "per", "step")}
+DATA_TIME = {
+    ("data", "time"),
+    ("time", "data"),
+    ("data", "loading"),
+    ("dataloader", "time"),
+    ("load", "time"),
+    ("data", "wait"),
+}
+THROUGHPUT = {"throughput", "samples", "images", "img", "examples", "it", "imgs", "tokens"}
+_WORD = re.compile(r"[/._\-\s()\[\]:]+")
 
 
-def role(name: str) -> tuple[str | None, str | None]:
-    """(split, quantity): split is 'train', 'val' or None; quantity one of QUANTITIES' keys or None."""
-    lower = name.lower()
-    parts = [p for p in lower.split("/") if p]
+class Role(NamedTuple):
+    split: str | None  # 'train', 'val' or None
+    quantity: str | None  # loss | acc | lr | grad_norm | step_time | data_time | throughput | None
+    base: str  # the name without its split and bookkeeping words: pairs val/box_loss with train/box_loss
+    component: bool  # a part of the loss (box_loss, loss_cls), not the total
+
+
+def words(name: str) -> list[str]:
+    return [w for w in _WORD.split(name.lower()) if w]
+
+
+def role(name: str) -> Role:
+    """What the metric called `name` measures, and on which split."""
+    all_words = words(name)
     split: str | None = None
     rest: list[str] = []
-    for part in parts:
-        if part in TRAIN:
+    for word in all_words:
+        if word in TRAIN:
             split = "train"
-        elif part in VAL:
+        elif word in VAL:
             split = "val"
-        else:
-            rest.append(part)
-    leaf = "/".join(rest) if rest else lower
-    for quantity, names in QUANTITIES.items():
-        if leaf in names:
-            return split, quantity
-    tokens = _SPLIT.split(leaf)
-    for i, token in enumerate(tokens):
-        if token in TRAIN or token in VAL:
-            remainder = "_".join(tokens[:i] + tokens[i + 1 :])
-            for quantity, names in QUANTITIES.items():
-                if remainder in names:
-                    return ("train" if token in TRAIN else "val"), quantity
-    return split, None
+        elif word not in BOOKKEEPING:
+            rest.append(word)
+    base = "_".join(rest)
+    quantity, component = _quantity(rest, all_words)
+    return Role(split, quantity, base, component)
+
+
+def _quantity(rest: list[str], all_words: list[str]) -> tuple[str | None, bool]:
+    present = set(rest)
+    if GRAD_WORDS & present:
+        others = present - GRAD_WORDS - TOTAL - {"norm", "l2", "2"}
+        normed = present & {"norm", "l2", "gradnorm"}
+        return ("grad_norm" if normed and not others else None), False
+    if LOSS_WORDS & present or {"cross", "entropy"} <= present:
+        if NOT_LOSS & present:
+            return None, False
+        others = present - LOSS_WORDS - TOTAL - {"cross", "entropy"}
+        return "loss", bool(others)
+    if ACC_WORDS & present:
+        others = present - ACC_WORDS - ACC_QUALIFIERS
+        return ("acc" if not others else None), False
+    if present & LR_WORDS or _has(rest, ("learning", "rate")):
+        others = present - LR_WORDS - {"learning", "rate"} - OPTIMISERS
+        return ("lr" if not (others & NOT_LR) and len(others) <= 1 else None), False
+    if any(_has(all_words, pattern) for pattern in DATA_TIME):
+        return "data_time", False
+    if any(_has(all_words, pattern) for pattern in STEP_TIME):
+        return "step_time", False
+    if present & THROUGHPUT and (
+        {"per", "s"} <= present or {"per", "sec"} <= present or "throughput" in present
+    ):
+        return "throughput", False
+    if {"it", "s"} <= present or {"samples", "second"} <= present:
+        return "throughput", False
+    return None, False
+
+
+def _has(seq: list[str], pattern: tuple[str, ...]) -> bool:
+    n = len(pattern)
+    return any(tuple(seq[i : i + n]) == pattern for i in range(len(seq) - n + 1))
+
+
+def per_class(name: str) -> str | None:
+    """The class of a per-class validation accuracy (``val/acc/cat``, ``Accuracy/val/3``), else None."""
+    parts = [p for p in name.lower().split("/") if p]
+    if len(parts) >= 3 and any(p in VAL for p in parts) and any(p in ACC_WORDS for p in parts[:-1]):
+        return name.split("/")[-1]
+    return None
 
 
 def grad_layer(name: str) -> str | None:

@@ -24,8 +24,10 @@ class Thresholds:
     spike_floor: float = 0.5  # ... and at least this fraction of the smoothed level above it
     oscillation_spikes: int = 4  # this many spikes within `oscillation_window` points
     oscillation_window: int = 200
-    plateau_window: int = 300  # no more than `plateau_gain` relative improvement over this many points
+    plateau_window: int = 300  # no more than `plateau_gain` relative improvement over half the points seen,
+    plateau_min: int = 40  # ... at most this many, at least this many (so short, per-epoch logs count too)
     plateau_gain: float = 0.01
+    underfit_level: float = 0.5  # a plateau above this fraction of ln(classes) (or of the start) underfits
     chance_tolerance: float = 0.03  # loss within 3 % of ln(classes) ...
     chance_after: int = 150  # ... for half this many points in a row, and at least this many in all
     start_ratio: float = 3.0  # a cross-entropy starting this many times above ln(classes)
@@ -35,6 +37,7 @@ class Thresholds:
     vanishing_ratio: float = 1e-3  # first-layer gradient norm below this fraction of the last layer's
     persist: int = 10  # consecutive points a gradient condition must hold
     bottleneck_ratio: float = 2.0  # step time this many times its early median (or throughput a half)
+    input_share: float = 0.5  # ... or, where data-loading time is logged, this share of the step waits on it
     weak_class_gap: float = 0.25  # a class this far below the mean per-class accuracy
 
 
@@ -73,6 +76,7 @@ class LossTracker:
 
     key: str
     t: Thresholds
+    component: bool = False  # a part of the loss (box_loss): no plateau, no cross-entropy assumptions
     n: int = 0
     start: float | None = None
     start_sum: float = 0.0
@@ -81,7 +85,7 @@ class LossTracker:
     best: float = math.inf
     best_step: int | None = None
     spikes: deque[int] = field(default_factory=lambda: deque(maxlen=64))
-    history: deque[float] = field(default_factory=lambda: deque(maxlen=301))
+    history: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=301))  # (step, ema)
     rising: int = 0
     at_chance: int = 0  # consecutive points with the smoothed loss at ln(classes)
 
@@ -150,7 +154,7 @@ class LossTracker:
         self.rising = self.rising + 1 if self.ema > previous else 0
         if self.ema < self.best:
             self.best, self.best_step = self.ema, step
-        self.history.append(self.ema)
+        self.history.append((step, self.ema))
         assert self.start is not None
         recent = [s for s in self.spikes if s > step - self.t.oscillation_window]
         if len(recent) >= self.t.oscillation_spikes:
@@ -237,29 +241,66 @@ class LossTracker:
                         "the initialisation, and that gradients reach the first layers",
                     )
                 )
-        if len(self.history) == self.history.maxlen and self.n > self.t.plateau_window:
-            old = self.history[0]
-            gain = (old - self.ema) / max(abs(old), 1e-12)
-            noisy_floor = self.ema < 0.02 * self.start  # converged, not stuck
-            if gain < self.t.plateau_gain and not noisy_floor:
-                out.append(
-                    Finding(
-                        "plateau",
-                        "info",
-                        step,
-                        step - self.t.plateau_window,
-                        {
-                            "metric": self.key,
-                            "relative_gain": _r(gain),
-                            "window": self.t.plateau_window,
-                            "smoothed": _r(self.ema),
-                            "lr": lr,
-                        },
-                        f"{self.key} improved {100 * gain:.2g} % over the last {self.t.plateau_window} steps",
-                        "if it is not done: lower the learning rate (a schedule step), or raise it if it "
-                        "has been tiny throughout; otherwise stop early",
-                    )
+        if self.n >= 2 * self.t.plateau_min and not self.component:
+            out += self._plateau(step, lr, classes)
+        return out
+
+    def _plateau(self, step: int, lr: float | None, classes: int | None) -> list[Finding]:
+        """A loss that stopped improving; if it stopped high, the model underfits.
+
+        High means above `underfit_level` of ln(classes) for a classifier (a fit that still leaves
+        much of the untrained model's uncertainty), or above that fraction of its own start otherwise;
+        a loss at chance level is `stuck_at_chance`'s, not this.
+        """
+        assert self.ema is not None and self.start is not None
+        window = min(self.t.plateau_window, self.n // 2)
+        old_step, old = self.history[-window - 1]
+        gain = (old - self.ema) / max(abs(old), 1e-12)
+        if gain >= self.t.plateau_gain or self.ema < 0.02 * self.start:  # improving, or converged
+            return []
+        if self.ema > 1.5 * self.start:  # a diverged loss that stopped rising is divergence's
+            return []
+        out = [
+            Finding(
+                "plateau",
+                "info",
+                step,
+                old_step,
+                {
+                    "metric": self.key,
+                    "relative_gain": _r(gain),
+                    "window": window,
+                    "smoothed": _r(self.ema),
+                    "lr": lr,
+                },
+                f"{self.key} improved {100 * gain:.2g} % over the last {step - old_step} steps",
+                "if it is not done: lower the learning rate (a schedule step), or raise it if it "
+                "has been tiny throughout; otherwise stop early",
+            )
+        ]
+        reference = math.log(classes) if classes else self.start
+        level = self.ema / max(reference, 1e-12)
+        at_chance = classes is not None and level > 1 - self.t.chance_tolerance
+        if level > self.t.underfit_level and not at_chance:
+            what = f"ln({classes}) = {reference:.3g}" if classes else f"its start {reference:.4g}"
+            out.append(
+                Finding(
+                    "underfitting",
+                    "warning" if classes else "info",
+                    step,
+                    old_step,
+                    {
+                        "metric": self.key,
+                        "smoothed": _r(self.ema),
+                        "reference": _r(reference),
+                        "level": _r(level),
+                    },
+                    f"{self.key} stopped improving at {self.ema:.4g}, {100 * level:.0f} % of {what}: "
+                    "the model does not fit even its training data",
+                    "a bigger model or longer training, a higher learning rate or a schedule that decays "
+                    "later, less regularisation (weight decay, dropout, augmentation)",
                 )
+            )
         return out
 
 
@@ -456,6 +497,48 @@ class PaceTracker:
                 )
             ]
         return []
+
+
+@dataclass
+class InputShareTracker:
+    """The share of each step spent waiting for data, where the trainer logs it (``data_time``).
+
+    With data time known, this replaces the step-time trend: a whole step that slows down (another
+    job on the machine, thermal throttling) is no input bottleneck, and a loader that is too slow
+    from the first step on is one. Data and step time are paired by step, whichever comes first.
+    """
+
+    t: Thresholds
+    key: str = "data_time"
+    pending: dict[str, tuple[int, float]] = field(default_factory=dict)  # 'data' | 'step' -> (step, s)
+    pairs: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=PACE_WINDOW))
+
+    def observe(self, step: int, which: str, value: float) -> list[Finding]:
+        other = self.pending.pop("step" if which == "data" else "data", None)
+        if other is None or other[0] != step:
+            self.pending[which] = (step, value)
+            return []
+        self.pairs.append((value, other[1]) if which == "data" else (other[1], value))
+        if len(self.pairs) < PACE_WINDOW:
+            return []
+        share = sorted(d / max(total, 1e-12) for d, total in self.pairs)[PACE_WINDOW // 2]
+        if share < self.t.input_share:
+            return []
+        data = sorted(d for d, _ in self.pairs)[PACE_WINDOW // 2]
+        total = sorted(t for _, t in self.pairs)[PACE_WINDOW // 2]
+        return [
+            Finding(
+                "input_bottleneck",
+                "warning",
+                step,
+                step - PACE_WINDOW,
+                {"metric": self.key, "data_time": _r(data), "step_time": _r(total), "share": _r(share)},
+                f"the training loop waits for data {min(share, 1.0):.0%} of each step "
+                f"(medians of the last {PACE_WINDOW} steps: {data:.4g} s of {total:.4g} s)",
+                "the input pipeline is the bottleneck: more DataLoader workers, pin_memory, "
+                "prefetching, faster storage, or decode/augment on the GPU",
+            )
+        ]
 
 
 def weak_classes(per_class: dict[str, float], step: int, t: Thresholds) -> list[Finding]:

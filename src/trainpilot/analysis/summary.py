@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainpilot.analysis.names import per_class, role
 from trainpilot.events import Run
 from trainpilot.store import Series, Store
 
@@ -75,15 +76,24 @@ def rules_answer(summary: dict[str, Any], question: str) -> str:
             lines.append(f"- [{f['severity']}] {f['kind']} at step {f['step']}: {f['message']}")
     else:
         lines.append(f"The detectors found no problem in run {summary['run']['name']} so far.")
-    for key in ("train/loss", "loss", "val/loss", "val/acc"):
-        stats = summary["metrics"].get(key)
-        if stats:
-            lines.append(
-                f"{key}: early mean {stats['early']['mean']}, late mean {stats['late']['mean']}, "
-                f"last {stats['last']} at step {stats['last_step']}."
-            )
+    for key in _headline_keys(summary["metrics"]):
+        stats = summary["metrics"][key]
+        lines.append(
+            f"{key}: early mean {stats['early']['mean']}, late mean {stats['late']['mean']}, "
+            f"last {stats['last']} at step {stats['last_step']}."
+        )
     lines.append(
         f"Your question was: {question!r}. Configure an LLM (TRAINPILOT_LLM_URL, TRAINPILOT_LLM_MODEL) "
         "for a free-form answer."
     )
     return "\n".join(lines)
+
+
+def _headline_keys(metrics: dict[str, Any]) -> list[str]:
+    """The total losses and the accuracies, whatever the program that logged them called them."""
+    keep = []
+    for key in metrics:
+        r = role(key)
+        if (r.quantity == "loss" and not r.component) or (r.quantity == "acc" and per_class(key) is None):
+            keep.append(key)
+    return keep[:6]
