@@ -16,7 +16,8 @@ from typing import Any, Literal, get_args
 Kind = Literal["metrics", "status", "control", "insight", "media", "log"]
 KINDS: frozenset[str] = frozenset(get_args(Kind))
 
-RunStatus = Literal["created", "running", "paused", "stopped", "finished", "failed"]
+# lost: the server heard nothing from the run (no event, no heartbeat) for `run_timeout_s`.
+RunStatus = Literal["created", "running", "paused", "stopped", "finished", "failed", "lost"]
 RUN_STATUSES: frozenset[str] = frozenset(get_args(RunStatus))
 ACTIVE_STATUSES: frozenset[str] = frozenset({"created", "running", "paused"})
 

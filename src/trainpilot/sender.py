@@ -4,7 +4,9 @@ Batching is adaptive, not timed (DESIGN.md): each pass takes everything queued s
 (one event at low rate, thousands under load), so "live" costs no fixed flush delay. Values are
 cleaned here, off the training thread: tensors and numpy scalars become floats, NaN/Inf become the
 wire's markers. A batch that cannot be delivered goes to the spool, in order, and is replayed with
-backoff; each event carries a per-run `seq`, so a batch sent twice is stored once.
+backoff; each event carries a per-run `seq`, so a batch sent twice is stored once. A run that has
+nothing to say for `HEARTBEAT_S` sends an empty batch, so the server can tell a quiet run (a long
+validation) from a dead process.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import io
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -27,6 +30,7 @@ from trainpilot.wire import MAX_KEY_LENGTH
 log = logging.getLogger("trainpilot")
 MAX_EVENTS_PER_REQUEST = 10_000
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.25, 10.0
+HEARTBEAT_S = float(os.environ.get("TRAINPILOT_RUN_HEARTBEAT_S", "10"))  # well inside the server's 60 s
 
 
 def _drain(q: queue.SimpleQueue[Any]) -> list[Any]:
@@ -103,6 +107,7 @@ class Sender(threading.Thread):
         self._backoff = BACKOFF_MIN_S
         self._retry_at = 0.0
         self._flushes: list[Flush] = []
+        self._heard_at = time.monotonic()  # the last time the server took something from us
 
     @property
     def run_id(self) -> str:
@@ -113,6 +118,8 @@ class Sender(threading.Thread):
         closing = False
         while not closing:
             items = self._take()
+            if not items and not self.spool:
+                self._heartbeat()
             events = []
             for item in items:
                 if type(item) is tuple and item[0] == "image":
@@ -140,12 +147,18 @@ class Sender(threading.Thread):
 
     def _take(self) -> list[Any]:
         """Block until something is queued (or a spooled retry is due), then take everything queued."""
-        timeout = max(0.0, self._retry_at - time.monotonic()) if self.spool else None
+        now = time.monotonic()
+        timeout = max(0.0, (self._retry_at if self.spool else self._heard_at + HEARTBEAT_S) - now)
         try:
             first = self.queue.get(timeout=timeout)
         except queue.Empty:
             return []
         return [first, *_drain(self.queue)]
+
+    def _heartbeat(self) -> None:
+        if time.monotonic() - self._heard_at >= HEARTBEAT_S:
+            self._attempt(lambda: self.transport.send(self.run_id, []), self.run_spec, 0)
+            self._heard_at = time.monotonic()  # tried: the next one in HEARTBEAT_S, up or down
 
     def _envelope(self, item: tuple[Any, ...]) -> dict[str, Any]:
         """An item queued by `log()` (kind, step, ts, data), or with its own seq as a fifth element."""
@@ -236,6 +249,7 @@ class Sender(threading.Thread):
             warn_once(f"refused:{exc}", f"trainpilot: server refused a batch, dropped: {exc}")
             return True
         self.sent += count
+        self._heard_at = time.monotonic()
         return True
 
     def _replay(self) -> None:

@@ -24,10 +24,13 @@ class Settings:
     data_dir: str = "./trainpilot-data"
     store: str = ""  # store URL; empty means SQLite in data_dir
     broker: str = "memory://"
-    token: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)  # the write token (it also reads)
+    read_token: str | None = field(default=None, repr=False)  # a read-only token, for viewers
+    cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser; "" = none
     log_level: str = "info"
     ring_size: int = 16384
     heartbeat_s: float = 15.0
+    run_timeout_s: float = 60.0  # a live run not heard from for this long is marked lost
     max_body_bytes: int = 32 * 2**20
     llm_url: str = ""  # an OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1 (Ollama)
     llm_model: str = ""

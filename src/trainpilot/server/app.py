@@ -6,14 +6,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from trainpilot import mcpserver
 from trainpilot.broker import open_broker
@@ -53,6 +57,7 @@ STREAM_DOC = {
     }
 }
 
+log = logging.getLogger("trainpilot.server")
 MCP_PATH = "/mcp"
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboard"
 
@@ -74,10 +79,13 @@ def create_app(settings: Settings) -> Any:
             hub.explainer = Explainer(settings, store)
         api.state.hub = hub
         api.state.registry = system.registry(hub)
+        await hub.load_lost()
+        watchdog = asyncio.create_task(_watch_liveness(hub), name="trainpilot-liveness")
         try:
             async with assistant.session_manager.run():
                 yield
         finally:
+            watchdog.cancel()
             await broker.close()
             await store.close()
 
@@ -103,17 +111,42 @@ def create_app(settings: Settings) -> Any:
     mcp_app = assistant.streamable_http_app(
         streamable_http_path=MCP_PATH, stateless_http=True, host=settings.host
     )
-    return Dispatcher(api, mcp_app)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    return Dispatcher(api, mcp_app, origins)
+
+
+async def _watch_liveness(hub: Hub) -> None:
+    """Mark runs whose process went silent as lost, a few times per timeout."""
+    every = min(5.0, hub.settings.run_timeout_s / 4)
+    while True:
+        await asyncio.sleep(every)
+        try:
+            for run_id in await hub.mark_lost():
+                log.warning("run %s marked lost: nothing heard for %g s", run_id, hub.settings.run_timeout_s)
+        except Exception:  # a store hiccup must not end the watch; the next round retries
+            log.exception("liveness check failed")
 
 
 class Dispatcher:
     """Sends the two endless streams and MCP straight to their handlers, everything else to FastAPI."""
 
-    def __init__(self, api: FastAPI, mcp_app: Any) -> None:
+    def __init__(self, api: FastAPI, mcp_app: Any, cors_origins: list[str] | None = None) -> None:
         self.api = api
         self.mcp_app = mcp_app
+        # CORS is off unless origins are configured: browsers then refuse other sites' pages the API.
+        self.entry: Any = self.route
+        if cors_origins:
+            self.entry = CORSMiddleware(
+                cast(ASGIApp, self.route),
+                allow_origins=cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Trainpilot-Token"],
+            )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.entry(scope, receive, send)
+
+    async def route(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
         if kind == "http" and scope["path"] == sse.PATH:
             await sse.stream(self.api.state.hub, scope, receive, send)

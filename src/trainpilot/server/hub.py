@@ -43,6 +43,32 @@ class Hub:
     )
     analyzer: Analyzer = field(default_factory=Analyzer)
     explainer: Explainer | None = None
+    heard: dict[str, float] = field(default_factory=dict)  # run id -> monotonic time of its last batch
+    lost: set[str] = field(default_factory=set)  # runs marked lost, revived by their next batch
+    since: float = field(default_factory=time.monotonic)
+
+    async def load_lost(self) -> None:
+        self.lost = {run.id for run in await self.store.list_runs(status="lost", limit=100_000)}
+
+    async def mark_lost(self) -> list[str]:
+        """Mark live runs that sent nothing, not even a heartbeat, for `run_timeout_s` as lost.
+
+        A run left live by an earlier server life gets the full timeout from this server's start,
+        time for its process to reconnect and replay its spool.
+        """
+        now, timeout = time.monotonic(), self.settings.run_timeout_s
+        marked = []
+        for status in ("created", "running", "paused"):
+            for run in await self.store.list_runs(status=status, limit=100_000):
+                if now - self.heard.get(run.id, self.since) > timeout:
+                    reason = (
+                        f"nothing heard from the run for {timeout:g} s: its process died or lost the network"
+                    )
+                    data = {"status": "lost", "reason": reason}
+                    await self.store.append([NewEvent(run.id, "status", data, ts=time.time())])
+                    self.lost.add(run.id)
+                    marked.append(run.id)
+        return marked
 
     async def create_run(
         self, run_id: str, project: str, name: str, config: dict[str, Any]
@@ -56,7 +82,15 @@ class Hub:
     async def ingest(self, run_id: str, events: list[NewEvent]) -> IngestResult:
         """Store a validated batch once and publish what was new; report non-finite values as insights."""
         if not events:
-            await self.store.get_run(run_id)  # an empty batch still answers 404 for an unknown run
+            await self.store.get_run(
+                run_id
+            )  # an empty batch (a heartbeat) still answers 404 for an unknown run
+        self.heard[run_id] = time.monotonic()
+        if run_id in self.lost:
+            self.lost.discard(run_id)
+            if not any(e.kind == "status" for e in events):
+                revived = {"status": "running", "reason": "heard from again"}
+                events = [NewEvent(run_id, "status", revived, ts=time.time()), *events]
         stored = await self.store.append(events)
         self.counters["batches"] += 1
         self.counters["events_ingested"] += len(stored)
