@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -66,6 +67,12 @@ class LiveServer:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"server did not start in {timeout}s: {self.log.read_text()}")
+
+    def fill_disk_at(self, max_file_bytes: int) -> None:
+        """From now on the server cannot grow a file past `max_file_bytes`: its writes fail with EFBIG,
+        as on a full disk (Python ignores SIGXFSZ, so the write fails instead of killing it)."""
+        assert self.proc is not None
+        resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
 
     def stop(self, kill: bool = False) -> None:
         if self.proc is None:

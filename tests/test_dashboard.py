@@ -3,6 +3,7 @@ and a real run logging from another process."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -166,3 +167,40 @@ def test_search_filters_the_run_list_and_compare_overlays_runs(browser: Any, ser
     assert page.page.input_value("#compare-key") == "train/loss"
     assert page.errors == [] and page.console_errors == []
     page.page.close()
+
+
+def test_on_a_token_server_the_page_reads_with_the_token_from_its_address_and_streams_live(
+    browser: Any, tmp_path: Path
+) -> None:
+    server = LiveServer(tmp_path / "token-data", token="s3cret").start()
+    env = {**os.environ, "TRAINPILOT_TOKEN": "s3cret"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(LOGGER), server.url, str(tmp_path / "client")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        run_id = proc.stdout.readline().strip()
+        refused = Page(browser, f"{server.url}/#run={run_id}")
+        refused.page.on("dialog", lambda dialog: dialog.dismiss())  # no token given at the prompt
+        refused.page.wait_for_timeout(1000)
+        assert refused.page.eval_on_selector_all(".chart", "charts => charts.length") == 0
+        refused.page.close()
+
+        page = Page(browser, f"{server.url}/#token=s3cret&run={run_id}")
+        wait_until(lambda: page.points("loss") > 5, what="the loss chart to fill")
+        before = page.points("loss")
+        wait_until(
+            lambda: page.points("loss") > before + 10, what="the chart to grow live over the signed URL"
+        )
+        assert page.page.inner_text("#conn") == "● live"
+        assert "s3cret" not in page.page.url  # the token left the address bar
+        assert page.errors == []
+        page.page.close()
+    finally:
+        proc.kill()
+        proc.communicate()
+        server.stop()
+    assert "s3cret" not in server.log.read_text()

@@ -21,14 +21,15 @@ from mcp.types import CallToolResult
 
 from tests.conftest import LiveServer, sse_events
 
-TOKEN = "mcp-test-token"
+TOKEN, READ = "mcp-test-token", "mcp-read-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
 TOOLS = {"list_runs", "run_summary", "current_metrics", "metric_history", "run_insights", "control_run"}
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A server with a write token and one run whose loss explodes after 60 steps of training."""
-    server = LiveServer(tmp_path_factory.mktemp("mcp") / "data", token=TOKEN).start()
+    server = LiveServer(tmp_path_factory.mktemp("mcp") / "data", token=TOKEN, read_token=READ).start()
     with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=10) as c:
         assert (
             c.post("/api/runs", json={"id": "mcp-run", "project": "p", "config": {"lr": 3}}).status_code
@@ -82,7 +83,7 @@ def test_tools_are_listed_with_descriptions_and_typed_arguments(live: LiveServer
 
 def test_read_tools_return_bounded_answers(live: LiveServer) -> None:
     async def scenario() -> None:
-        async with over_http(live.url) as client:
+        async with over_http(live.url, READ) as client:
             runs = payload(await call(client, "list_runs", project="p"))["runs"]
             assert [r["id"] for r in runs] == ["mcp-run"]
 
@@ -114,7 +115,7 @@ def test_read_tools_return_bounded_answers(live: LiveServer) -> None:
 
 def test_bad_arguments_and_unknown_runs_are_tool_errors(live: LiveServer) -> None:
     async def scenario() -> None:
-        async with over_http(live.url) as client:
+        async with over_http(live.url, READ) as client:
             missing = await call(client, "run_summary", run_id="no-such-run")
             too_many = await call(client, "metric_history", run_id="mcp-run", keys=["a"], max_points=5000)
         assert missing.is_error and "404" in missing.content[0].text  # type: ignore[union-attr]
@@ -123,22 +124,28 @@ def test_bad_arguments_and_unknown_runs_are_tool_errors(live: LiveServer) -> Non
     asyncio.run(scenario())
 
 
-def test_control_needs_the_write_token(live: LiveServer) -> None:
-    async def scenario() -> tuple[CallToolResult, CallToolResult]:
+def test_reads_need_a_token_and_control_the_write_token(live: LiveServer) -> None:
+    async def scenario() -> tuple[list[CallToolResult], CallToolResult]:
         async with over_http(live.url) as client:
+            unread = await call(client, "list_runs")
             refused = await call(client, "control_run", run_id="mcp-run", action="pause")
+        async with over_http(live.url, READ) as client:
+            forbidden = await call(client, "control_run", run_id="mcp-run", action="pause")
         async with over_http(live.url, TOKEN) as client:
             accepted = await call(client, "control_run", run_id="mcp-run", action="set_lr", value=0.01)
-        return refused, accepted
+        return [unread, refused, forbidden], accepted
 
-    refused, accepted = asyncio.run(scenario())
+    (unread, refused, forbidden), accepted = asyncio.run(scenario())
+    assert unread.is_error and "401" in unread.content[0].text  # type: ignore[union-attr]
     assert refused.is_error and "401" in refused.content[0].text  # type: ignore[union-attr]
+    assert forbidden.is_error and "403" in forbidden.content[0].text  # type: ignore[union-attr]
     command = payload(accepted)
     assert command["action"] == "set_lr" and command["value"] == 0.01
-    stored = sse_events(live.url, {"after": str(command["command_id"] - 1), "kinds": "control"}, count=1)
+    after = {"after": str(command["command_id"] - 1), "kinds": "control"}
+    stored = sse_events(live.url, after, headers=AUTH, count=1)
     assert stored[0].data["data"]["value"] == 0.01  # type: ignore[index]
     # exactly one control event: the refused call stored nothing
-    everything = sse_events(live.url, {"after": "0", "kinds": "control"}, count=1)
+    everything = sse_events(live.url, {"after": "0", "kinds": "control"}, headers=AUTH, count=1)
     assert everything[0].data["id"] == command["command_id"]  # type: ignore[index]
 
 

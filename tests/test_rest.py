@@ -14,7 +14,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.conftest import LiveServer, create_run, metrics_batch
+from tests.conftest import LiveServer, create_run, metrics_batch, sse_events
 from trainpilot.sse_client import ServerEvent, parse
 from trainpilot.version import __version__
 
@@ -73,7 +73,7 @@ def small_body_server(tmp_path: Path) -> Iterator[LiveServer]:
 
 @pytest.fixture
 def token_server(tmp_path: Path) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path / "token", token="s3cret").start()
+    live = LiveServer(tmp_path / "token", token="s3cret", read_token="look").start()
     yield live
     live.stop()
 
@@ -583,7 +583,7 @@ def test_a_token_server_refuses_changes_without_the_token(token_server: LiveServ
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-Trainpilot-Token": "wrong"}):
             refused = client.post("/api/runs", json={"id": "r", "project": "p"}, headers=headers)
             assert assert_error(refused, 401)["code"] == "unauthorized"
-        assert_error(client.get("/api/runs/r"), 404)  # nothing was created
+        assert_error(client.get("/api/runs/r", headers=good), 404)  # nothing was created
         assert client.post("/api/runs", json={"id": "r", "project": "p"}, headers=good).status_code == 201
         assert_error(client.post("/api/runs/r/events", json=metrics_batch(0, 1)), 401)
         assert_error(client.post("/api/training/control", json={"run_id": "r", "action": "pause"}), 401)
@@ -597,18 +597,82 @@ def test_a_token_server_refuses_changes_without_the_token(token_server: LiveServ
     assert "s3cret" not in token_server.log.read_text()
 
 
-def test_a_token_server_keeps_reads_open(token_server: LiveServer) -> None:
+def test_reads_need_a_token_and_a_read_token_cannot_change_anything(token_server: LiveServer) -> None:
+    write, read = {"Authorization": "Bearer s3cret"}, {"Authorization": "Bearer look"}
     with token_server.client() as client:
-        create = client.post(
-            "/api/runs", json={"id": "r", "project": "p"}, headers={"Authorization": "Bearer s3cret"}
-        )
-        assert create.status_code == 201
-        for path, params in [
-            ("/api/system/health", {}),
+        assert client.post("/api/runs", json={"id": "r", "project": "p"}, headers=write).status_code == 201
+        assert client.get("/api/system/health").status_code == 200  # for load balancers: no data in it
+        reads = [
             ("/api/system/info", {}),
             ("/api/runs", {}),
             ("/api/runs/r", {}),
+            ("/api/runs/r/insights", {}),
+            ("/api/runs/r/summary", {}),
             ("/api/metrics/current", {"run_id": "r"}),
             ("/api/metrics/history", {"run_id": "r"}),
+            ("/metrics", {}),
+        ]
+        for path, params in reads:
+            assert assert_error(client.get(path, params=params), 401)["code"] == "unauthorized", path
+            assert client.get(path, params=params, headers=read).status_code == 200, path
+            assert client.get(path, params=params, headers=write).status_code == 200, path
+        for path, body in [
+            ("/api/runs", {"id": "r2", "project": "p"}),
+            ("/api/runs/r/events", metrics_batch(0, 1)),
+            ("/api/training/control", {"run_id": "r", "action": "pause"}),
         ]:
-            assert client.get(path, params=params).status_code == 200, path
+            assert assert_error(client.post(path, json=body, headers=read), 403)["code"] == "forbidden", path
+        assert client.get("/api/runs/r", headers=read).json()["last_step"] is None  # nothing changed
+    assert "look" not in token_server.log.read_text()
+
+
+def test_event_source_reads_with_a_short_lived_signed_url_token(token_server: LiveServer) -> None:
+    with token_server.client() as client:
+        client.post("/api/runs", json={"id": "r", "project": "p"}, headers={"Authorization": "Bearer s3cret"})
+        assert_error(client.post("/api/auth/stream-token"), 401)
+        minted = client.post("/api/auth/stream-token", headers={"Authorization": "Bearer look"}).json()
+    assert minted["scope"] == "read" and 0 < minted["expires_at"] - time.time() <= 300
+    token = minted["access_token"]
+    assert "look" not in token and "s3cret" not in token
+    (connected,) = sse_events(token_server.url, {"after": "0", "access_token": token}, count=1)
+    assert connected.name == "status" and connected.data["data"]["status"] == "created"
+    expired = "read.1000000000." + token.rsplit(".", 1)[1]
+    scope, expires, signature = token.split(".")
+    forged = f"{scope}.{int(expires) + 3600}.{signature}"
+    for bad in (expired, forged, "s3cret", token[:-2]):
+        response = httpx.get(
+            f"{token_server.url}/api/stream/metrics", params={"access_token": bad}, timeout=5
+        )
+        assert assert_error(response, 401)["code"] == "unauthorized", bad
+    refused = httpx.get(f"{token_server.url}/api/runs", params={"access_token": token}, timeout=5)
+    assert refused.status_code == 401  # URL tokens are for the streams only
+
+
+def test_cors_is_off_by_default_and_allows_only_the_configured_origins(tmp_path: Path) -> None:
+    origin = {"Origin": "http://dash.example"}
+    default = LiveServer(tmp_path / "a").start()
+    try:
+        response = httpx.get(f"{default.url}/api/runs", headers=origin, timeout=5)
+        assert "access-control-allow-origin" not in response.headers
+    finally:
+        default.stop()
+    configured = LiveServer(tmp_path / "b", cors_origins="http://dash.example").start()
+    try:
+        allowed = httpx.get(f"{configured.url}/api/runs", headers=origin, timeout=5)
+        assert allowed.headers["access-control-allow-origin"] == "http://dash.example"
+        other = httpx.get(f"{configured.url}/api/runs", headers={"Origin": "http://evil.example"}, timeout=5)
+        assert "access-control-allow-origin" not in other.headers
+        preflight = httpx.options(
+            f"{configured.url}/api/training/control",
+            headers={
+                **origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization",
+            },
+            timeout=5,
+        )
+        assert preflight.status_code == 200 and "POST" in preflight.headers["access-control-allow-methods"]
+        with httpx.stream("GET", f"{configured.url}/api/stream/metrics", headers=origin, timeout=5) as stream:
+            assert stream.headers["access-control-allow-origin"] == "http://dash.example"
+    finally:
+        configured.stop()

@@ -17,7 +17,7 @@ import pytest
 
 import trainpilot
 from tests.conftest import LiveServer, free_port, sse_events, wait_for_ack, wait_until
-from trainpilot.sse_client import ServerEvent, parse
+from trainpilot.sse_client import ServerEvent, SSEClient, parse
 
 
 def unique(prefix: str) -> str:
@@ -156,21 +156,41 @@ def test_points_logged_while_the_server_is_down_arrive_exactly_once_when_it_star
 def test_kill_9_of_the_server_mid_run_loses_and_duplicates_nothing(
     server: LiveServer, tmp_path: Path
 ) -> None:
+    """12,000 points, the server killed mid-run and restarted: each point stored once, and a live
+    subscriber that reconnects with its last id receives exactly the events it had not seen."""
+    steps = 12_000
     spool = tmp_path / "client" / "spool" / "killed.jsonl"
-    proc = start_logger(server.url, str(tmp_path / "client"), "3000", "killed", "0.001")
+    seen: list[ServerEvent] = []
+    subscriber = SSEClient(f"{server.url}/api/stream/metrics", {"run_id": "killed"}, after=0, retry_s=0.2)
+
+    def follow() -> None:
+        for event in subscriber:
+            seen.append(event)
+            if event.name == "status" and event.data["data"]["status"] == "finished":
+                return
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    proc = start_logger(server.url, str(tmp_path / "client"), str(steps), "killed", "0.0003")
     try:
-        wait_until(lambda: len(stored_steps(server.url, "killed")) > 300, what="the first points")
+        wait_until(lambda: len(stored_steps(server.url, "killed")) > 1000, what="the first points")
         server.stop(kill=True)
         wait_until(spool.exists, timeout=15, what="the SDK to spool while the server is dead")
         server.start()
-        out, err = proc.communicate(timeout=90)
+        out, err = proc.communicate(timeout=120)
+        reader.join(60)
     finally:
+        subscriber.stop()
         end(proc)
     assert proc.returncode == 0, err
-    assert_stored_exactly_once(server.url, "killed", 3000)
+    assert_stored_exactly_once(server.url, "killed", steps)
     # a batch the dead server stored but never answered is sent again, so this may count it twice
-    assert int(out.split()[1]) >= 3000 + 2  # every metric plus the running and finished status events
+    assert int(out.split()[1]) >= steps + 2  # every metric plus the running and finished status events
     assert run_info(server.url, "killed")["status"] == "finished"
+    # The subscriber saw every stored event of the run exactly once, in id order, across the crash.
+    stored = [e.id for e in replay(server.url, "killed")]
+    assert [e.id for e in seen] == stored
+    assert len([e for e in seen if e.name == "metrics"]) == steps
 
 
 def test_control_pauses_resumes_sets_lr_rejects_and_stops_a_training_loop(

@@ -303,17 +303,29 @@ def test_write_ops_need_the_token_on_a_token_server(token_server: LiveServer) ->
             "/api/runs", json={"id": "r", "project": "p"}, headers={"Authorization": "Bearer s3cret"}
         )
         assert created.status_code == 201
-        for query in ("", "?token=wrong"):
+        for query in ("", "?access_token=wrong", "?token=s3cret"):  # a raw token in a URL is not taken
             with open_socket(token_server, query) as ws:
                 sock = Socket(ws)
-                refused = sock.ask({"op": "ingest", "run_id": "r", **metrics_batch(0, 1)})
-                assert refused["op"] == "error" and refused["error"]["code"] == "unauthorized"
-                refused = sock.ask({"op": "control", "run_id": "r", "action": "pause"})
-                assert refused["op"] == "error" and refused["error"]["code"] == "unauthorized"
-                assert sock.ask({"op": "subscribe", "run_id": "r"})["op"] == "subscribed"  # reads stay open
+                for op in (
+                    {"op": "ingest", "run_id": "r", **metrics_batch(0, 1)},
+                    {"op": "control", "run_id": "r", "action": "pause"},
+                    {"op": "subscribe", "run_id": "r"},
+                ):
+                    refused = sock.ask(op)
+                    assert refused["op"] == "error" and refused["error"]["code"] == "unauthorized"
                 assert sock.ask({"op": "ping"})["op"] == "pong"
-        assert client.get("/api/runs/r").json()["last_event_id"] == created.json()["last_event_id"]
-        with open_socket(token_server, "?token=s3cret") as ws:
+        headers = {"Authorization": "Bearer s3cret"}
+        assert (
+            client.get("/api/runs/r", headers=headers).json()["last_event_id"]
+            == created.json()["last_event_id"]
+        )
+        url_token = client.post("/api/auth/stream-token", headers=headers).json()["access_token"]
+        with open_socket(token_server, f"?access_token={url_token}") as ws:
+            sock = Socket(ws)
+            assert sock.ask({"op": "subscribe", "run_id": "r"})["op"] == "subscribed"  # a URL token reads
+            refused = sock.ask({"op": "control", "run_id": "r", "action": "pause"})
+            assert refused["op"] == "error" and refused["error"]["code"] == "forbidden"  # ... and only reads
+        with open_socket(token_server, additional_headers=headers) as ws:
             assert Socket(ws).ask({"op": "ingest", "run_id": "r", **metrics_batch(0, 1)})["stored"] == 1
         with open_socket(token_server, additional_headers={"Authorization": "Bearer s3cret"}) as ws:
             assert Socket(ws).ask({"op": "control", "run_id": "r", "action": "pause"})["op"] == "control"

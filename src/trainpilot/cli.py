@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--token when the server has one). The server itself also serves MCP at /mcp (streamable HTTP).",
     )
     add_server_flag(mcp)
-    mcp.add_argument("--token", default=os.environ.get("TRAINPILOT_TOKEN"), help="write token, for control")
+    mcp.add_argument(
+        "--token", default=env_token(), help="a token: the write token for control (env TRAINPILOT_TOKEN)"
+    )
     mcp.set_defaults(func=cmd_mcp)
 
     runs = sub.add_parser("runs", help="list runs")
@@ -154,7 +156,11 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store", help="store URL, e.g. sqlite:///path/db or memory:// (default: SQLite in data dir)"
     )
-    p.add_argument("--token", help="token required for changes (env TRAINPILOT_TOKEN)")
+    p.add_argument("--token", help="write token: needed for changes, and reads too (env TRAINPILOT_TOKEN)")
+    p.add_argument(
+        "--read-token", help="an optional read-only token, for viewers (env TRAINPILOT_READ_TOKEN)"
+    )
+    p.add_argument("--cors-origins", help="comma-separated origins allowed to call the API (default none)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -169,6 +175,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         store=args.store,
         token=args.token,
+        read_token=args.read_token,
+        cors_origins=args.cors_origins,
         log_level=args.log_level,
     )
     try:
@@ -192,8 +200,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     url = f"{args.server.rstrip('/')}/api/runs/{args.run}/ask"
     try:
+        token = env_token()
         with httpx.stream(
-            "POST", url, json={"question": args.question}, timeout=httpx.Timeout(120, connect=5)
+            "POST",
+            url,
+            json={"question": args.question},
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=httpx.Timeout(120, connect=5),
         ) as r:
             if r.status_code != 200:
                 r.read()
@@ -353,9 +366,15 @@ def _train(cfg: Any, run: Any) -> int:
     return 0
 
 
+def env_token() -> str | None:
+    """The token commands present by default: the write token, else a read-only one."""
+    return os.environ.get("TRAINPILOT_TOKEN") or os.environ.get("TRAINPILOT_READ_TOKEN") or None
+
+
 def _client(server: str, token: str | None = None) -> Any:
     import httpx
 
+    token = token or env_token()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=server, headers=headers, timeout=10.0)
 
@@ -409,7 +428,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from trainpilot.sse_client import SSEClient
 
     params = {"run_id": args.run, **({"keys": args.keys} if args.keys else {})}
-    client = SSEClient(f"{args.server.rstrip('/')}/api/stream/metrics", params, after=args.after)
+    url = f"{args.server.rstrip('/')}/api/stream/metrics"
+    client = SSEClient(url, params, token=env_token(), after=args.after)
     print(f"tailing run {args.run} on {args.server} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     for event in client:
         print(format_event(event.name, event.data), flush=True)
@@ -437,7 +457,7 @@ def cmd_control(args: argparse.Namespace) -> int:
 
     if args.action == "set_lr" and args.value is None:
         raise CLIError("set_lr needs a value: trainpilot control RUN set_lr 0.01")
-    health = _request(args.server, "GET", "/api/runs/" + args.run)
+    health = _request(args.server, "GET", "/api/runs/" + args.run, token=args.token)
     cursor = health.get("last_event_id") or 0
     body = {"run_id": args.run, "action": args.action, "value": args.value}
     reply = _request(args.server, "POST", "/api/training/control", token=args.token, json=body)
@@ -448,6 +468,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     client = SSEClient(
         f"{args.server.rstrip('/')}/api/stream/metrics",
         {"run_id": args.run, "kinds": "control"},
+        token=args.token or env_token(),
         after=min(cursor, command_id - 1),
         read_timeout_s=args.wait,
     )

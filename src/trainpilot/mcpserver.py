@@ -3,8 +3,9 @@
 Built with the official `mcp` SDK. Each tool is a thin call to the REST API, so validation, auth and
 bounds are the server's own and nothing is written twice: `trainpilot mcp` (stdio) calls a server by
 URL; the server mounts the same tools at ``/mcp`` (streamable HTTP) and calls its own API in process.
-Control needs the write token when the server has one: on stdio from ``--token`` / TRAINPILOT_TOKEN,
-over HTTP from the MCP request's own ``Authorization`` header.
+On a server with tokens, reading needs a token and control the write token: on stdio from ``--token``
+(TRAINPILOT_TOKEN, else TRAINPILOT_READ_TOKEN), over HTTP from the MCP request's own ``Authorization``
+header.
 
 Outputs are bounded for a model's context: history is downsampled (at most 1000 points a metric, 16
 metrics a call), metric and finding lists are capped and say how many were left out.
@@ -54,32 +55,35 @@ def build(client: ClientFactory, token: str | None = None) -> MCPServer:
 
     @server.tool(annotations=READ)
     async def list_runs(
+        ctx: Context,
         status: Annotated[RunStatus | None, Field(description="only runs in this status")] = None,
         project: Annotated[str | None, Field(description="only runs of this project")] = None,
         limit: Annotated[int, Field(ge=1, le=200)] = 20,
     ) -> dict[str, Any]:
         """Runs, most recently active first: id, project, name, status, last step, times."""
         params = {"limit": limit, "status": status, "project": project}
-        body = await call("GET", "/api/runs", params={k: v for k, v in params.items() if v is not None})
+        body = await call("GET", "/api/runs", ctx, params={k: v for k, v in params.items() if v is not None})
         keep = ("id", "project", "name", "status", "last_step", "created_at", "updated_at")
         return {"runs": [{k: run[k] for k in keep} for run in body["runs"]]}
 
     @server.tool(annotations=READ)
     async def run_summary(
+        ctx: Context,
         run_id: Annotated[str, Field(description="the run's id (see list_runs)")],
     ) -> dict[str, Any]:
         """A run in brief: config, status, per-metric statistics for the early, middle and late thirds
         of training (mean, min, max, last) and the detectors' findings. Start here to explain a run."""
-        summary: dict[str, Any] = await call("GET", f"/api/runs/{run_id}/summary")
+        summary: dict[str, Any] = await call("GET", f"/api/runs/{run_id}/summary", ctx)
         return summary
 
     @server.tool(annotations=READ)
     async def current_metrics(
+        ctx: Context,
         run_id: Annotated[str | None, Field(description="default: the most recently active run")] = None,
         prefix: Annotated[str | None, Field(description="only metrics whose name starts with this")] = None,
     ) -> dict[str, Any]:
         """The latest value and step of each metric of a run (at most 200 metrics)."""
-        body = await call("GET", "/api/metrics/current", params={"run_id": run_id} if run_id else {})
+        body = await call("GET", "/api/metrics/current", ctx, params={"run_id": run_id} if run_id else {})
         names = sorted(k for k in body["metrics"] if prefix is None or k.startswith(prefix))
         return {
             "run_id": body["run_id"],
@@ -91,6 +95,7 @@ def build(client: ClientFactory, token: str | None = None) -> MCPServer:
 
     @server.tool(annotations=READ)
     async def metric_history(
+        ctx: Context,
         run_id: Annotated[str, Field(description="the run's id")],
         keys: Annotated[list[str], Field(min_length=1, max_length=16, description="metric names")],
         max_points: Annotated[int, Field(ge=2, le=1000, description="points per metric")] = 200,
@@ -103,7 +108,7 @@ def build(client: ClientFactory, token: str | None = None) -> MCPServer:
         params.update(
             {k: v for k, v in (("start_step", start_step), ("end_step", end_step)) if v is not None}
         )
-        body = await call("GET", "/api/metrics/history", params=params)
+        body = await call("GET", "/api/metrics/history", ctx, params=params)
         series = {
             key: {k: s[k] for k in ("step", "value", "total", "downsampled")}
             for key, s in body["series"].items()
@@ -113,11 +118,12 @@ def build(client: ClientFactory, token: str | None = None) -> MCPServer:
 
     @server.tool(annotations=READ)
     async def run_insights(
+        ctx: Context,
         run_id: Annotated[str, Field(description="the run's id")],
         limit: Annotated[int, Field(ge=1, le=200, description="the most recent findings to return")] = 50,
     ) -> dict[str, Any]:
         """The detectors' findings for a run, newest last: kind, severity, step, evidence, suggestion."""
-        found = (await call("GET", f"/api/runs/{run_id}/insights"))["insights"]
+        found = (await call("GET", f"/api/runs/{run_id}/insights", ctx))["insights"]
         return {"run_id": run_id, "insights": found[-limit:], "left_out": max(0, len(found) - limit)}
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True))

@@ -24,7 +24,10 @@ def load(source: str, server: str | None = None) -> dict[str, Events]:
     if path.is_file():
         return {path.stem: read_json_events(path)}
     if server:
-        return {source: from_server(server, source)}
+        import os
+
+        token = os.environ.get("TRAINPILOT_TOKEN") or os.environ.get("TRAINPILOT_READ_TOKEN")
+        return {source: from_server(server, source, token)}
     raise ValueError(f"{source} is neither a directory nor a file; for a run id, pass --server URL")
 
 
@@ -52,12 +55,13 @@ def read_json_events(path: Path) -> Events:
     return events
 
 
-def from_server(server: str, run_id: str) -> Events:
+def from_server(server: str, run_id: str, token: str | None = None) -> Events:
     import httpx
 
     response = httpx.get(
         f"{server.rstrip('/')}/api/metrics/history",
         params={"run_id": run_id, "max_points": 100000},
+        headers={"Authorization": f"Bearer {token}"} if token else {},
         timeout=60,
     )
     if response.status_code != 200:

@@ -10,16 +10,39 @@ const $ = (id) => document.getElementById(id);
 const state = {
   runs: [], selected: null, run: null, charts: new Map(), series: new Map(),
   streams: [], compare: new Set(), token: localStorage.getItem("trainpilot-token") || "",
-  pending: new Map(), acked: new Set(),
+  pending: new Map(), acked: new Set(), generation: 0,
 };
 
 // -- HTTP ---------------------------------------------------------------------------------------
 
-async function api(path, options = {}) {
+// A token server: open the dashboard as http://host:port/#token=<token> once (a fragment never
+// reaches the server or its logs), or answer the prompt; the token stays in this browser.
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (fragment.get("token")) {
+  state.token = fragment.get("token"); localStorage.setItem("trainpilot-token", state.token);
+  fragment.delete("token"); // out of the address bar, the history and screenshots
+  history.replaceState(null, "", location.pathname + location.search + (fragment.size ? `#${fragment}` : ""));
+}
+let asking = null;
+function askToken(why) {
+  // One prompt however many requests were refused at once.
+  asking = asking || Promise.resolve().then(() => {
+    const token = prompt(why);
+    if (token) { state.token = token; localStorage.setItem("trainpilot-token", token); }
+    setTimeout(() => { asking = null; }, 0);
+    return Boolean(token);
+  });
+  return asking;
+}
+
+async function api(path, options = {}, retried = false) {
   const headers = Object.assign({}, options.headers || {});
   if (state.token) headers.Authorization = `Bearer ${state.token}`;
   const response = await fetch(path, Object.assign({}, options, { headers }));
   const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
+  if (response.status === 401 && !retried && await askToken("This trainpilot server needs a token. Token:")) {
+    return api(path, options, true);
+  }
   if (!response.ok) {
     const error = new Error(body?.error?.message || `HTTP ${response.status}`);
     error.status = response.status;
@@ -98,8 +121,9 @@ function renderRuns() {
 // -- one run --------------------------------------------------------------------------------------
 
 function closeStreams() {
-  for (const stream of state.streams) stream.close();
+  for (const stream of state.streams.filter(Boolean)) stream.close();
   state.streams = [];
+  state.generation = (state.generation || 0) + 1; // streams still being opened see it and give up
 }
 
 async function selectRun(runId) {
@@ -149,26 +173,52 @@ async function loadHistory(runId, range = null) {
   redrawAll();
 }
 
+async function streamUrl(params) {
+  // EventSource cannot send headers: on a token server it carries a short-lived signed read token.
+  if (state.token) {
+    try { params.set("access_token", (await api("/api/auth/stream-token", { method: "POST" })).access_token); } catch (e) { /* shown as not live */ }
+  }
+  return `/api/stream/metrics?${params}`;
+}
+
 function openStreams(runId, cursor) {
-  // Metrics from the cursor read before the history: EventSource resumes with Last-Event-ID itself.
-  const metrics = new EventSource(`/api/stream/metrics?run_id=${encodeURIComponent(runId)}&kinds=metrics&after=${cursor}`);
-  metrics.addEventListener("metrics", (message) => onMetrics(JSON.parse(message.data)));
-  // The rest from the beginning: few events, and the panels want their history.
-  const others = new EventSource(`/api/stream/metrics?run_id=${encodeURIComponent(runId)}&kinds=status,control,insight,media,log&after=0`);
-  for (const kind of ["status", "control", "insight", "media", "log"]) {
-    others.addEventListener(kind, (message) => onEvent(kind, JSON.parse(message.data)));
+  // Metrics from the cursor read before the history; the rest from the beginning (few events, and
+  // the panels want their history). EventSource resumes with Last-Event-ID by itself; a stream the
+  // server refused (an expired URL token) is reopened here, after the last event it delivered.
+  const specs = [
+    { kinds: ["metrics"], after: cursor, on: (kind, data) => onMetrics(data) },
+    { kinds: ["status", "control", "insight", "media", "log"], after: 0, on: onEvent },
+  ];
+  state.streams = [];
+  specs.forEach((spec, i) => openStream(runId, spec, i, state.generation));
+  showConnection();
+}
+
+async function openStream(runId, spec, slot, generation) {
+  const params = new URLSearchParams({ run_id: runId, kinds: spec.kinds.join(","), after: String(spec.after) });
+  const url = await streamUrl(params);
+  if (state.generation !== generation) return;
+  const stream = new EventSource(url);
+  state.streams[slot] = stream;
+  for (const kind of spec.kinds) {
+    stream.addEventListener(kind, (message) => {
+      spec.after = Number(message.lastEventId) || spec.after;
+      spec.on(kind, JSON.parse(message.data));
+    });
   }
-  for (const stream of [metrics, others]) {
-    stream.addEventListener("open", showConnection);
-    stream.addEventListener("error", showConnection);
-    stream.addEventListener("resync", () => { stream.close(); selectRun(runId); });
-  }
-  state.streams = [metrics, others];
+  stream.addEventListener("open", showConnection);
+  stream.addEventListener("error", () => {
+    showConnection();
+    if (stream.readyState === EventSource.CLOSED && state.streams[slot] === stream) {
+      setTimeout(() => { if (state.streams[slot] === stream) openStream(runId, spec, slot, generation); }, 2000);
+    }
+  });
+  stream.addEventListener("resync", () => { stream.close(); selectRun(runId); });
   showConnection();
 }
 
 function showConnection() {
-  const states = state.streams.map((s) => s.readyState);
+  const states = state.streams.filter(Boolean).map((s) => s.readyState);
   const label = states.length && states.every((s) => s === EventSource.OPEN) ? "live" : states.some((s) => s === EventSource.CLOSED) ? "closed" : "reconnecting";
   $("conn").dataset.state = label;
   $("conn").textContent = label === "live" ? "● live" : label === "closed" ? "○ closed" : "◌ reconnecting…";
@@ -324,9 +374,8 @@ async function sendControl(action) {
     // The run can acknowledge before this reply is read: never write "requested" over its answer.
     if (!state.acked.has(reply.command_id)) $("ack").textContent = `${action}: requested (command ${reply.command_id}), waiting for the run…`;
   } catch (error) {
-    if (error.status === 401) {
-      const token = prompt("This server needs a token for control. Token:");
-      if (token) { state.token = token; localStorage.setItem("trainpilot-token", token); return sendControl(action); }
+    if (error.status === 403 && await askToken("Control needs the write token (this one can only read). Token:")) {
+      return sendControl(action);
     }
     $("ack").textContent = `${action}: ${error.message}`;
   }

@@ -20,7 +20,7 @@ from trainpilot.events import NewEvent
 from trainpilot.exceptions import NotFound
 from trainpilot.server.errors import JSON, HTTPError
 from trainpilot.server.hub import Hub
-from trainpilot.server.rest import hub_of, read_body, require_write
+from trainpilot.server.rest import READ, WRITE, hub_of, read_body
 
 router = APIRouter()
 MAX_MEDIA_BYTES = 10 * 2**20
@@ -46,6 +46,7 @@ def sniff(body: bytes) -> tuple[str, str]:
     tags=["runs"],
     status_code=201,
     summary="Upload an image (the body); stores a media event that references it by URL",
+    dependencies=WRITE,
 )
 async def upload_media(
     request: Request,
@@ -54,7 +55,6 @@ async def upload_media(
     step: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     caption: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> Response:
-    require_write(request)
     body = await read_body(request, MAX_MEDIA_BYTES)
     data = await save_media(hub_of(request), run_id, name, step, caption, body)
     return JSON(data, status_code=201)
@@ -83,7 +83,7 @@ async def save_media(
     return {**data, "event_id": result.last_id}
 
 
-@router.get("/api/media/{run_id}/{filename}", tags=["runs"], summary="A stored image")
+@router.get("/api/media/{run_id}/{filename}", tags=["runs"], summary="A stored image", dependencies=READ)
 async def get_media(request: Request, run_id: str, filename: str) -> Response:
     root = Path(hub_of(request).settings.data_dir).resolve() / "media"
     path = (root / run_id / filename).resolve()

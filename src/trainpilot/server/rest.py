@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response, StreamingResponse
 
 from trainpilot.events import Point, Run
 from trainpilot.exceptions import InvalidInput, NotFound
 from trainpilot.server import system
-from trainpilot.server.auth import check_write, presented_token
+from trainpilot.server.auth import check, mint_query_token, presented_token
 from trainpilot.server.errors import JSON, HTTPError
 from trainpilot.server.hub import Hub
 from trainpilot.wire import check_run_id, decode_batch
@@ -29,8 +29,16 @@ def hub_of(request: Request) -> Hub:
     return hub
 
 
+def require_read(request: Request) -> None:
+    check(hub_of(request).settings, "read", presented_token(request.scope["headers"]))
+
+
 def require_write(request: Request) -> None:
-    check_write(hub_of(request).settings.token, presented_token(request.scope["headers"]))
+    check(hub_of(request).settings, "write", presented_token(request.scope["headers"]))
+
+
+READ = [Depends(require_read)]
+WRITE = [Depends(require_write)]
 
 
 def run_dict(run: Run) -> dict[str, Any]:
@@ -61,13 +69,18 @@ async def get_health(request: Request) -> Response:
 
 
 @router.get(
-    "/api/system/info", tags=["system"], summary="Version, host, CPU/RAM/GPU, backends, live connections"
+    "/api/system/info",
+    tags=["system"],
+    summary="Version, host, CPU/RAM/GPU, backends, live connections",
+    dependencies=READ,
 )
 async def get_info(request: Request) -> Response:
     return JSON(system.info(hub_of(request)))
 
 
-@router.get("/metrics", tags=["system"], summary="Prometheus exposition of the server's own health")
+@router.get(
+    "/metrics", tags=["system"], summary="Prometheus exposition of the server's own health", dependencies=READ
+)
 async def get_prometheus(request: Request) -> Response:
     return Response(system.exposition(request.app.state.registry), media_type="text/plain; version=0.0.4")
 
@@ -84,7 +97,18 @@ class RunCreate(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
-@router.get("/api/runs", tags=["runs"], summary="List runs, most recently active first")
+@router.post(
+    "/api/auth/stream-token",
+    tags=["system"],
+    summary="A short-lived read token for URLs (EventSource and browsers' WebSockets cannot send headers)",
+    dependencies=READ,
+)
+async def stream_token(request: Request) -> Response:
+    token, expires = mint_query_token(hub_of(request).settings)
+    return JSON({"access_token": token, "expires_at": expires, "scope": "read"})
+
+
+@router.get("/api/runs", tags=["runs"], summary="List runs, most recently active first", dependencies=READ)
 async def list_runs(
     request: Request,
     project: str | None = None,
@@ -95,9 +119,10 @@ async def list_runs(
     return JSON({"runs": [run_dict(r) for r in runs]})
 
 
-@router.post("/api/runs", tags=["runs"], status_code=201, summary="Create a run (idempotent on id)")
+@router.post(
+    "/api/runs", tags=["runs"], status_code=201, summary="Create a run (idempotent on id)", dependencies=WRITE
+)
 async def create_run(request: Request, body: RunCreate) -> Response:
-    require_write(request)
     if body.id is None:
         run_id = f"r-{secrets.token_hex(4)}"
     else:
@@ -109,7 +134,9 @@ async def create_run(request: Request, body: RunCreate) -> Response:
     return JSON(run_dict(run), status_code=201 if created else 200)
 
 
-@router.get("/api/runs/{run_id}", tags=["runs"], summary="One run, with its latest metrics")
+@router.get(
+    "/api/runs/{run_id}", tags=["runs"], summary="One run, with its latest metrics", dependencies=READ
+)
 async def get_run(request: Request, run_id: str) -> Response:
     store = hub_of(request).store
     run = await store.get_run(run_id)
@@ -149,9 +176,9 @@ async def get_run(request: Request, run_id: str) -> Response:
             },
         }
     },
+    dependencies=WRITE,
 )
 async def ingest(request: Request, run_id: str) -> Response:
-    require_write(request)
     hub = hub_of(request)
     payload = await read_json(request, hub.settings.max_body_bytes)
     events = decode_batch(check_run_id(run_id), payload)
@@ -183,7 +210,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@router.get("/api/runs/{run_id}/insights", tags=["runs"], summary="The run's analysis findings, oldest first")
+@router.get(
+    "/api/runs/{run_id}/insights",
+    tags=["runs"],
+    summary="The run's analysis findings, oldest first",
+    dependencies=READ,
+)
 async def run_insights(
     request: Request, run_id: str, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
 ) -> Response:
@@ -197,6 +229,7 @@ async def run_insights(
     "/api/runs/{run_id}/summary",
     tags=["runs"],
     summary="A run in brief: config, per-phase curve statistics, findings (what the LLM advisor sees)",
+    dependencies=READ,
 )
 async def summary(request: Request, run_id: str) -> Response:
     from trainpilot.analysis.summary import run_summary
@@ -212,6 +245,7 @@ class AskRequest(BaseModel):
     "/api/runs/{run_id}/ask",
     tags=["runs"],
     summary="Ask about a run: an SSE stream of `token` events, then `done` (or `error`)",
+    dependencies=READ,
 )
 async def ask(request: Request, run_id: str, body: AskRequest) -> Response:
     from trainpilot.analysis.llm import Advisor, AdvisorError
@@ -253,7 +287,12 @@ async def resolve_run(hub: Hub, run_id: str | None) -> Run:
     return run
 
 
-@router.get("/api/metrics/current", tags=["metrics"], summary="Latest value of every metric of a run")
+@router.get(
+    "/api/metrics/current",
+    tags=["metrics"],
+    summary="Latest value of every metric of a run",
+    dependencies=READ,
+)
 async def current_metrics(request: Request, run_id: str | None = None) -> Response:
     hub = hub_of(request)
     run = await resolve_run(hub, run_id)
@@ -268,7 +307,12 @@ async def current_metrics(request: Request, run_id: str | None = None) -> Respon
     )
 
 
-@router.get("/api/metrics/history", tags=["metrics"], summary="Downsampled series of a run's metrics")
+@router.get(
+    "/api/metrics/history",
+    tags=["metrics"],
+    summary="Downsampled series of a run's metrics",
+    dependencies=READ,
+)
 async def metric_history(
     request: Request,
     run_id: str | None = None,
@@ -319,9 +363,9 @@ class ControlRequest(BaseModel):
     tags=["control"],
     status_code=202,
     summary="Send pause, resume, stop, checkpoint or set_lr to a run; returns the command id",
+    dependencies=WRITE,
 )
 async def control(request: Request, body: ControlRequest) -> Response:
-    require_write(request)
     hub = hub_of(request)
     run = await resolve_run(hub, body.run_id)
     client = request.client.host if request.client else "unknown"

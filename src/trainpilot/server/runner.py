@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import re
 import socket
 import threading
 import time
@@ -35,6 +36,21 @@ class Server(uvicorn.Server):
         if hub is not None:
             await hub.broker.close()
         await super().shutdown(sockets)
+
+
+class RedactQueryTokens(logging.Filter):
+    """The access log (on at debug level) shows request paths: never the signed tokens in them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                QUERY_TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+QUERY_TOKEN = re.compile(r"((?:access_token|token)=)[^&\s]+")
+logging.getLogger("uvicorn.access").addFilter(RedactQueryTokens())
 
 
 def uvicorn_config(settings: Settings, app: Any, **extra: Any) -> uvicorn.Config:

@@ -16,7 +16,8 @@ from urllib.parse import parse_qs
 from trainpilot.broker import Filter, Subscriber
 from trainpilot.events import KINDS
 from trainpilot.exceptions import InvalidInput
-from trainpilot.server.errors import error_response
+from trainpilot.server.auth import check, presented_token
+from trainpilot.server.errors import HTTPError, error_response
 from trainpilot.server.hub import Hub
 
 PATH = "/api/stream/metrics"
@@ -58,6 +59,11 @@ async def stream(hub: Hub, scope: dict[str, Any], receive: Any, send: Any) -> No
     last_event_id = next(
         (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"last-event-id"), None
     )
+    try:
+        check(hub.settings, "read", presented_token(scope["headers"]), query.get("access_token", [None])[-1])
+    except HTTPError as exc:
+        await error_response(exc.status, exc.code, exc.message)(scope, receive, send)
+        return
     try:
         flt = parse_filter(query.get("run_id", []), query.get("kinds", []), query.get("keys", []))
         header_cursor = parse_cursor(last_event_id, "Last-Event-ID")

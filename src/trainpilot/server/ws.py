@@ -17,7 +17,7 @@ import orjson
 
 from trainpilot.broker import Subscriber
 from trainpilot.exceptions import Conflict, InvalidInput, NotFound, StoreUnavailable
-from trainpilot.server.auth import check_write, presented_token
+from trainpilot.server.auth import check, presented_token
 from trainpilot.server.errors import HTTPError
 from trainpilot.server.hub import Hub
 from trainpilot.server.sse import parse_cursor, parse_filter
@@ -41,7 +41,8 @@ class Connection:
         self.hub = hub
         self.send = send
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        self.token = presented_token(scope["headers"], (query.get("token") or [None])[-1])
+        self.token = presented_token(scope["headers"])
+        self.query_token = (query.get("access_token") or [None])[-1]  # signed, read only (auth.py)
         self.peer = f"ws:{scope['client'][0]}" if scope.get("client") else "ws:unknown"
         self.sub: Subscriber | None = None
         self.serving: asyncio.Task[None] | None = None
@@ -85,6 +86,7 @@ class Connection:
         return {"op": "pong", "head": self.hub.broker.head}
 
     async def op_subscribe(self, message: dict[str, Any]) -> dict[str, Any]:
+        check(self.hub.settings, "read", self.token, self.query_token)
         flt = parse_filter(
             _as_list(message.get("run_id"), "run_id"),
             _as_list(message.get("kinds"), "kinds"),
@@ -103,7 +105,7 @@ class Connection:
         return {"op": "unsubscribed"}
 
     async def op_ingest(self, message: dict[str, Any]) -> dict[str, Any]:
-        check_write(self.hub.settings.token, self.token)
+        check(self.hub.settings, "write", self.token, self.query_token)
         run_id = message.get("run_id")
         if not isinstance(run_id, str):
             raise InvalidInput("run_id", "required: the run the events belong to")
@@ -112,7 +114,7 @@ class Connection:
         return {"op": "ingested", **result.as_dict()}
 
     async def op_control(self, message: dict[str, Any]) -> dict[str, Any]:
-        check_write(self.hub.settings.token, self.token)
+        check(self.hub.settings, "write", self.token, self.query_token)
         run_id = message.get("run_id")
         if not isinstance(run_id, str):
             raise InvalidInput("run_id", "required: the run to control")
