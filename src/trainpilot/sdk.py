@@ -283,6 +283,11 @@ class Run:
         """Events the server has acknowledged so far."""
         return self._sender.sent
 
+    @property
+    def dropped(self) -> int:
+        """Events given up: refused by the server as invalid, or dropped from a spool over its budget."""
+        return self._sender.dropped + self._sender.spool.dropped_events
+
 
 def init(
     project: str = "default",

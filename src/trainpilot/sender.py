@@ -29,6 +29,7 @@ from trainpilot.wire import MAX_KEY_LENGTH
 
 log = logging.getLogger("trainpilot")
 MAX_EVENTS_PER_REQUEST = 10_000
+SPILL_AT = 20_000  # items waiting in memory while a slow server answers: past this, go to the spool
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.25, 10.0
 HEARTBEAT_S = float(os.environ.get("TRAINPILOT_RUN_HEARTBEAT_S", "10"))  # well inside the server's 60 s
 
@@ -155,6 +156,10 @@ class Sender(threading.Thread):
             return []
         return [first, *_drain(self.queue)]
 
+    def _backlogged(self) -> bool:
+        """A slow server must not make memory grow: what waits beyond `SPILL_AT` goes to disk."""
+        return self.queue.qsize() > SPILL_AT
+
     def _heartbeat(self) -> None:
         if time.monotonic() - self._heard_at >= HEARTBEAT_S:
             self._attempt(lambda: self.transport.send(self.run_id, []), self.run_spec, 0)
@@ -179,7 +184,7 @@ class Sender(threading.Thread):
     def _deliver(self, events: list[dict[str, Any]]) -> None:
         for start in range(0, len(events), MAX_EVENTS_PER_REQUEST):
             batch = events[start : start + MAX_EVENTS_PER_REQUEST]
-            if self.spool or not self._send(batch):
+            if self.spool or self._backlogged() or not self._send(batch):
                 self.spool.append({"run": self.run_spec, "events": batch})
         if self.spool and time.monotonic() >= self._retry_at:
             self._replay()
@@ -267,6 +272,8 @@ class Sender(threading.Thread):
             if not delivered:
                 return
             self.spool.commit(offset)
+            if self._backlogged():
+                return  # spool what waits in memory first; the replay goes on next pass
         if not self.spool:
             self._backoff = BACKOFF_MIN_S
             _warned.discard("down")

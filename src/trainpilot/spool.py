@@ -4,26 +4,45 @@ One file per run under ``<data_dir>/spool/``; each line is one self-contained ba
 create request and its events), so a spool left behind by a process that died can be replayed by
 the next one. The owner holds an exclusive `flock` on its file, so two live processes never replay
 the same spool. Re-sending is safe: the server drops events whose (run, seq) it already has.
+
+A spool has a disk budget (`TRAINPILOT_SPOOL_MAX_MB`, default 1024 MiB a run). Past it, the oldest
+unsent batches are dropped — counted and logged, never a crash — and the newest half of the budget
+kept: after a long outage the recent state of the run matters most, and the disk must not fill up.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
+import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
+log = logging.getLogger("trainpilot")
+
+
+def budget() -> int:
+    """The disk budget of one run's spool, in bytes: TRAINPILOT_SPOOL_MAX_MB (default 1024)."""
+    return int(float(os.environ.get("TRAINPILOT_SPOOL_MAX_MB") or 1024) * 2**20)
+
 
 class Spool:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int | None = None) -> None:
         self.path = path
+        self.max_bytes = max_bytes or budget()
         self._file: IO[bytes] | None = None
         self._read_offset = 0
+        self._size = 0
         self.pending_batches = 0
+        self.dropped_batches = 0
+        self.dropped_events = 0
+        self._warned_at = -math.inf
 
     @classmethod
     def for_run(cls, data_dir: str | os.PathLike[str], run_id: str) -> Spool:
@@ -41,14 +60,58 @@ class Spool:
             size = f.seek(0, os.SEEK_END)
             if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
                 f.write(b"\n")  # a line cut short by a crash must not swallow the next batch
-            self._file = f
+                size += 1
+            self._file, self._size = f, size
         return self._file
 
     def append(self, batch: dict[str, Any]) -> None:
+        line = orjson.dumps(batch) + b"\n"
+        events = batch.get("events")
+        if len(line) > self.max_bytes // 8 and isinstance(events, list) and len(events) > 1:
+            half = len(events) // 2  # small lines, so that the budget drops a little at a time
+            self.append({**batch, "events": events[:half]})
+            self.append({**batch, "events": events[half:]})
+            return
         f = self._open()
-        f.write(orjson.dumps(batch) + b"\n")
+        f.write(line)
         f.flush()
+        self._size += len(line)
         self.pending_batches += 1
+        if self._size > self.max_bytes:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        """Keep the newest unsent batches that fit in half the budget; drop the rest, and say so.
+
+        The kept tail is copied to the front of the file in place. It comes from the far end of a file
+        at least twice its size, so a crash midway leaves every kept batch whole where it was (and at
+        worst some dropped ones too, which the server would store once).
+        """
+        f = self._open()
+        f.flush()
+        keep_from = max(self._read_offset, self._size - self.max_bytes // 2)
+        tail = os.pread(f.fileno(), self._size - keep_from, keep_from)
+        cut = 0 if keep_from == self._read_offset else tail.find(b"\n") + 1  # start at a whole batch
+        tail = tail[cut:]
+        dropped = os.pread(f.fileno(), keep_from + cut - self._read_offset, self._read_offset)
+        batches, events = _count(dropped)
+        with open(self.path, "r+b") as rewrite:  # not `f`: in append mode every write lands at the end
+            rewrite.write(tail)
+            rewrite.truncate(len(tail))
+        self._size, self._read_offset = len(tail), 0
+        self.pending_batches = max(0, self.pending_batches - batches)
+        self.dropped_batches += batches
+        self.dropped_events += events
+        if batches and time.monotonic() - self._warned_at > 60:  # once a minute, not once a batch
+            self._warned_at = time.monotonic()
+            log.warning(
+                "trainpilot: spool %s reached its disk budget (%.3g MiB, TRAINPILOT_SPOOL_MAX_MB): "
+                "dropped its %d oldest unsent batches (%d events so far); training goes on",
+                self.path,
+                self.max_bytes / 2**20,
+                batches,
+                self.dropped_events,
+            )
 
     def __bool__(self) -> bool:
         return self.pending_batches > 0
@@ -73,7 +136,7 @@ class Spool:
         f = self._open()
         if offset >= f.seek(0, os.SEEK_END):
             f.truncate(0)
-            self._read_offset = 0
+            self._read_offset = self._size = 0
             self.pending_batches = 0
 
     def close(self) -> None:
@@ -100,3 +163,15 @@ def orphans(data_dir: str | os.PathLike[str]) -> Iterator[Spool]:
         spool.pending_batches = sum(1 for _ in f)
         f.seek(0)
         yield spool
+
+
+def _count(lines: bytes) -> tuple[int, int]:
+    """Batches, and the events in them, in a run of spool lines."""
+    batches = events = 0
+    for line in lines.splitlines():
+        with contextlib.suppress(orjson.JSONDecodeError):
+            batch = orjson.loads(line)
+            if isinstance(batch, dict):
+                batches += 1
+                events += len(batch.get("events") or []) or (1 if "media" in batch else 0)
+    return batches, events
