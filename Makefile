@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck serve clean browser analysis-eval corpus
+.PHONY: demo test lint typecheck serve clean browser analysis-eval corpus fuzz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,10 @@ browser:
 
 test: lint typecheck browser
 	$(BIN)/pytest
+
+# Every endpoint of the OpenAPI schema, over 10,000 generated requests, against a real server: no 5xx.
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz_api --min-cases 10000
 
 analysis-eval: $(STAMP)
 	$(BIN)/python -m trainpilot.analysis.evaluate corpus

@@ -227,6 +227,7 @@ def test_list_runs_filters_by_project_and_status_with_a_limit(shared_server: Liv
         ({"id": ""}, "id"),
         ({"id": "x" * 129}, "id"),
         ({"id": 5}, "id"),
+        ({"project": "p", "config": {"seed": 2**70}}, "config"),  # found by the fuzzer: it killed the writer
     ],
 )
 def test_a_bad_run_body_is_refused_naming_the_field(
@@ -301,6 +302,13 @@ def test_same_batch_twice_is_stored_once(shared_server: LiveServer) -> None:
         ([{"seq": 1, "data": [1, 2]}], "events[0].data"),
         ([{"seq": 1}, "not an event"], "events[1]"),
         ([{"seq": 1}, {"kind": "status", "data": {"status": "sleeping"}}], "events[1].data.status"),
+        ([{"seq": 1, "data": {"x" * 257: 1.0}}], "events[0].data"),  # a metric name over 256 characters
+        ([{"seq": 1, "data": {f"m{i}": 1.0 for i in range(4097)}}], "events[0].data"),  # too many keys
+        ([{"seq": 1, "kind": {}}], "events[0].kind"),  # found by the fuzzer: an unhashable kind was a 500
+        ([{"seq": 1, "kind": ["metrics"]}], "events[0].kind"),
+        ([{"kind": "status", "data": {"status": {"s": 1}}}], "events[0].data.status"),
+        ([{"kind": "control", "data": {"action": [], "status": "applied"}}], "events[0].data.action"),
+        ([{"kind": "control", "data": {"action": "pause", "status": {}}}], "events[0].data.status"),
         ("not a list", "events"),
     ],
 )
@@ -313,6 +321,19 @@ def test_a_bad_event_refuses_the_whole_batch(shared_server: LiveServer, events: 
         assert [e.name for e in stored_events(shared_server, client, run_id)] == ["status"]
         # the refused batch's seqs were not taken: the good version of it is stored in full
         assert post_events(client, run_id, [{"seq": 1, "step": 0, "data": {"loss": 1.0}}])["stored"] == 1
+
+
+def test_seqs_may_arrive_out_of_order_and_each_is_stored_once(shared_server: LiveServer) -> None:
+    run_id = f"ooo-{uuid.uuid4().hex[:8]}"
+    with shared_server.client() as client:
+        create_run(client, run_id)
+        later = [{"seq": s, "step": s, "data": {"loss": float(s)}} for s in (7, 5, 6)]
+        earlier = [{"seq": s, "step": s, "data": {"loss": float(s)}} for s in (2, 1, 5)]
+        assert post_events(client, run_id, later)["stored"] == 3
+        answer = post_events(client, run_id, earlier)
+        assert (answer["stored"], answer["duplicates"]) == (2, 1)
+        series = client.get("/api/metrics/history", params={"run_id": run_id, "keys": "loss"}).json()
+    assert series["series"]["loss"]["step"] == [1, 2, 5, 6, 7]  # history is by step, whatever the order
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe", b""])

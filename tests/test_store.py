@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trainpilot.events import Event, NewEvent
-from trainpilot.exceptions import NotFound
+from trainpilot.exceptions import NotFound, StoreUnavailable
 from trainpilot.store import Store, open_store
 
 
@@ -210,6 +210,25 @@ def test_on_commit_sees_every_stored_event_once_in_id_order(make_store: Callable
         stored = [e for r in results for e in r]
         assert len(seen) == 200
         assert [e.id for e in seen] == sorted(e.id for e in stored)
+        await s.close()
+
+    run(body())
+
+
+def test_the_sqlite_writer_survives_a_write_it_cannot_encode(tmp_path: Path) -> None:
+    """Found by the fuzzer: a config with an integer beyond 64 bits killed the writer thread, and
+    every later write waited forever. Now that write fails alone and the next ones go through."""
+
+    async def body() -> None:
+        s = open_store(f"sqlite:///{tmp_path}/store.db")
+        await s.open()
+        with pytest.raises(StoreUnavailable):
+            await s.create_run("huge", "p", "huge", {"seed": 2**70})
+        run_, created = await asyncio.wait_for(s.create_run("fine", "p", "fine", {"seed": 1}), 10)
+        assert created and run_.config == {"seed": 1}
+        assert len(await asyncio.wait_for(s.append([metrics("fine", 0, 0, loss=1.0)]), 10)) == 1
+        with pytest.raises(NotFound):
+            await s.get_run("huge")
         await s.close()
 
     run(body())

@@ -43,7 +43,7 @@ def decode_event(run_id: str, raw: Any, where: str, now: float) -> NewEvent:
     if not isinstance(raw, dict):
         raise InvalidInput(where, "expected an object")
     kind = raw.get("kind", "metrics")
-    if kind not in KINDS:
+    if not _one_of(kind, KINDS):
         raise InvalidInput(f"{where}.kind", f"must be one of {sorted(KINDS)}, got {kind!r}")
     seq = _optional_int(raw.get("seq"), f"{where}.seq")
     step = _optional_int(raw.get("step"), f"{where}.step")
@@ -59,6 +59,11 @@ def decode_event(run_id: str, raw: Any, where: str, now: float) -> NewEvent:
     return NewEvent(run_id=run_id, kind=kind, data=data, seq=seq, ts=float(ts), step=step)
 
 
+def _one_of(value: Any, allowed: frozenset[str] | set[str]) -> bool:
+    """Membership that a list or an object (unhashable) answers with False, not a TypeError."""
+    return isinstance(value, str) and value in allowed
+
+
 def _optional_int(value: Any, where: str) -> int | None:
     if value is None:
         return None
@@ -70,12 +75,12 @@ def _optional_int(value: Any, where: str) -> int | None:
 def _check_data(kind: Kind, data: dict[str, Any], where: str) -> dict[str, Any]:
     if kind == "metrics":
         return metric_values(data, where)
-    if kind == "status" and data.get("status") not in RUN_STATUSES:
+    if kind == "status" and not _one_of(data.get("status"), RUN_STATUSES):
         raise InvalidInput(f"{where}.status", f"must be one of {sorted(RUN_STATUSES)}")
     if kind == "control":
-        if data.get("action") not in ACTIONS:
+        if not _one_of(data.get("action"), ACTIONS):
             raise InvalidInput(f"{where}.action", f"must be one of {sorted(ACTIONS)}")
-        if data.get("status") not in CONTROL_STATUSES - {"requested"}:
+        if not _one_of(data.get("status"), CONTROL_STATUSES - {"requested"}):
             raise InvalidInput(
                 f"{where}.status",
                 "a run acknowledges with 'applied' or 'rejected'; request commands "

@@ -53,18 +53,15 @@ def granted(settings: Settings, presented: str | None, query_token: str | None =
     return None
 
 
-def check(
-    settings: Settings, need: Scope, presented: str | None, query_token: str | None = None
-) -> Scope | None:
+def check(settings: Settings, need: Scope, presented: str | None, query_token: str | None = None) -> None:
     """Raise 401 (no valid token) or 403 (a read token for a change) unless the caller may do this."""
     if not protected(settings):
-        return None
+        return
     scope = granted(settings, presented, query_token)
     if scope is None:
         raise HTTPError(401, "unauthorized", f"this server needs a token: {HOW}")
     if need == "write" and scope != "write":
         raise HTTPError(403, "forbidden", "a read token cannot change anything: use the write token")
-    return scope
 
 
 def mint_query_token(settings: Settings, now: float | None = None) -> tuple[str, int]:

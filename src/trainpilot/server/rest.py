@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.responses import Response, StreamingResponse
 
 from trainpilot.events import Point, Run
@@ -95,6 +95,16 @@ class RunCreate(BaseModel):
     project: str = Field("default", min_length=1, max_length=200)
     name: str | None = Field(None, max_length=200)
     config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("config")
+    @classmethod
+    def storable(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """What the store cannot encode is refused here, not found later in the writer thread."""
+        try:
+            orjson.dumps(config)
+        except TypeError as exc:  # an integer beyond 64 bits, found by the fuzzer
+            raise ValueError(f"cannot be stored: {exc}") from None
+        return config
 
 
 @router.post(

@@ -12,6 +12,7 @@ that metric's rows, and to ``latest`` so "current metrics" is one indexed read.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import sqlite3
@@ -28,6 +29,7 @@ from trainpilot.exceptions import NotFound, StoreUnavailable
 from trainpilot.store import CommitListener, Series
 from trainpilot.store.rules import apply_to_run
 
+log = logging.getLogger("trainpilot.store")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs(
     id TEXT PRIMARY KEY, project TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL,
@@ -172,10 +174,13 @@ class SQLiteStore:
             self._flush_runs(conn, committed)
             conn.execute("COMMIT")
             self._last_error = None
-        except sqlite3.Error as exc:
+        except Exception as exc:  # the writer thread must survive anything, or every write hangs
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._last_error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, sqlite3.Error):
+                self._last_error = f"{type(exc).__name__}: {exc}"
+            else:
+                log.exception("store: a write failed unexpectedly; its transaction was rolled back")
             error = StoreUnavailable(f"the store could not write: {exc}")
             results = [(fut, None, error) for _, _, fut in jobs]
             committed = []
