@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck serve clean browser analysis-eval corpus fuzz
+.PHONY: demo test lint typecheck serve clean browser analysis-eval corpus fuzz bench bench-quick
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,16 @@ test: lint typecheck browser
 # Every endpoint of the OpenAPI schema, over 10,000 generated requests, against a real server: no 5xx.
 fuzz: $(STAMP)
 	$(BIN)/python -m tests.fuzz_api --min-cases 10000
+
+# trainpilot next to the floors and the peers, each peer in its own environment (bench/peers.py);
+# rewrites bench/results/ and docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/pip install --quiet "matplotlib>=3.8"
+	cd bench && ../$(BIN)/python run.py
+
+bench-quick: $(STAMP)
+	$(BIN)/pip install --quiet "matplotlib>=3.8"
+	cd bench && ../$(BIN)/python run.py --quick
 
 analysis-eval: $(STAMP)
 	$(BIN)/python -m trainpilot.analysis.evaluate corpus

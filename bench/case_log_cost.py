@@ -1,0 +1,112 @@
+"""Case 1, cost to the training loop: 8 scalars a step through each tool, next to the floors.
+
+Every tool runs `bench/log_worker.py` in a process of its own (the peers in their own virtual
+environments, bench/peers.py), on the same workload; each result says how much of what was logged
+was persisted, so nothing dropped is counted as fast. Raw per-call samples go to
+bench/results/log_cost.samples.json.gz.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import peers
+from common import RESULTS, save, summary_us
+
+WORKER = Path(__file__).resolve().parent / "log_worker.py"
+TOOLS: list[tuple[str, str | None]] = [  # (tool, peer environment; None: trainpilot's own)
+    ("list.append", None),
+    ("SimpleQueue.put", None),
+    ("trainpilot (server up)", None),
+    ("trainpilot (server down, spooling)", None),
+    ("torch SummaryWriter", None),
+    ("tensorboardX", None),
+    ("MLflow (sync, SQLite)", "mlflow"),
+    ("MLflow (async, SQLite)", "mlflow"),
+    ("Aim", "aim"),
+    ("Trackio", "trackio"),
+    ("W&B (offline)", "wandb"),
+]
+FLOORS = {"list.append", "SimpleQueue.put"}
+
+
+def measure(tool: str, peer: str | None, steps: int) -> dict[str, Any]:
+    python, why = (sys.executable, "") if peer is None else peers.python_for(peer)
+    if python is None:
+        return {"tool": tool, "error": why}
+    with tempfile.TemporaryDirectory(prefix="tp-bench-") as folder:
+        env = {**os.environ, **peers.env_for(peer, folder)} if peer else dict(os.environ)
+        command = [python, str(WORKER), "--tool", tool, "--steps", str(steps), "--dir", folder]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+        except subprocess.TimeoutExpired:
+            return {"tool": tool, "error": "timed out after 30 minutes"}
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if done.returncode != 0 or line is None:
+        return {"tool": tool, "error": f"exit {done.returncode}: {done.stderr.strip()[-400:]}"}
+    result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+    return result
+
+
+def run(quick: bool) -> Path:
+    steps = 2_000 if quick else 20_000
+    rows, raw = [], {}
+    for tool, peer in TOOLS:
+        result = measure(tool, peer, steps)
+        if "error" in result:
+            print(f"  {tool:36} FAILED: {result['error']}", flush=True)
+            rows.append(result)
+            continue
+        samples = result.pop("samples_ns")
+        raw[tool] = samples
+        row = {**result, "us": summary_us(samples), "expected": steps}
+        rows.append(row)
+        us = row["us"]
+        print(
+            f"  {tool:36} p50 {us['p50']:9.2f} µs  p99 {us['p99']:9.2f} µs  mean {us['mean']:9.2f} µs  "
+            f"finish {row['finish_s']:7.2f} s  persisted {row['persisted']}/{steps}",
+            flush=True,
+        )
+    RESULTS.mkdir(exist_ok=True)
+    with gzip.open(RESULTS / "log_cost.samples.json.gz", "wt") as f:
+        json.dump(raw, f)
+    return save("log_cost", {"steps": steps, "quick": quick, "rows": rows})
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets for `run.log()`, checked against this run's own floors and peers."""
+    ok = {r["tool"]: r for r in rows if "error" not in r}
+    put = ok.get("SimpleQueue.put")
+    peers_ = [r for t, r in ok.items() if t not in FLOORS and not t.startswith("trainpilot")]
+    persisting = [r for r in peers_ if r["persisted"] == r["expected"]]
+    out = []
+    for name in ("trainpilot (server up)", "trainpilot (server down, spooling)"):
+        row = ok.get(name)
+        if row is None or put is None:
+            continue
+        p50, p99 = row["us"]["p50"], row["us"]["p99"]
+        ratio = p50 / put["us"]["p50"]
+        verdict = "met" if ratio <= 3 else "NOT met"
+        out.append(f"{name}: p50 {ratio:.1f}x SimpleQueue.put (target <= 3x): {verdict}")
+        out.append(f"{name}: p99 {p99:.2f} µs (target <= 10 µs): {'met' if p99 <= 10 else 'NOT met'}")
+        if persisting:
+            best50 = min(persisting, key=lambda r: r["us"]["p50"])
+            best99 = min(persisting, key=lambda r: r["us"]["p99"])
+            f50, f99 = best50["us"]["p50"] / p50, best99["us"]["p99"] / p99
+            met = f50 >= 10 and f99 >= 10
+            out.append(
+                f"{name}: {f50:.0f}x cheaper at p50 than the best persisting peer ({best50['tool']}), "
+                f"{f99:.0f}x at p99 ({best99['tool']}) (target >= 10x): {'met' if met else 'NOT met'}"
+            )
+    return out
+
+
+if __name__ == "__main__":
+    run(quick="--quick" in sys.argv)

@@ -1,0 +1,49 @@
+"""What every benchmark case shares: the machine's description, percentiles, result files."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(memory / 2**30, 1),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+    }
+
+
+def summary_us(samples_ns: list[int]) -> dict[str, float]:
+    ordered = sorted(samples_ns)
+    n = len(ordered)
+    return {
+        "p50": ordered[n // 2] / 1000,
+        "p99": ordered[min(n - 1, int(n * 0.99))] / 1000,
+        "mean": sum(ordered) / n / 1000,
+        "max": ordered[-1] / 1000,
+    }
+
+
+def save(case: str, body: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{case}.json"
+    stamp = {"case": case, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    path.write_text(json.dumps({**stamp, "machine": machine(), **body}, indent=1) + "\n")
+    return path
