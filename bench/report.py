@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,39 @@ def log_cost_section(result: dict[str, Any]) -> list[str]:
     lines += [f"- {v}" for v in verdicts(rows)]
     lines += ["", "![log() cost per tool](img/bench_log_cost.png)", ""]
     plot_log_cost(rows)
+    return lines
+
+
+def training_section(result: dict[str, Any]) -> list[str]:
+    rows = result["rows"]
+    lines = [
+        "## 2. Training slowdown: the reference trainer's steps per second",
+        "",
+        f"The digits CNN of `trainpilot demo`, {result['epochs']} epoch(s), same seed, each run in its "
+        f"own process; {result['repeats']} interleaved run(s) per variant, the median compared. trainpilot "
+        "logs every step's 16 metrics (loss, accuracy, lr, gradient norms, timings) to a real server; the "
+        "TensorBoard writer writes the same scalars. Steps/s are the training loop's; the final flush "
+        "(`finish()`, the writer's `close()`) is timed apart. The server runs on the same two cores.",
+        "",
+        "| telemetry | steps/s (median) | slowdown | final flush s | loss points kept | runs (steps/s) |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        each = ", ".join(f"{r['steps_per_s']:.1f}" for r in row["runs"])
+        persisted = row["runs"][-1]["persisted"]
+        steps = row["runs"][-1]["steps"]
+        kept = "-" if row["variant"] == "no telemetry" else f"{persisted:,} / {steps:,}"
+        speed, slowdown = f"{row['steps_per_s']:.1f}", f"{row['slowdown_pct']:+.1f} %"
+        flush = f"{statistics.median(r['flush_s'] for r in row['runs']):.2f}"
+        lines.append(f"| {row['variant']} | {speed} | {slowdown} | {flush} | {kept} | {each} |")
+    trainpilot = next(r for r in rows if r["variant"] == "trainpilot")
+    met = trainpilot["slowdown_pct"] < 1
+    lines += [
+        "",
+        f"Target: trainpilot costs < 1 % of the steps/s: {trainpilot['slowdown_pct']:+.1f} %, "
+        f"{'met' if met else 'NOT met'} (a negative figure is run-to-run noise).",
+        "",
+    ]
     return lines
 
 
@@ -91,10 +125,12 @@ def main() -> None:
         ]
     if "log_cost" in results:
         lines += log_cost_section(results["log_cost"])
+    if "training" in results:
+        lines += training_section(results["training"])
     lines += [
         "## Not measured yet",
         "",
-        "Cases 2-7 of issue 10 (training slowdown, ingest, live latency and fan-out against a raw "
+        "Cases 3-7 of issue 10 (ingest, live latency and fan-out against a raw "
         "asyncio floor, history against the TensorBoard reader, footprint, growth plots) and the "
         "callgrind instruction count are not in the suite yet; `bench/quick_fanout.py` and "
         "docs/results.md hold the earlier quick checks.",

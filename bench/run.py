@@ -10,9 +10,13 @@ import sys
 import time
 
 import case_log_cost
+import case_training
 import report
 
-CASES = [("1. cost to the training loop (log of 8 scalars)", case_log_cost.run)]
+CASES = [
+    ("1. cost to the training loop (log of 8 scalars)", case_log_cost.run),
+    ("2. training slowdown (reference trainer, steps/s)", case_training.run),
+]
 
 
 def main() -> None:

@@ -1,0 +1,109 @@
+"""One training run of the reference trainer with one kind of telemetry, timed: steps per second.
+
+    python bench/train_worker.py --variant {none,trainpilot,tensorboard} --epochs 60 --dir /tmp/x
+
+`none` runs the trainer with a stand-in run that drops everything (the floor); `trainpilot` logs to
+a real server; `tensorboard` writes the same scalars with torch's SummaryWriter and nothing else.
+Prints one JSON object: steps, the loop's seconds and steps/s (the final flush, `finish()` or the
+writer's `close()`, timed apart), and the training-loss points persisted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from typing import Any
+
+
+class NullRun:
+    """What the trainer calls on a run, doing nothing: training without telemetry."""
+
+    id = "no-telemetry"
+    should_stop = False
+
+    def log(self, *args: Any, **kwargs: Any) -> None: ...
+    def log_event(self, *args: Any, **kwargs: Any) -> None: ...
+    def log_image(self, *args: Any, **kwargs: Any) -> None: ...
+    def wait_if_paused(self) -> None: ...
+    def on_control(self, *args: Any, **kwargs: Any) -> None: ...
+    def finish(self, *args: Any, **kwargs: Any) -> None: ...
+
+
+def time_calls(owner: Any, name: str) -> list[float]:
+    """Wrap owner.name so the seconds spent in it add up in the returned one-element list."""
+    spent = [0.0]
+    original = getattr(owner, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - started
+
+    setattr(owner, name, timed)
+    return spent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variant", required=True, choices=["none", "trainpilot", "tensorboard"])
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--dir", required=True)
+    args = parser.parse_args()
+
+    import httpx
+    from served import served
+
+    import trainpilot
+    from trainpilot.train import Trainer
+    from trainpilot.trainconfig import TrainConfig
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=32,
+        progress=False,
+        tensorboard_dir=os.path.join(args.dir, "tb") if args.variant == "tensorboard" else None,
+        checkpoint_dir=os.path.join(args.dir, "checkpoints"),
+    )
+    with contextlib.ExitStack() as stack:
+        if args.variant == "trainpilot":
+            url = stack.enter_context(served(args.dir))[0]
+            run: Any = trainpilot.init(project="bench", server=url, data_dir=os.path.join(args.dir, "client"))
+        else:
+            run = NullRun()
+        trainer = Trainer(config, run)
+        flush = time_calls(run, "finish")
+        if trainer.tb is not None:
+            flush = time_calls(trainer.tb, "close")
+        started = time.perf_counter()
+        trainer.fit()
+        seconds = time.perf_counter() - started - flush[0]  # the loop; the final flush is told apart
+        persisted = 0
+        if args.variant == "trainpilot":
+            params = {"run_id": run.id, "keys": "train/loss", "max_points": 2}
+            body = httpx.get(f"{url}/api/metrics/history", params=params, timeout=60).json()
+            persisted = int(body["series"]["train/loss"]["total"])
+        elif args.variant == "tensorboard":
+            from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+            acc = EventAccumulator(os.path.join(args.dir, "tb", run.id), size_guidance={"scalars": 0})
+            acc.Reload()
+            persisted = len(acc.Scalars("train/loss"))
+    result = {
+        "variant": args.variant,
+        "steps": trainer.step,
+        "seconds": seconds,
+        "flush_s": flush[0],
+        "steps_per_s": trainer.step / seconds,
+        "persisted": persisted,
+    }
+    sys.stdout.write("\nRESULT " + json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
