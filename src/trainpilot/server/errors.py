@@ -51,26 +51,29 @@ CODES = {
 }
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(HTTPError)
-    async def _http_error(_: Request, exc: HTTPError) -> Response:
+def known_error(exc: Exception) -> JSON | None:
+    """The answer to one of our own exceptions; None for anything else (a bug: a 500)."""
+    if isinstance(exc, HTTPError):
         return error_response(exc.status, exc.code, exc.message, exc.field)
-
-    @app.exception_handler(InvalidInput)
-    async def _invalid(_: Request, exc: InvalidInput) -> Response:
+    if isinstance(exc, InvalidInput):
         return error_response(422, "invalid_input", str(exc), exc.field)
-
-    @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> Response:
+    if isinstance(exc, NotFound):
         return error_response(404, "not_found", str(exc))
-
-    @app.exception_handler(Conflict)
-    async def _conflict(_: Request, exc: Conflict) -> Response:
+    if isinstance(exc, Conflict):
         return error_response(409, "conflict", str(exc))
-
-    @app.exception_handler(StoreUnavailable)
-    async def _unavailable(_: Request, exc: StoreUnavailable) -> Response:
+    if isinstance(exc, StoreUnavailable):
         return error_response(503, "store_unavailable", str(exc))
+    return None
+
+
+def install(app: FastAPI) -> None:
+    async def _known(_: Request, exc: Exception) -> Response:
+        answer = known_error(exc)
+        assert answer is not None
+        return answer
+
+    for kind in (HTTPError, InvalidInput, NotFound, Conflict, StoreUnavailable):
+        app.add_exception_handler(kind, _known)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:

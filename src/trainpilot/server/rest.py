@@ -189,7 +189,11 @@ async def get_run(request: Request, run_id: str) -> Response:
     dependencies=WRITE,
 )
 async def ingest(request: Request, run_id: str) -> Response:
-    hub = hub_of(request)
+    return await ingest_batch(hub_of(request), request, run_id)
+
+
+async def ingest_batch(hub: Hub, request: Request, run_id: str) -> Response:
+    """The body of `POST /api/runs/{id}/events` (also reached without FastAPI: app.Dispatcher)."""
     payload = await read_json(request, hub.settings.max_body_bytes)
     events = decode_batch(check_run_id(run_id), payload)
     result = await hub.ingest(run_id, events)
