@@ -23,6 +23,7 @@ from typing import Any
 
 from trainpilot.events import ACTIONS
 from trainpilot.settings import DEFAULT_PORT
+from trainpilot.transport import auth_headers, env_token
 
 DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"
 
@@ -200,12 +201,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     url = f"{args.server.rstrip('/')}/api/runs/{args.run}/ask"
     try:
-        token = env_token()
         with httpx.stream(
             "POST",
             url,
             json={"question": args.question},
-            headers={"Authorization": f"Bearer {token}"} if token else {},
+            headers=auth_headers(env_token()),
             timeout=httpx.Timeout(120, connect=5),
         ) as r:
             if r.status_code != 200:
@@ -366,17 +366,10 @@ def _train(cfg: Any, run: Any) -> int:
     return 0
 
 
-def env_token() -> str | None:
-    """The token commands present by default: the write token, else a read-only one."""
-    return os.environ.get("TRAINPILOT_TOKEN") or os.environ.get("TRAINPILOT_READ_TOKEN") or None
-
-
 def _client(server: str, token: str | None = None) -> Any:
     import httpx
 
-    token = token or env_token()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=server, headers=headers, timeout=10.0)
+    return httpx.Client(base_url=server, headers=auth_headers(token or env_token()), timeout=10.0)
 
 
 def _request(server: str, method: str, path: str, token: str | None = None, **kwargs: Any) -> Any:

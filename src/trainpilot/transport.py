@@ -8,6 +8,7 @@ or give the batch up (the server refused it as invalid).
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -36,6 +37,11 @@ class Transport(Protocol):
 
 def auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def env_token() -> str | None:
+    """The token clients present by default: the write token, else a read-only one."""
+    return os.environ.get("TRAINPILOT_TOKEN") or os.environ.get("TRAINPILOT_READ_TOKEN") or None
 
 
 class HttpTransport:

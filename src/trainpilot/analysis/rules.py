@@ -478,24 +478,17 @@ class PaceTracker:
         ratio = median / self.baseline if self.higher_is_worse else self.baseline / max(median, 1e-12)
         if ratio >= self.t.bottleneck_ratio:
             self.recent.clear()
-            return [
-                Finding(
-                    "input_bottleneck",
-                    "warning",
-                    step,
-                    step - PACE_WINDOW,
-                    {
-                        "metric": self.key,
-                        "recent_median": _r(median),
-                        "baseline": _r(self.baseline),
-                        "ratio": _r(ratio),
-                    },
-                    f"{self.key} is {ratio:.1f}x worse than early in the run "
-                    f"({self.baseline:.4g} -> {median:.4g})",
-                    "the input pipeline may be the bottleneck: more DataLoader workers, pin_memory, "
-                    "prefetching, faster storage, or decode/augment on the GPU",
-                )
-            ]
+            evidence = {
+                "metric": self.key,
+                "recent_median": _r(median),
+                "baseline": _r(self.baseline),
+                "ratio": _r(ratio),
+            }
+            message = (
+                f"{self.key} is {ratio:.1f}x worse than early in the run "
+                f"({self.baseline:.4g} -> {median:.4g})"
+            )
+            return [_input_bottleneck(step, evidence, message, "may be")]  # a slowing step has other causes
         return []
 
 
@@ -526,19 +519,26 @@ class InputShareTracker:
             return []
         data = sorted(d for d, _ in self.pairs)[PACE_WINDOW // 2]
         total = sorted(t for _, t in self.pairs)[PACE_WINDOW // 2]
-        return [
-            Finding(
-                "input_bottleneck",
-                "warning",
-                step,
-                step - PACE_WINDOW,
-                {"metric": self.key, "data_time": _r(data), "step_time": _r(total), "share": _r(share)},
-                f"the training loop waits for data {min(share, 1.0):.0%} of each step "
-                f"(medians of the last {PACE_WINDOW} steps: {data:.4g} s of {total:.4g} s)",
-                "the input pipeline is the bottleneck: more DataLoader workers, pin_memory, "
-                "prefetching, faster storage, or decode/augment on the GPU",
-            )
-        ]
+        evidence = {"metric": self.key, "data_time": _r(data), "step_time": _r(total), "share": _r(share)}
+        message = (
+            f"the training loop waits for data {min(share, 1.0):.0%} of each step "
+            f"(medians of the last {PACE_WINDOW} steps: {data:.4g} s of {total:.4g} s)"
+        )
+        return [_input_bottleneck(step, evidence, message, "is")]
+
+
+def _input_bottleneck(step: int, evidence: dict[str, Any], message: str, verdict: str) -> Finding:
+    """One finding for both clues (data-time share, step-time trend): the same fault, the same fixes."""
+    return Finding(
+        "input_bottleneck",
+        "warning",
+        step,
+        step - PACE_WINDOW,
+        evidence,
+        message,
+        f"the input pipeline {verdict} the bottleneck: more DataLoader workers, pin_memory, prefetching, "
+        "faster storage, or decode/augment on the GPU",
+    )
 
 
 def weak_classes(per_class: dict[str, float], step: int, t: Thresholds) -> list[Finding]:

@@ -24,10 +24,9 @@ def load(source: str, server: str | None = None) -> dict[str, Events]:
     if path.is_file():
         return {path.stem: read_json_events(path)}
     if server:
-        import os
+        from trainpilot.transport import env_token
 
-        token = os.environ.get("TRAINPILOT_TOKEN") or os.environ.get("TRAINPILOT_READ_TOKEN")
-        return {source: from_server(server, source, token)}
+        return {source: from_server(server, source, env_token())}
     raise ValueError(f"{source} is neither a directory nor a file; for a run id, pass --server URL")
 
 
@@ -58,10 +57,12 @@ def read_json_events(path: Path) -> Events:
 def from_server(server: str, run_id: str, token: str | None = None) -> Events:
     import httpx
 
+    from trainpilot.transport import auth_headers
+
     response = httpx.get(
         f"{server.rstrip('/')}/api/metrics/history",
         params={"run_id": run_id, "max_points": 100000},
-        headers={"Authorization": f"Bearer {token}"} if token else {},
+        headers=auth_headers(token),
         timeout=60,
     )
     if response.status_code != 200:

@@ -51,19 +51,25 @@ CODES = {
 }
 
 
-def known_error(exc: Exception) -> JSON | None:
-    """The answer to one of our own exceptions; None for anything else (a bug: a 500)."""
+def classify(exc: Exception) -> tuple[int, str, str, str | None] | None:
+    """(status, code, message, field) of one of our own exceptions; None for anything else (a bug)."""
     if isinstance(exc, HTTPError):
-        return error_response(exc.status, exc.code, exc.message, exc.field)
+        return exc.status, exc.code, exc.message, exc.field
     if isinstance(exc, InvalidInput):
-        return error_response(422, "invalid_input", str(exc), exc.field)
+        return 422, "invalid_input", str(exc), exc.field
     if isinstance(exc, NotFound):
-        return error_response(404, "not_found", str(exc))
+        return 404, "not_found", str(exc), None
     if isinstance(exc, Conflict):
-        return error_response(409, "conflict", str(exc))
+        return 409, "conflict", str(exc), None
     if isinstance(exc, StoreUnavailable):
-        return error_response(503, "store_unavailable", str(exc))
+        return 503, "store_unavailable", str(exc), None
     return None
+
+
+def known_error(exc: Exception) -> JSON | None:
+    """The HTTP answer to one of our own exceptions; None for anything else (a bug: a 500)."""
+    found = classify(exc)
+    return None if found is None else error_response(*found)
 
 
 def install(app: FastAPI) -> None:

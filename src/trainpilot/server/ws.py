@@ -16,9 +16,9 @@ from urllib.parse import parse_qs
 import orjson
 
 from trainpilot.broker import Subscriber
-from trainpilot.exceptions import Conflict, InvalidInput, NotFound, StoreUnavailable
+from trainpilot.exceptions import InvalidInput
 from trainpilot.server.auth import check, presented_token
-from trainpilot.server.errors import HTTPError
+from trainpilot.server.errors import HTTPError, classify
 from trainpilot.server.hub import Hub
 from trainpilot.server.sse import parse_cursor, parse_filter
 from trainpilot.wire import check_run_id, decode_batch
@@ -65,19 +65,13 @@ class Connection:
             if handler is None:
                 raise InvalidInput("op", "must be one of subscribe, unsubscribe, ingest, control, ping")
             reply = await handler(message)
-        except HTTPError as exc:
-            reply = {"op": "error", "error": {"code": exc.code, "message": exc.message}}
-        except InvalidInput as exc:
-            reply = {
-                "op": "error",
-                "error": {"code": "invalid_input", "message": str(exc), "field": exc.field},
-            }
-        except NotFound as exc:
-            reply = {"op": "error", "error": {"code": "not_found", "message": str(exc)}}
-        except Conflict as exc:
-            reply = {"op": "error", "error": {"code": "conflict", "message": str(exc)}}
-        except StoreUnavailable as exc:
-            reply = {"op": "error", "error": {"code": "store_unavailable", "message": str(exc)}}
+        except Exception as exc:
+            found = classify(exc)
+            if found is None:
+                raise
+            _status, code, text, field = found
+            error = {"code": code, "message": text, **({"field": field} if field is not None else {})}
+            reply = {"op": "error", "error": error}
         if ref is not None:
             reply["ref"] = ref
         await self.reply(reply)
