@@ -55,7 +55,8 @@ def training_section(result: dict[str, Any]) -> list[str]:
         "",
         f"The digits CNN of `trainpilot demo`, {result['epochs']} epoch(s), same seed, each run in its "
         f"own process; {result['repeats']} interleaved run(s) per variant, the median compared. trainpilot "
-        "logs every step's 16 metrics (loss, accuracy, lr, gradient norms, timings) to a real server; the "
+        "logs every step's metrics (loss, accuracy, lr, gradient norms of every layer, timings) to a real "
+        "server; the "
         "TensorBoard writer writes the same scalars. Steps/s are the training loop's; the final flush "
         "(`finish()`, the writer's `close()`) is timed apart. The server runs on the same two cores.",
         "",
