@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import peers
+import plots
 from common import RESULTS, save, summary_us
 
 WORKER = Path(__file__).resolve().parent / "log_worker.py"
@@ -106,6 +107,54 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
                 f"{f99:.0f}x at p99 ({best99['tool']}) (target >= 10x): {'met' if met else 'NOT met'}"
             )
     return out
+
+
+def section(result: dict[str, Any]) -> list[str]:
+    rows = result["rows"]
+    lines = [
+        "## 1. Cost to the training loop: `log()` of 8 scalars",
+        "",
+        f"{result['steps']:,} steps per tool, each in its own process (peers in their own virtual "
+        "environments, offline); the per-call time of one step's logging (TensorBoard writers: 8 "
+        "`add_scalar` calls), then the flush, then what was persisted, read back from disk or the server.",
+        "",
+        "| tool | version | p50 µs | p99 µs | mean µs | flush s | persisted |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['tool']} | **not measured**: {row['error'][:160]} | | | | | |")
+            continue
+        us = row["us"]
+        persisted = f"{row['persisted']:,} / {row['expected']:,}"
+        if row["tool"] in FLOORS:
+            persisted += " (in memory: a floor)"
+        elif row["tool"].endswith("spooling)"):
+            persisted += " (spooled to disk)"
+        lines.append(
+            f"| {row['tool']} | {row['version']} | {us['p50']:,.2f} | {us['p99']:,.2f} | {us['mean']:,.2f} "
+            f"| {row['finish_s']:.2f} | {persisted} |"
+        )
+    lines += ["", "Targets (issue 10), checked against this run's own floors and peers:", ""]
+    lines += [f"- {v}" for v in verdicts(rows)]
+    lines += ["", f"![log() cost per tool]({plot(rows)})", ""]
+    return lines
+
+
+def plot(rows: list[dict[str, Any]]) -> str:
+    plt = plots.pyplot()
+    ok = [r for r in rows if "error" not in r]
+    names = [r["tool"] for r in ok]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(ok) + 1.2))
+    y = range(len(ok))
+    ax.barh([i + 0.2 for i in y], [r["us"]["p50"] for r in ok], height=0.4, label="p50")
+    ax.barh([i - 0.2 for i in y], [r["us"]["p99"] for r in ok], height=0.4, label="p99")
+    ax.set_yticks(list(y), names)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("µs per step of 8 scalars (log scale)")
+    ax.legend()
+    return plots.save(fig, "bench_log_cost")
 
 
 if __name__ == "__main__":

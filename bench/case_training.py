@@ -70,5 +70,39 @@ def run(quick: bool) -> Path:
     return save("training", {"quick": quick, "epochs": epochs, "repeats": repeats, "rows": rows})
 
 
+def section(result: dict[str, Any]) -> list[str]:
+    rows = result["rows"]
+    lines = [
+        "## 2. Training slowdown: the reference trainer's steps per second",
+        "",
+        f"The digits CNN of `trainpilot demo`, {result['epochs']} epoch(s), same seed, each run in its "
+        f"own process; {result['repeats']} interleaved run(s) per variant, the median compared. trainpilot "
+        "logs every step's metrics (loss, accuracy, lr, gradient norms of every layer, timings) to a real "
+        "server; the "
+        "TensorBoard writer writes the same scalars. Steps/s are the training loop's; the final flush "
+        "(`finish()`, the writer's `close()`) is timed apart. The server runs on the same two cores.",
+        "",
+        "| telemetry | steps/s (median) | slowdown | final flush s | loss points kept | runs (steps/s) |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        each = ", ".join(f"{r['steps_per_s']:.1f}" for r in row["runs"])
+        persisted = row["runs"][-1]["persisted"]
+        steps = row["runs"][-1]["steps"]
+        kept = "-" if row["variant"] == "no telemetry" else f"{persisted:,} / {steps:,}"
+        speed, slowdown = f"{row['steps_per_s']:.1f}", f"{row['slowdown_pct']:+.1f} %"
+        flush = f"{statistics.median(r['flush_s'] for r in row['runs']):.2f}"
+        lines.append(f"| {row['variant']} | {speed} | {slowdown} | {flush} | {kept} | {each} |")
+    trainpilot = next(r for r in rows if r["variant"] == "trainpilot")
+    met = trainpilot["slowdown_pct"] < 1
+    lines += [
+        "",
+        f"Target: trainpilot costs < 1 % of the steps/s: {trainpilot['slowdown_pct']:+.1f} %, "
+        f"{'met' if met else 'NOT met'} (a negative figure is run-to-run noise).",
+        "",
+    ]
+    return lines
+
+
 if __name__ == "__main__":
     run(quick="--quick" in sys.argv)

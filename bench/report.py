@@ -1,111 +1,24 @@
-"""docs/benchmarks.md and its plots, from bench/results/*.json; never edited by hand."""
+"""docs/benchmarks.md and its plots, from bench/results/*.json; never edited by hand.
+
+Each case module owns its section: `section(result) -> list[str]` (Markdown lines, plots drawn
+on the way); this module only orders them under the machine's description.
+"""
 
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
-from case_log_cost import FLOORS, verdicts
 from common import RESULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
-IMG = ROOT / "docs" / "img"
-
-
-def log_cost_section(result: dict[str, Any]) -> list[str]:
-    rows = result["rows"]
-    lines = [
-        "## 1. Cost to the training loop: `log()` of 8 scalars",
-        "",
-        f"{result['steps']:,} steps per tool, each in its own process (peers in their own virtual "
-        "environments, offline); the per-call time of one step's logging (TensorBoard writers: 8 "
-        "`add_scalar` calls), then the flush, then what was persisted, read back from disk or the server.",
-        "",
-        "| tool | version | p50 µs | p99 µs | mean µs | flush s | persisted |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in rows:
-        if "error" in row:
-            lines.append(f"| {row['tool']} | **not measured**: {row['error'][:160]} | | | | | |")
-            continue
-        us = row["us"]
-        persisted = f"{row['persisted']:,} / {row['expected']:,}"
-        if row["tool"] in FLOORS:
-            persisted += " (in memory: a floor)"
-        elif row["tool"].endswith("spooling)"):
-            persisted += " (spooled to disk)"
-        lines.append(
-            f"| {row['tool']} | {row['version']} | {us['p50']:,.2f} | {us['p99']:,.2f} | {us['mean']:,.2f} "
-            f"| {row['finish_s']:.2f} | {persisted} |"
-        )
-    lines += ["", "Targets (issue 10), checked against this run's own floors and peers:", ""]
-    lines += [f"- {v}" for v in verdicts(rows)]
-    lines += ["", "![log() cost per tool](img/bench_log_cost.png)", ""]
-    plot_log_cost(rows)
-    return lines
-
-
-def training_section(result: dict[str, Any]) -> list[str]:
-    rows = result["rows"]
-    lines = [
-        "## 2. Training slowdown: the reference trainer's steps per second",
-        "",
-        f"The digits CNN of `trainpilot demo`, {result['epochs']} epoch(s), same seed, each run in its "
-        f"own process; {result['repeats']} interleaved run(s) per variant, the median compared. trainpilot "
-        "logs every step's metrics (loss, accuracy, lr, gradient norms of every layer, timings) to a real "
-        "server; the "
-        "TensorBoard writer writes the same scalars. Steps/s are the training loop's; the final flush "
-        "(`finish()`, the writer's `close()`) is timed apart. The server runs on the same two cores.",
-        "",
-        "| telemetry | steps/s (median) | slowdown | final flush s | loss points kept | runs (steps/s) |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for row in rows:
-        each = ", ".join(f"{r['steps_per_s']:.1f}" for r in row["runs"])
-        persisted = row["runs"][-1]["persisted"]
-        steps = row["runs"][-1]["steps"]
-        kept = "-" if row["variant"] == "no telemetry" else f"{persisted:,} / {steps:,}"
-        speed, slowdown = f"{row['steps_per_s']:.1f}", f"{row['slowdown_pct']:+.1f} %"
-        flush = f"{statistics.median(r['flush_s'] for r in row['runs']):.2f}"
-        lines.append(f"| {row['variant']} | {speed} | {slowdown} | {flush} | {kept} | {each} |")
-    trainpilot = next(r for r in rows if r["variant"] == "trainpilot")
-    met = trainpilot["slowdown_pct"] < 1
-    lines += [
-        "",
-        f"Target: trainpilot costs < 1 % of the steps/s: {trainpilot['slowdown_pct']:+.1f} %, "
-        f"{'met' if met else 'NOT met'} (a negative figure is run-to-run noise).",
-        "",
-    ]
-    return lines
-
-
-def plot_log_cost(rows: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in rows if "error" not in r]
-    names = [r["tool"] for r in ok]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(ok) + 1.2))
-    y = range(len(ok))
-    ax.barh([i + 0.2 for i in y], [r["us"]["p50"] for r in ok], height=0.4, label="p50")
-    ax.barh([i - 0.2 for i in y], [r["us"]["p99"] for r in ok], height=0.4, label="p99")
-    ax.set_yticks(list(y), names)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("µs per step of 8 scalars (log scale)")
-    ax.legend()
-    fig.tight_layout()
-    IMG.mkdir(parents=True, exist_ok=True)
-    fig.savefig(IMG / "bench_log_cost.png", dpi=110)
-    plt.close(fig)
 
 
 def main() -> None:
+    from run import CASES
+
     results = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
     any_result = next(iter(results.values()), None)
     lines = [
@@ -124,19 +37,15 @@ def main() -> None:
             + ".",
             "",
         ]
-    if "log_cost" in results:
-        lines += log_cost_section(results["log_cost"])
-    if "training" in results:
-        lines += training_section(results["training"])
-    lines += [
-        "## Not measured yet",
-        "",
-        "Cases 3-7 of issue 10 (ingest, live latency and fan-out against a raw "
-        "asyncio floor, history against the TensorBoard reader, footprint, growth plots) and the "
-        "callgrind instruction count are not in the suite yet; `bench/quick_fanout.py` and "
-        "docs/results.md hold the earlier quick checks.",
-        "",
-    ]
+    missing = []
+    for case in CASES:
+        result: dict[str, Any] | None = results.get(case.result)
+        if result is None:
+            missing.append(case.title)
+            continue
+        lines += case.module.section(result)
+    if missing:
+        lines += ["## Not measured in this run", ""] + [f"- {title}" for title in missing] + [""]
     DOC.write_text("\n".join(lines))
     print(f"wrote {DOC.relative_to(ROOT)}", flush=True)
 

@@ -1,31 +1,45 @@
 """Run the benchmark suite, a progress line per case, then regenerate docs/benchmarks.md.
 
-python bench/run.py            # make bench
-python bench/run.py --quick    # make bench-quick: the same cases, small sizes
+python bench/run.py                 # make bench
+python bench/run.py --quick         # make bench-quick: the same cases, small sizes
+python bench/run.py --only ingest   # one case (by its result name), then the report
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
+from types import ModuleType
 
 import case_log_cost
 import case_training
 import report
 
+
+@dataclass(frozen=True)
+class Case:
+    title: str
+    result: str  # bench/results/<result>.json
+    module: ModuleType  # run(quick) -> Path, section(result) -> list[str]
+
+
 CASES = [
-    ("1. cost to the training loop (log of 8 scalars)", case_log_cost.run),
-    ("2. training slowdown (reference trainer, steps/s)", case_training.run),
+    Case("1. cost to the training loop (log of 8 scalars)", "log_cost", case_log_cost),
+    Case("2. training slowdown (reference trainer, steps/s)", "training", case_training),
 ]
 
 
 def main() -> None:
     quick = "--quick" in sys.argv
-    for name, run in CASES:
-        print(f"case {name}{' (quick)' if quick else ''} ...", flush=True)
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
+    for case in CASES:
+        if only is not None and case.result != only:
+            continue
+        print(f"case {case.title}{' (quick)' if quick else ''} ...", flush=True)
         started = time.perf_counter()
-        path = run(quick)
-        print(f"case {name}: done in {time.perf_counter() - started:.0f} s -> {path.name}", flush=True)
+        path = case.module.run(quick)
+        print(f"case {case.title}: done in {time.perf_counter() - started:.0f} s -> {path.name}", flush=True)
     report.main()
 
 
