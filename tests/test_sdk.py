@@ -453,3 +453,26 @@ def test_an_exception_in_a_with_block_marks_the_run_failed(shared_server: LiveSe
     with trainpilot.init(project="sdk", server=url, data_dir=client) as clean:
         clean.log({"loss": 1.0})
     assert run_info(url, clean.id)["status"] == "finished"
+
+
+def test_steps_logged_faster_than_the_send_interval_share_requests(
+    shared_server: LiveServer, tmp_path: Path
+) -> None:
+    url = shared_server.url
+    run = trainpilot.init(project="sdk", server=url, data_dir=str(tmp_path / "client"), run_id=unique("fast"))
+    batches: list[int] = []
+    send = run._sender.transport.send
+
+    def counted(run_id: str, events: list[dict[str, Any]]) -> None:
+        send(run_id, events)
+        metrics = sum(1 for e in events if e["kind"] == "metrics")
+        if metrics:
+            batches.append(metrics)
+
+    run._sender.transport.send = counted  # type: ignore[method-assign]
+    for step in range(300):
+        run.log({"loss": 1.0 / (step + 1)}, step=step)
+    run.finish(timeout=30)
+    assert history(url, run.id)["step"] == list(range(300))
+    assert sum(batches) == 300  # every step sent once
+    assert len(batches) <= 10, batches  # a tight loop gathers into a few requests, not 300

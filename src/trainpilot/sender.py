@@ -1,7 +1,8 @@
 """The SDK's background sender: batches what `run.log()` queued, sends it, spools it when it cannot.
 
 Batching is adaptive, not timed (DESIGN.md): each pass takes everything queued since the last one
-(one event at low rate, thousands under load), so "live" costs no fixed flush delay. Values are
+(one event at low rate, thousands under load), so "live" costs no fixed flush delay. Passes start at
+most every `SEND_INTERVAL_S`, so a loop logging faster than that sends several steps per request. Values are
 cleaned here, off the training thread: tensors and numpy scalars become floats, NaN/Inf become the
 wire's markers. A batch that cannot be delivered goes to the spool, in order, and is replayed with
 backoff; each event carries a per-run `seq`, so a batch sent twice is stored once. A run that has
@@ -31,6 +32,10 @@ log = logging.getLogger("trainpilot")
 MAX_EVENTS_PER_REQUEST = 10_000
 SPILL_AT = 20_000  # items waiting in memory while a slow server answers: past this, go to the spool
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.25, 10.0
+# Sends start at most this often: events that come faster gather into one batch (one request and one
+# commit for several steps), so a fast training loop pays for telemetry per batch, not per step. A
+# quiet run's event still goes at once; the most it waits is this interval (TRAINPILOT_SEND_INTERVAL_MS).
+SEND_INTERVAL_S = float(os.environ.get("TRAINPILOT_SEND_INTERVAL_MS", "20")) / 1000
 HEARTBEAT_S = float(os.environ.get("TRAINPILOT_RUN_HEARTBEAT_S", "10"))  # well inside the server's 60 s
 
 
@@ -109,6 +114,7 @@ class Sender(threading.Thread):
         self._retry_at = 0.0
         self._flushes: list[Flush] = []
         self._heard_at = time.monotonic()  # the last time the server took something from us
+        self._sent_at = -SEND_INTERVAL_S  # when the last send began
 
     @property
     def run_id(self) -> str:
@@ -154,6 +160,9 @@ class Sender(threading.Thread):
             first = self.queue.get(timeout=timeout)
         except queue.Empty:
             return []
+        gather = self._sent_at + SEND_INTERVAL_S - time.monotonic()
+        if gather > 0 and type(first) is tuple:
+            time.sleep(gather)  # events come faster than sends: let them gather into one batch
         return [first, *_drain(self.queue)]
 
     def _backlogged(self) -> bool:
@@ -182,6 +191,8 @@ class Sender(threading.Thread):
         }
 
     def _deliver(self, events: list[dict[str, Any]]) -> None:
+        if events:
+            self._sent_at = time.monotonic()
         for start in range(0, len(events), MAX_EVENTS_PER_REQUEST):
             batch = events[start : start + MAX_EVENTS_PER_REQUEST]
             if self.spool or self._backlogged() or not self._send(batch):
