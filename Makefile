@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck serve clean browser analysis-eval corpus fuzz bench bench-quick
+.PHONY: demo test lint typecheck serve clean browser analysis-eval corpus fuzz bench bench-quick bench-tools
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -45,12 +45,16 @@ fuzz: $(STAMP)
 
 # trainpilot next to the floors and the peers, each peer in its own environment (bench/peers.py);
 # rewrites bench/results/ and docs/benchmarks.md.
-bench: $(STAMP)
+# valgrind counts instructions per log(); without it (no root, no apt) that figure says "not measured".
+bench-tools: $(STAMP)
 	$(BIN)/pip install --quiet "matplotlib>=3.8"
+	@command -v valgrind >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null) \
+		|| echo "WARNING: could not install valgrind; instructions per log() will not be measured"
+
+bench: bench-tools
 	cd bench && ../$(BIN)/python run.py
 
-bench-quick: $(STAMP)
-	$(BIN)/pip install --quiet "matplotlib>=3.8"
+bench-quick: bench-tools
 	cd bench && ../$(BIN)/python run.py --quick
 
 analysis-eval: $(STAMP)

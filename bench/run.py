@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from types import ModuleType
 
+import case_instructions
 import case_log_cost
 import case_training
 import report
@@ -26,6 +27,7 @@ class Case:
 
 CASES = [
     Case("1. cost to the training loop (log of 8 scalars)", "log_cost", case_log_cost),
+    Case("1b. instructions per log() (callgrind)", "instructions", case_instructions),
     Case("2. training slowdown (reference trainer, steps/s)", "training", case_training),
 ]
 
