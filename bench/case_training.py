@@ -95,6 +95,13 @@ def section(result: dict[str, Any]) -> list[str]:
         lines.append(f"| {row['variant']} | {speed} | {slowdown} | {flush} | {kept} | {each} |")
     trainpilot = next(r for r in rows if r["variant"] == "trainpilot")
     met = trainpilot["slowdown_pct"] < 1
+    requests = trainpilot["runs"][-1].get("requests")
+    if requests:
+        steps = trainpilot["runs"][-1]["steps"]
+        lines += [
+            "",
+            f"The SDK posted {requests:,} batches for {steps:,} steps ({steps / requests:.1f} a request).",
+        ]
     lines += [
         "",
         f"Target: trainpilot costs < 1 % of the steps/s: {trainpilot['slowdown_pct']:+.1f} %, "
