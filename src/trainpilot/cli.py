@@ -157,6 +157,11 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store", help="store URL, e.g. sqlite:///path/db or memory:// (default: SQLite in data dir)"
     )
+    p.add_argument(
+        "--broker",
+        help="live fan-out: memory:// (default, one server) or redis://host:6379/0 for several replicas "
+        "sharing one store (env TRAINPILOT_BROKER)",
+    )
     p.add_argument("--token", help="write token: needed for changes, and reads too (env TRAINPILOT_TOKEN)")
     p.add_argument(
         "--read-token", help="an optional read-only token, for viewers (env TRAINPILOT_READ_TOKEN)"
@@ -175,6 +180,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         data_dir=args.data_dir,
         store=args.store,
+        broker=args.broker,
         token=args.token,
         read_token=args.read_token,
         cors_origins=args.cors_origins,
@@ -185,7 +191,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     print(
-        f"trainpilot {args.command}: {settings.url}/  (store {settings.store_url}; Ctrl-C to stop)",
+        f"trainpilot {args.command}: {settings.url}/  (store {settings.store_url}, broker {settings.broker}; "
+        "Ctrl-C to stop)",
         flush=True,
     )
     print(f"  live stream: curl -N {settings.url}/api/stream/metrics", flush=True)

@@ -1,12 +1,13 @@
 """The Broker seam: live fan-out of stored events to SSE and WebSocket subscribers.
 
 `memory` (the default) is one shared ring of pre-encoded frames with a cursor per subscriber
-(DESIGN.md, fan-out). Backends are picked by URL and imported lazily, like stores.
+(DESIGN.md, fan-out); `redis` feeds such a ring from every replica's commits. Backends are
+picked by URL and imported lazily, like stores.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from trainpilot.broker.subscriber import Filter, Subscriber
 from trainpilot.events import Event
@@ -40,12 +41,23 @@ class Broker(Protocol):
         """Live subscribers by transport (``sse``, ``ws``), for /api/system/info and /metrics."""
         ...
 
+    def health(self) -> dict[str, Any]:
+        """``ok`` and ``backend``; a broker that is not ok still serves (degraded), and says how."""
+        ...
+
 
 def open_broker(url: str, store: Store, *, ring_size: int = 16384, heartbeat_s: float = 15.0) -> Broker:
-    """The broker for a URL: ``memory://``. It replays from `store` what a subscriber missed."""
+    """The broker for a URL: ``memory://`` (one server) or ``redis://host:port/db`` (replicas).
+
+    Either replays from `store` what a subscriber missed.
+    """
     scheme = url.split(":", 1)[0]
     if scheme == "memory":
         from trainpilot.broker.memory import MemoryBroker
 
         return MemoryBroker(store, ring_size=ring_size, heartbeat_s=heartbeat_s)
-    raise ConfigError(f"unknown broker {url!r}: use memory://")
+    if scheme in ("redis", "rediss"):
+        from trainpilot.broker.redis import RedisBroker
+
+        return RedisBroker(url, store, ring_size=ring_size, heartbeat_s=heartbeat_s)
+    raise ConfigError(f"unknown broker {url!r}: use memory:// or redis://host:6379/0")

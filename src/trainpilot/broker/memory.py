@@ -83,6 +83,9 @@ class MemoryBroker:
         for sub in list(self._subs):
             self._drop(sub, "server shutting down")
 
+    def health(self) -> dict[str, Any]:
+        return {"ok": True, "backend": "memory"}
+
     def counts(self) -> dict[str, int]:
         counts = {"sse": 0, "ws": 0}
         for sub in self._subs:

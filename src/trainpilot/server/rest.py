@@ -65,7 +65,7 @@ def point_dict(point: Point) -> dict[str, Any]:
 @router.get("/api/system/health", tags=["system"], summary="Liveness and store/broker health")
 async def get_health(request: Request) -> Response:
     body = await system.health(hub_of(request))
-    return JSON(body, status_code=200 if body["status"] == "ok" else 503)
+    return JSON(body, status_code=503 if body["status"] == "unhealthy" else 200)
 
 
 @router.get(

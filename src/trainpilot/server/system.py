@@ -23,10 +23,12 @@ _process = psutil.Process()
 
 async def health(hub: Hub) -> dict[str, Any]:
     store = await hub.store.health()
+    broker = hub.broker.health()
+    status = "unhealthy" if not store.get("ok") else "ok" if broker.get("ok") else "degraded"
     return {
-        "status": "ok" if store.get("ok") else "unhealthy",
+        "status": status,
         "store": store,
-        "broker": {"ok": True, "backend": hub.settings.broker.split(":", 1)[0]},
+        "broker": broker,
         "uptime_s": round(time.time() - hub.started_at, 3),
     }
 
