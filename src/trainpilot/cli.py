@@ -19,6 +19,7 @@ import datetime as dt
 import os
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from trainpilot.events import ACTIONS
@@ -52,6 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the server")
     add_serve_flags(serve)
     serve.set_defaults(func=cmd_serve)
+
+    export = sub.add_parser(
+        "export",
+        help="write runs from a store to a JSON-lines file",
+        description="Runs and all their events, for `trainpilot import` into another store. Reads the "
+        "store directly (a running server may keep serving it). Images stay in <data dir>/media.",
+    )
+    add_store_flags(export)
+    export.add_argument("--run", action="append", default=[], help="a run id (repeatable; default: all)")
+    export.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    export.set_defaults(func=cmd_export)
+
+    imp = sub.add_parser(
+        "import",
+        help="read runs exported by `trainpilot export` into a store",
+        description="Runs already in the target store are skipped, so importing twice stores nothing "
+        "twice. Import while no server writes to the target store: servers keep per-run state.",
+    )
+    imp.add_argument("file", help="the export (JSON lines; - for stdin)")
+    add_store_flags(imp)
+    imp.set_defaults(func=cmd_import)
 
     demo = sub.add_parser(
         "demo",
@@ -168,6 +190,64 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cors-origins", help="comma-separated origins allowed to call the API (default none)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def add_store_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="store URL (env TRAINPILOT_STORE; default: SQLite in the data dir)")
+    p.add_argument("--data-dir", help="data dir of the default SQLite store (default ./trainpilot-data)")
+
+
+def _with_store(args: argparse.Namespace, work: Callable[[Any], Awaitable[int]]) -> int:
+    """Open the store the flags name, run `work` on it, close it; problems become one-line errors."""
+    import asyncio
+
+    from trainpilot.exceptions import TrainpilotError
+    from trainpilot.settings import Settings
+    from trainpilot.store import open_store
+
+    async def run() -> int:
+        store = open_store(Settings.from_env(data_dir=args.data_dir, store=args.store).store_url)
+        await store.open()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except (TrainpilotError, OSError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trainpilot.transfer import export_runs
+
+    async def work(store: Any) -> int:
+        if args.output == "-":
+            return await export_runs(store, sys.stdout.buffer, args.run, progress=_note)
+        with open(args.output, "wb") as out:
+            return await export_runs(store, out, args.run, progress=_note)
+
+    _note(f"exported {_with_store(args, work):,} events")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from trainpilot.transfer import import_runs
+
+    async def work(store: Any) -> int:
+        if args.file == "-":
+            return await import_runs(store, sys.stdin.buffer, progress=_note)
+        with open(args.file, "rb") as lines:
+            return await import_runs(store, lines, progress=_note)
+
+    _note(f"imported {_with_store(args, work):,} events")
+    return 0
+
+
+def _note(text: str) -> None:
+    """Progress on stderr: stdout may be the export itself."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

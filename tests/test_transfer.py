@@ -1,0 +1,64 @@
+"""`trainpilot export` / `import`: a run moves between stores with its curves, status and findings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import LiveServer, create_run, metrics_batch
+from tests.test_cli import assert_one_line_error, cli
+
+
+def snapshot(url: str, run_id: str) -> dict[str, Any]:
+    """What a user sees of a run: its record, its loss curve, its findings."""
+    with httpx.Client(base_url=url, timeout=10) as client:
+        run = client.get(f"/api/runs/{run_id}").json()
+        loss = client.get("/api/metrics/history", params={"run_id": run_id, "keys": "loss"}).json()
+        insights = client.get(f"/api/runs/{run_id}/insights").json()
+    series = loss["series"]["loss"]
+    return {
+        "status": run["status"],
+        "last_step": run["last_step"],
+        "loss": (series["step"], series["value"], series["total"]),
+        "insights": sorted(i["kind"] for i in insights["insights"]),
+    }
+
+
+def test_a_run_exported_and_imported_into_another_store_reads_the_same_and_only_once(tmp_path: Path) -> None:
+    source = LiveServer(tmp_path / "a").start()
+    try:
+        with httpx.Client(base_url=source.url, timeout=10) as client:
+            create_run(client, "moved")
+            client.post("/api/runs/moved/events", json=metrics_batch(0, 300)).raise_for_status()
+            nan = {"events": [{"seq": 10_000, "kind": "metrics", "step": 300, "data": {"loss": "nan"}}]}
+            client.post("/api/runs/moved/events", json=nan).raise_for_status()
+            done = {"events": [{"seq": 10_001, "kind": "status", "data": {"status": "finished"}}]}
+            client.post("/api/runs/moved/events", json=done).raise_for_status()
+        before = snapshot(source.url, "moved")
+    finally:
+        source.stop()
+    export = tmp_path / "runs.jsonl"
+    exported = cli("export", "--data-dir", str(tmp_path / "a"), "-o", str(export))
+    assert exported.returncode == 0, exported.stderr
+    assert "exported moved" in exported.stderr
+
+    for attempt in range(2):  # the second import finds the run there and stores nothing twice
+        imported = cli("import", str(export), "--data-dir", str(tmp_path / "b"))
+        assert imported.returncode == 0, imported.stderr
+        assert ("skipped moved" if attempt else "imported moved") in imported.stderr
+    target = LiveServer(tmp_path / "b").start()
+    try:
+        after = snapshot(target.url, "moved")
+    finally:
+        target.stop()
+    assert after == before
+    assert before["status"] == "finished" and "nan_inf" in before["insights"]
+
+
+def test_a_file_that_is_not_an_export_is_a_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"run": {"id": "x", "project": "p", "name": "n", "config": {}}}\n{"event": 3}\n')
+    assert_one_line_error(cli("import", str(bad), "--data-dir", str(tmp_path / "store")))
+    assert_one_line_error(cli("export", "--data-dir", str(tmp_path / "empty"), "--run", "nope"))
