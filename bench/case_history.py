@@ -73,9 +73,11 @@ def fill(client: httpx.Client, run_id: str, values: list[float]) -> int:
     return stored
 
 
-def history(client: httpx.Client, run_id: str) -> tuple[float, int, dict[str, Any]]:
+def history(
+    client: httpx.Client, run_id: str, max_points: int = MAX_POINTS
+) -> tuple[float, int, dict[str, Any]]:
     """One history request: (seconds, response bytes, the series)."""
-    params = {"run_id": run_id, "keys": TAG, "max_points": MAX_POINTS}
+    params = {"run_id": run_id, "keys": TAG, "max_points": max_points}
     started = time.perf_counter()
     response = client.get("/api/metrics/history", params=params)
     seconds = time.perf_counter() - started
@@ -109,10 +111,13 @@ def measure_trainpilot(folder: str, sizes: list[int]) -> list[dict[str, Any]]:
         with served(folder) as (url, _), httpx.Client(base_url=url, timeout=300) as client:
             cold, size, series = history(client, f"history-{n}")
             warm = [history(client, f"history-{n}")[0] for _ in range(WARM_REPEATS)]
+            # Requests the server has not answered before (999, 998, ... points): the query itself.
+            unseen = [history(client, f"history-{n}", MAX_POINTS - 1 - i)[0] for i in range(WARM_REPEATS)]
         row.update(
             cold_ms=1000 * cold,
             warm_ms=1000 * statistics.median(warm),
             warm_runs_ms=[1000 * w for w in warm],
+            unseen_ms=1000 * statistics.median(unseen),
             response_bytes=size,
             **check(series, *curves[n]),
         )
@@ -192,7 +197,8 @@ def run(quick: bool) -> Path:
         row["tensorboard"] = tb
         print(
             f"  {row['points']:>9,} points: fill {row['fill_s']:6.1f} s ({row['stored']:,} stored); "
-            f"trainpilot cold {row['cold_ms']:8.1f} ms, warm {row['warm_ms']:8.1f} ms, "
+            f"trainpilot cold {row['cold_ms']:8.1f} ms, warm {row['warm_ms']:8.1f} ms "
+            f"(not seen before {row['unseen_ms']:8.1f} ms), "
             f"{row['response_bytes']:,} B, {row['returned']} points of {row['total']:,}, "
             f"spikes {row['spikes_kept']}/{SPIKES}, min {row['min_kept']}, max {row['max_kept']}; "
             f"tensorboard full {1000 * tb['full']['seconds']:9.1f} ms ({tb['full']['points']:,} points), "
@@ -221,8 +227,11 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     return [
         f"{n} -> {row['returned']} points, every spike and the min and max kept: "
         f"{'met' if complete and extremes else 'NOT met'}",
-        f"{n} in {row['warm_ms']:.1f} ms warm (target <= {TARGET_WARM_MS:.0f} ms): "
+        f"{n} in {row['warm_ms']:.1f} ms warm, a repeated request (answered from the store's cache "
+        f"of downsampled answers) (target <= {TARGET_WARM_MS:.0f} ms): "
         f"{'met' if row['warm_ms'] <= TARGET_WARM_MS else 'NOT met'}",
+        f"{n} in {row['unseen_ms']:.1f} ms warm, a request not seen before (the query itself) "
+        f"(target <= {TARGET_WARM_MS:.0f} ms): {'met' if row['unseen_ms'] <= TARGET_WARM_MS else 'NOT met'}",
         f"{n}: cold {factor:.0f}x and warm {warm_factor:.0f}x faster than the tensorboard reader loading "
         f"the series (target >= {TARGET_FACTOR:.0f}x, checked cold): "
         f"{'met' if factor >= TARGET_FACTOR else 'NOT met'}",
@@ -241,7 +250,10 @@ def section(result: dict[str, Any]) -> list[str]:
         f"`GET /api/metrics/history?keys={TAG}&max_points={result['max_points']}` from a real "
         "`trainpilot serve` over its SQLite file, filled through `POST /api/runs/{id}/events` (fill timed "
         "apart). Cold: the first request to a freshly started server process (the OS page cache is not "
-        f"dropped); warm: the median of {WARM_REPEATS} repeats. Each answer is checked: the total, the "
+        f"dropped); warm: the median of {WARM_REPEATS} repeats of that request (the store keeps a "
+        "downsampled answer until its metric gets a new point, so these are cache hits); *unseen*: "
+        f"the median of {WARM_REPEATS} requests the warm server has not answered before (`max_points` "
+        "999, 998, ...), the query's own cost. Each answer is checked: the total, the "
         f"point count, all {result['spikes']} spikes and the global min and max kept exactly. "
         f"TensorBoard {result['tensorboard_version']}: the same series as one event file (written in "
         f"{result['tensorboard_write_s']:.1f} s for the largest size), loaded in a fresh process by "
@@ -250,9 +262,9 @@ def section(result: dict[str, Any]) -> list[str]:
         "(reservoir-sampled, not spike-preserving). TensorBoard's optional Rust data server is not "
         "measured here.",
         "",
-        "| points | fill s | cold ms | warm ms | bytes | returned / total | spikes, min, max kept "
-        "| TB full ms | TB default ms (points) | TB full / cold |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        "| points | fill s | cold ms | warm ms | unseen ms | bytes | returned / total "
+        "| spikes, min, max kept | TB full ms | TB default ms (points) | TB full / cold |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for r in rows:
         tb = r["tensorboard"]
@@ -261,6 +273,7 @@ def section(result: dict[str, Any]) -> list[str]:
         kept += "yes" if r["max_kept"] else "NO"
         lines.append(
             f"| {r['points']:,} | {r['fill_s']:.1f} | {r['cold_ms']:,.1f} | {r['warm_ms']:,.1f} "
+            f"| {r['unseen_ms']:,.1f} "
             f"| {r['response_bytes']:,} | {r['returned']:,} / {r['total']:,} | {kept} | {full_ms:,.0f} "
             f"| {default_ms:,.0f} ({tb['default']['points']:,}) | {full_ms / r['cold_ms']:,.0f}x |"
         )
@@ -273,7 +286,8 @@ def section(result: dict[str, Any]) -> list[str]:
         "ms to the answer",
         {
             "trainpilot cold": [(r["points"], r["cold_ms"]) for r in rows],
-            "trainpilot warm": [(r["points"], r["warm_ms"]) for r in rows],
+            "trainpilot warm (repeat)": [(r["points"], r["warm_ms"]) for r in rows],
+            "trainpilot warm (unseen request)": [(r["points"], r["unseen_ms"]) for r in rows],
             "TensorBoard reader, full": [(r["points"], tb_ms(r, "full")) for r in rows],
             "TensorBoard reader, default": [(r["points"], tb_ms(r, "default")) for r in rows],
         },
