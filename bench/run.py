@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from types import ModuleType
 
+import case_footprint
+import case_history
 import case_instructions
 import case_log_cost
 import case_training
@@ -29,6 +31,8 @@ CASES = [
     Case("1. cost to the training loop (log of 8 scalars)", "log_cost", case_log_cost),
     Case("1b. instructions per log() (callgrind)", "instructions", case_instructions),
     Case("2. training slowdown (reference trainer, steps/s)", "training", case_training),
+    Case("5. history (one metric, downsampled)", "history", case_history),
+    Case("6. footprint (import time, server RSS and CPU)", "footprint", case_footprint),
 ]
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from trainpilot.downsample import downsample
 from trainpilot.events import Event, NewEvent
 from trainpilot.exceptions import NotFound, StoreUnavailable
 from trainpilot.store import Store, open_store
@@ -173,6 +175,47 @@ def test_history_downsamples_keeping_spikes_and_the_latest_point(make_store: Cal
         assert [p.step for p in window.points] == list(range(100, 200)) and not window.downsampled
         (missing,) = await s.history("a", ["nope"])
         assert missing.points == [] and missing.total == 0
+        await s.close()
+
+    run(body())
+
+
+def test_history_is_exactly_downsample_of_the_whole_series(make_store: Callable[[], Store]) -> None:
+    """Gaps, several points at one step and a late point at an old step: every backend answers
+    what `downsample()` makes of the full series, for any budget and step range."""
+
+    async def body() -> None:
+        s = await opened(make_store)
+        await s.create_run("a", "p", "a", {})
+        rng = random.Random(5)
+        steps = [i * 3 for i in range(400)] + [i * 3 for i in range(0, 400, 7)] + list(range(5000, 5300))
+        rng.shuffle(steps)
+        await s.append([metrics("a", step, None, loss=rng.gauss(0, 1)) for step in steps])
+        (whole,) = await s.history("a", ["loss"], max_points=100_000)
+        assert whole.total == len(steps) and not whole.downsampled
+        for start, end in ((None, None), (10, 900), (600, 5200)):
+            lo, hi = start or 0, 10**9 if end is None else end
+            inside = [p for p in whole.points if lo <= p.step <= hi]
+            for budget in (2, 3, 50, 333):
+                (series,) = await s.history("a", ["loss"], start_step=start, end_step=end, max_points=budget)
+                assert series.points == downsample(inside, budget), (start, end, budget)
+                assert series.total == len(inside)
+        await s.close()
+
+    run(body())
+
+
+def test_history_read_again_sees_points_stored_since(make_store: Callable[[], Store]) -> None:
+    async def body() -> None:
+        s = await opened(make_store)
+        await s.create_run("a", "p", "a", {})
+        await s.append([metrics("a", i, i, loss=1.0) for i in range(1000)])
+        for _ in range(2):  # the second read may be answered from a cache
+            (before,) = await s.history("a", ["loss"], max_points=100)
+        await s.append([metrics("a", 500, 1000, loss=99.0)])  # late, at an old step: a new spike
+        (after,) = await s.history("a", ["loss"], max_points=100)
+        assert before.total == 1000 and after.total == 1001
+        assert 99.0 in [p.value for p in after.points]
         await s.close()
 
     run(body())

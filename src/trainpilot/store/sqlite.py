@@ -6,7 +6,8 @@ under load, a single batch costs one commit at low rate). One writer makes ids v
 Readers use their own connections (WAL lets them run beside the writer) on worker threads.
 
 Metric values also go to ``points`` (clustered by metric, then step) so a history read touches only
-that metric's rows, and to ``latest`` so "current metrics" is one indexed read.
+that metric's rows, and to ``latest`` so "current metrics" is one indexed read. A downsampled
+history answer is kept until its metric gets a new point (``SeriesCache``): a repeated read is free.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +64,39 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+class SeriesCache:
+    """Downsampled answers kept for repeated history reads (a dashboard reloaded, a second viewer).
+
+    Each is kept with the metric's newest event id, read before the answer was computed: any point
+    stored for that metric since changes it, so a stale answer is never served. Bounded by the
+    points held, least recently used out first.
+    """
+
+    def __init__(self, budget_points: int = 100_000) -> None:
+        self._entries: OrderedDict[tuple[int, int, int, int], tuple[int, Series]] = OrderedDict()
+        self._held = 0
+        self._budget = budget_points
+        self._lock = threading.Lock()  # readers run on several worker threads
+
+    def get(self, where: tuple[int, int, int, int], version: int) -> Series | None:
+        with self._lock:
+            found = self._entries.get(where)
+            if found is None or found[0] != version:
+                return None
+            self._entries.move_to_end(where)
+            return Series(found[1].key, list(found[1].points), found[1].total)
+
+    def put(self, where: tuple[int, int, int, int], version: int, series: Series) -> None:
+        if len(series.points) > self._budget // 10:
+            return
+        with self._lock:
+            old = self._entries.pop(where, None)
+            self._held += len(series.points) - (len(old[1].points) if old else 0)
+            self._entries[where] = (version, series)
+            while self._held > self._budget:
+                self._held -= len(self._entries.popitem(last=False)[1][1].points)
+
+
 def _run_from_row(row: tuple[Any, ...]) -> Run:
     return Run(row[0], row[1], row[2], row[3], orjson.loads(row[4]), row[5], row[6], row[7], row[8])
 
@@ -80,6 +115,7 @@ class SQLiteStore:
         self._max_seq: dict[str, int] = {}
         self._key_ids: dict[tuple[str, str], int] = {}
         self._last_error: str | None = None
+        self._answers = SeriesCache()
         self._stale = False
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -401,42 +437,60 @@ class SQLiteStore:
         if row is None:
             return Series(key, [], 0)
         key_id = row[0]
+        newest_id = conn.execute("SELECT event_id FROM latest WHERE key_id=?", (key_id,)).fetchone()
+        version = -1 if newest_id is None else newest_id[0]
+        if (answer := self._answers.get((key_id, lo, hi, max_points), version)) is not None:
+            return answer
         where = "FROM points WHERE key_id=? AND step BETWEEN ? AND ?"
-        total, first, last = conn.execute(
-            f"SELECT count(*), min(step), max(step) {where}", (key_id, lo, hi)
-        ).fetchone()
-        if total <= max_points:
-            rows = conn.execute(
-                f"SELECT step, value, ts, event_id {where} ORDER BY step, event_id", (key_id, lo, hi)
-            )
-            return Series(key, [Point(*r) for r in rows], total)
-        newest = conn.execute(
-            f"SELECT step, value, ts, event_id {where} ORDER BY step DESC, event_id DESC LIMIT 1",
-            (key_id, lo, hi),
-        ).fetchone()
-        if max_points < 3:  # no room for a bucket's two extremes plus the latest: the ends, as downsample()
-            oldest = conn.execute(
-                f"SELECT step, value, ts, event_id {where} ORDER BY step, event_id LIMIT 1", (key_id, lo, hi)
+        # One row past the budget tells whether to downsample at all, without counting the range.
+        rows = conn.execute(
+            f"SELECT step, value, ts, event_id {where} ORDER BY step, event_id LIMIT ?",
+            (key_id, lo, hi, max_points + 1),
+        ).fetchall()
+        if len(rows) <= max_points:
+            return Series(key, [Point(*r) for r in rows], len(rows))
+        newest = Point(
+            *conn.execute(
+                f"SELECT step, value, ts, event_id {where} ORDER BY step DESC, event_id DESC LIMIT 1",
+                (key_id, lo, hi),
             ).fetchone()
-            ends = [Point(*oldest), Point(*newest)]
+        )
+        if max_points < 3:  # no room for a bucket's two extremes plus the latest: the ends, as downsample()
+            total = conn.execute(f"SELECT count(*) {where}", (key_id, lo, hi)).fetchone()[0]
+            ends = [Point(*rows[0]), newest]
             return Series(key, ends if max_points == 2 else ends[1:], total)
-        width = bucket_width(first, last, max_points)
-        # SQLite fills bare columns from the row that holds the min() / max(): the extreme points.
-        buckets: dict[int, list[Point]] = {}
-        for agg in ("min", "max"):
-            rows = conn.execute(
-                f"SELECT (step - ?) / ? AS b, {agg}(value), step, ts, event_id {where} GROUP BY b",
-                (first, width, key_id, lo, hi),
-            )
-            for b, value, step, ts, event_id in rows:
-                point = Point(step, value, ts, event_id)
-                extremes = buckets.setdefault(b, [])
-                if not extremes or extremes[0].event_id != event_id:
-                    extremes.append(point)
-        points = [p for b in sorted(buckets) for p in sorted(buckets[b], key=lambda p: (p.step, p.event_id))]
-        if points[-1].event_id != newest[3]:
-            points.append(Point(*newest))
+        points, total = self._extremes(key_id, rows[0][0], newest.step, max_points)
+        if points[-1].event_id != newest.event_id:
+            points.append(newest)
+        self._answers.put((key_id, lo, hi, max_points), version, Series(key, list(points), total))
         return Series(key, points, total)
+
+    def _extremes(self, key_id: int, first: int, last: int, max_points: int) -> tuple[list[Point], int]:
+        """Each step bucket's lowest and highest point in step order, and how many points there are.
+
+        One indexed range read per bucket and extreme: SQLite fills the bare columns from the row that
+        holds the min() / max(). (A GROUP BY over the bucket number sorts the whole range in a temporary
+        B-tree first: measured 4x slower at 1M points.)"""
+        conn = self._reader()
+        width = bucket_width(first, last, max_points)
+        where = "FROM points WHERE key_id=? AND step BETWEEN ? AND ?"
+        lowest = f"SELECT count(*), min(value), step, ts, event_id {where}"
+        highest = f"SELECT step, max(value), ts, event_id {where}"
+        points: list[Point] = []
+        total = 0
+        for start in range(first, last + 1, width):
+            bounds = (key_id, start, min(start + width - 1, last))
+            count, low, step, ts, event_id = conn.execute(lowest, bounds).fetchone()
+            if count == 0:
+                continue
+            total += count
+            lo = Point(step, low, ts, event_id)
+            hi = Point(*conn.execute(highest, bounds).fetchone())
+            if hi.event_id == lo.event_id:
+                points.append(lo)
+            else:
+                points.extend(sorted((lo, hi), key=lambda p: (p.step, p.event_id)))
+        return points, total
 
     async def last_id(self) -> int:
         def query() -> int:
