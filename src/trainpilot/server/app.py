@@ -21,9 +21,9 @@ from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
-from trainpilot import mcpserver
 from trainpilot.broker import open_broker
 from trainpilot.server import auth, errors, media, rest, sse, system, ws
+from trainpilot.server.assistant import MCP_PATH, LazyMCP
 from trainpilot.server.explain import Explainer
 from trainpilot.server.hub import Hub
 from trainpilot.settings import Settings
@@ -60,7 +60,6 @@ STREAM_DOC = {
 }
 
 log = logging.getLogger("trainpilot.server")
-MCP_PATH = "/mcp"
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboard"
 
 
@@ -84,9 +83,9 @@ def create_app(settings: Settings) -> Any:
         await hub.load_lost()
         watchdog = asyncio.create_task(_watch_liveness(hub), name="trainpilot-liveness")
         try:
-            async with assistant.session_manager.run():
-                yield
+            yield
         finally:
+            await assistant.close()
             watchdog.cancel()
             await broker.close()
             await store.close()
@@ -109,12 +108,9 @@ def create_app(settings: Settings) -> Any:
 
     schema = api.openapi()
     schema["paths"][sse.PATH] = STREAM_DOC
-    assistant = mcpserver.in_process(api)
-    mcp_app = assistant.streamable_http_app(
-        streamable_http_path=MCP_PATH, stateless_http=True, host=settings.host
-    )
+    assistant = LazyMCP(api, settings.host)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
-    return Dispatcher(api, mcp_app, origins)
+    return Dispatcher(api, assistant, origins)
 
 
 INGEST = re.compile(r"^/api/runs/([^/]+)/events$")

@@ -1,0 +1,57 @@
+"""The /mcp endpoint, built on its first request.
+
+The MCP SDK and what it imports cost about 30 MB of resident memory (measured, bench case 6): a
+server nobody asks over MCP should not carry them. The first request builds the app; one task
+owns the SDK's session manager from then until the server stops (its task group must be entered
+and left by the same task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+MCP_PATH = "/mcp"
+
+
+class LazyMCP:
+    def __init__(self, api: Any, host: str) -> None:
+        self.api = api
+        self.host = host
+        self._app: Any = None
+        self._ready: asyncio.Future[None] | None = None
+        self._stop = asyncio.Event()
+        self._owner: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self._app is None:
+            if self._ready is None:
+                self._ready = asyncio.get_running_loop().create_future()
+                self._owner = asyncio.create_task(self._own(self._ready), name="trainpilot-mcp")
+            await asyncio.shield(self._ready)
+        await self._app(scope, receive, send)
+
+    async def _own(self, ready: asyncio.Future[None]) -> None:
+        try:
+            from trainpilot import mcpserver
+
+            assistant = mcpserver.in_process(self.api)
+            app = assistant.streamable_http_app(
+                streamable_http_path=MCP_PATH, stateless_http=True, host=self.host
+            )
+            async with assistant.session_manager.run():
+                self._app = app
+                ready.set_result(None)
+                await self._stop.wait()
+        except Exception as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+                self._ready = None  # the next request tries again
+            raise
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._owner is not None:
+            with contextlib.suppress(Exception):
+                await self._owner
