@@ -20,10 +20,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import ingest_mlflow
 import ingest_worker
 import orjson
 import plots
@@ -43,18 +45,37 @@ from trainpilot.wire import decode_batch
 WORKER = Path(__file__).resolve().parent / "ingest_worker.py"
 METRICS = ingest_worker.METRICS
 TARGET_RATE, TARGET_P99_MS = 300_000, 50.0
+LABELS = {"rest": "trainpilot REST", "ws": "trainpilot WebSocket", "mlflow": "MLflow REST log-batch"}
 CEILING = 600_000  # points/s encoded ahead per point measured: above anything one server reaches
 
 
 def measure(
     url: str, db: str, server_pid: int, transport: str, runs: int, events: int, seconds: float, clients: int
 ) -> dict[str, Any]:
-    """Drive `runs` runs from `clients` load processes for `seconds`; read back what was stored."""
+    """Drive `runs` new trainpilot runs from `clients` load processes for `seconds`; read back what
+    was stored."""
     tag = uuid.uuid4().hex[:6]
     run_ids = [f"ingest-{transport}-{events}x{runs}-{i}-{tag}" for i in range(runs)]
     with httpx.Client(base_url=url) as client:
         for run_id in run_ids:
             client.post("/api/runs", json={"id": run_id, "project": "bench-ingest"}).raise_for_status()
+    return drive(
+        url, server_pid, transport, run_ids, events, seconds, clients, lambda: stored_points(db, run_ids)
+    )
+
+
+def drive(
+    url: str,
+    server_pid: int,
+    transport: str,
+    run_ids: list[str],
+    events: int,
+    seconds: float,
+    clients: int,
+    persisted_points: Callable[[], int],
+) -> dict[str, Any]:
+    """The load processes against any server; its CPU counts every process of it (MLflow's workers)."""
+    runs = len(run_ids)
     clients = min(clients, runs)
     share = CEILING * seconds // clients
     workers = [
@@ -92,8 +113,9 @@ def measure(
         w.stdin.write(f"{start}\n")
         w.stdin.flush()
     server = psutil.Process(server_pid)
+    processes = [server, *server.children(recursive=True)]
     time.sleep(max(0.0, start - time.time()))
-    cpu_before, wall_before = sum(server.cpu_times()[:2]), time.time()
+    cpu_before, wall_before = cpu_seconds(processes), time.time()
     psutil.cpu_percent(interval=None)  # the machine's, from here: other load shows in it
     results = []
     for w in workers:
@@ -102,12 +124,12 @@ def measure(
         if w.returncode != 0 or line is None:
             raise RuntimeError(f"load process exited {w.returncode}")
         results.append(json.loads(line[len("RESULT ") :]))
-    server_cpu_s = sum(server.cpu_times()[:2]) - cpu_before
+    server_cpu_s = cpu_seconds(processes) - cpu_before
     server_cpu = server_cpu_s / (time.time() - wall_before)
     machine_cpu = psutil.cpu_percent(interval=None) * (os.cpu_count() or 1)
     window = max(r["last"] for r in results) - min(r["first"] for r in results)
     acked = sum(r["points"] for r in results)
-    persisted = stored_points(db, run_ids)
+    persisted = persisted_points()
     samples = [ns for r in results for ns in r["round_trips_ns"]]
     us = summary_us(samples) if samples else {"p50": 0.0, "p99": 0.0, "mean": 0.0, "max": 0.0}
     return {
@@ -129,6 +151,10 @@ def measure(
         "ran_out_of_batches": sum(r["exhausted"] for r in results),
         "errors": [e for r in results for e in r["errors"]][:5],
     }
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
 def stored_points(db: str, run_ids: list[str]) -> int:
@@ -285,7 +311,29 @@ def plan(quick: bool) -> tuple[float, list[tuple[str, int, int]]]:
         return 0.6, [("rest", 4, 10), ("rest", 4, 1000), ("ws", 4, 1000), ("rest", 16, 100)]
     batch_sweep = [(t, 4, e) for t in ("rest", "ws") for e in (1, 10, 100, 1000)]
     runs_sweep = [("rest", r, 100) for r in (1, 16, 64)]  # 4 runs at 100 is in the batch sweep
-    return 4.0, batch_sweep + runs_sweep
+    return 3.0, batch_sweep + runs_sweep
+
+
+PEER_POINTS = [(4, 10), (4, 100)]  # (runs, events a batch): rows of trainpilot's batch sweep
+PEER_SECONDS = 4.0  # its round trips take seconds: a shorter window holds too few of them
+
+
+def peer(seconds: float, clients: int) -> list[dict[str, Any]]:
+    """MLflow's tracking server fed the same steps; a row saying why if it could not run."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tp-ingest-mlflow-") as folder:
+        try:
+            with ingest_mlflow.served(folder) as (url, db, process):
+                for runs, events in PEER_POINTS:
+                    run_ids = ingest_mlflow.create_runs(url, runs, f"ingest-{runs}x{events}")
+                    count = lambda ids=run_ids: ingest_mlflow.stored_points(db, ids)  # noqa: E731
+                    row = drive(url, process.pid, "mlflow", run_ids, events, seconds, clients, count)
+                    rows.append(row)
+                    print(line(row), flush=True)
+        except RuntimeError as exc:
+            rows.append({"transport": "mlflow", "error": str(exc)[-300:]})
+            print(f"  mlflow: not measured: {exc}", flush=True)
+    return rows
 
 
 def run(quick: bool) -> Path:
@@ -299,6 +347,8 @@ def run(quick: bool) -> Path:
                 row = measure(url, db, process.pid, transport, runs, events, seconds, clients)
                 measured.append(row)
                 print(line(row), flush=True)
+        if not quick:  # MLflow's server start alone outlasts the quick budget
+            measured += peer(PEER_SECONDS, clients)
         batches = 8 if quick else 80
         floors = [
             floor_sqlite(folder, 1000, batches),
@@ -319,6 +369,7 @@ def run(quick: bool) -> Path:
     body = {
         "quick": quick,
         "seconds_per_point": seconds,
+        "peer_seconds_per_point": PEER_SECONDS,
         "rows": measured,
         "floors": floors,
         "stages_us_per_event": costs,
@@ -329,7 +380,7 @@ def run(quick: bool) -> Path:
 def line(row: dict[str, Any]) -> str:
     ms = row["round_trip_ms"]
     return (
-        f"  {row['transport']:4} {row['runs']:3} runs x {row['points_per_batch']:5} points/batch: "
+        f"  {row['transport']:6} {row['runs']:3} runs x {row['points_per_batch']:5} points/batch: "
         f"{row['points_per_s']:>9,.0f} points/s  round trip p50 {ms['p50']:7.2f} ms "
         f"p99 {ms['p99']:7.2f} ms  "
         f"CPU server {row['server_cpu_percent']:3.0f}% load {row['clients_cpu_percent']:3.0f}% "
@@ -341,7 +392,7 @@ def line(row: dict[str, Any]) -> str:
 
 def verdicts(result: dict[str, Any]) -> list[str]:
     """The issue's target, checked against this run's REST rows: the best rate whose p99 holds."""
-    rest = [r for r in result["rows"] if r["transport"] == "rest" and not r["errors"]]
+    rest = [r for r in result["rows"] if r["transport"] == "rest" and not r.get("errors")]
     whole = [r for r in rest if r["points_persisted"] == r["points_acked"] > 0]
     holding = [r for r in whole if r["round_trip_ms"]["p99"] <= TARGET_P99_MS]
     out = []
@@ -358,6 +409,27 @@ def verdicts(result: dict[str, Any]) -> list[str]:
         f"(target >= {TARGET_RATE:,} points/s with p99 <= {TARGET_P99_MS:g} ms): "
         + ("met" if met else "NOT met")
     )
+    return out
+
+
+def against_peer(rows: list[dict[str, Any]]) -> list[str]:
+    """trainpilot's REST rate over MLflow's at the same runs and batch size (no target: context)."""
+    ok = [r for r in rows if "error" not in r and not r["errors"]]
+    out = []
+    for peer_row in (r for r in ok if r["transport"] == "mlflow"):
+        same = [
+            r
+            for r in ok
+            if r["transport"] == "rest"
+            and (r["runs"], r["points_per_batch"]) == (peer_row["runs"], peer_row["points_per_batch"])
+        ]
+        if same and peer_row["points_per_s"] > 0:
+            ratio = same[0]["points_per_s"] / peer_row["points_per_s"]
+            out.append(
+                f"trainpilot REST {ratio:,.0f}x MLflow's rate at {peer_row['runs']} runs x "
+                f"{peer_row['points_per_batch']:,} points a batch ({same[0]['points_per_s']:,.0f} against "
+                f"{peer_row['points_per_s']:,.0f} points/s); no target, context"
+            )
     return out
 
 
@@ -378,17 +450,25 @@ def section(result: dict[str, Any]) -> list[str]:
         "load from outside the benchmark shows as machine > server + load; the server's CPU per point "
         "holds better than its rate when other load shares the cores. With one batch in flight "
         "per run, a batch queues behind the other runs' batches: once the server is saturated the round "
-        "trip grows as runs x points a batch / rate, so large batches buy rate with latency.",
+        "trip grows as runs x points a batch / rate, so large batches buy rate with latency. The peer: "
+        "an MLflow tracking server (`mlflow server`, its defaults, SQLite backend, in its own "
+        "environment; its CPU counts all its processes) fed the same steps through its REST `log-batch` "
+        "(at most 1,000 metrics a request) from the same load processes, counted in its own database, "
+        f"{result.get('peer_seconds_per_point', 4):g} s per row; full mode only (its start alone "
+        "outlasts the quick budget).",
         "",
-        "| transport | runs | points / batch | points/s | round trip p50 ms | p99 ms | max ms "
+        "| server, transport | runs | points / batch | points/s | round trip p50 ms | p99 ms | max ms "
         "| CPU % server | load | machine | server CPU µs / point | persisted / acked |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {LABELS[r['transport']]} | **not measured**: {r['error'][:200]} |" + " |" * 10)
+            continue
         ms = r["round_trip_ms"]
         flag = f" ({r['errors'][0][:80]})" if r["errors"] else ""
         lines.append(
-            f"| {'REST' if r['transport'] == 'rest' else 'WebSocket'} | {r['runs']} "
+            f"| {LABELS[r['transport']]} | {r['runs']} "
             f"| {r['points_per_batch']:,} "
             f"| {r['points_per_s']:,.0f} | {ms['p50']:.2f} | {ms['p99']:.2f} | {ms['max']:.2f} "
             f"| {r['server_cpu_percent']:.0f} | {r['clients_cpu_percent']:.0f} "
@@ -422,15 +502,17 @@ def section(result: dict[str, Any]) -> list[str]:
     ]
     lines += ["", "Target (issue 10), checked against this run:", ""]
     lines += [f"- {v}" for v in verdicts(result)]
+    lines += [f"- {v}" for v in against_peer(result["rows"])]
     lines += ["", *growth_plots(result["rows"]), ""]
     return lines
 
 
 def growth_plots(rows: list[dict[str, Any]]) -> list[str]:
     """Case 7 for ingest: rate and p99 against batch size (4 runs) and against concurrent runs."""
+    rows = [r for r in rows if "error" not in r]
     by_batch = [r for r in rows if r["runs"] == 4]
     by_runs = [r for r in rows if r["transport"] == "rest" and r["points_per_batch"] == 100 * METRICS]
-    names = {"rest": "REST", "ws": "WebSocket"}
+    names = LABELS
 
     def series(chosen: list[dict[str, Any]], x: str, y: Any) -> dict[str, list[tuple[float, float]]]:
         return {

@@ -59,12 +59,31 @@ def values(step: int) -> tuple[float, ...]:
     )
 
 
+MLFLOW_METRIC = b'{"key":"%s","value":%%.6g,"timestamp":%%d,"step":%%d}'
+MLFLOW_METRICS = [MLFLOW_METRIC % n.encode() for n in NAMES]
+
+
 def encode_batches(events: int, count: int, ts: float) -> list[bytes]:
     """`count` JSON event lists of `events` events of 8 metrics each, seqs and steps running on."""
     out = []
     for b in range(count):
         first = b * events
         items = [EVENT % (s, s, ts, *values(s)) for s in range(first, first + events)]
+        out.append(b"[" + b",".join(items) + b"]")
+    return out
+
+
+def encode_mlflow_batches(events: int, count: int, ts: float) -> list[bytes]:
+    """The same steps as MLflow `log-batch` metric lists (one entry per scalar, at most 1000)."""
+    ms = int(ts * 1000)
+    out = []
+    for b in range(count):
+        first = b * events
+        items = [
+            m % (v, ms, s)
+            for s in range(first, first + events)
+            for m, v in zip(MLFLOW_METRICS, values(s), strict=True)
+        ]
         out.append(b"[" + b",".join(items) + b"]")
     return out
 
@@ -87,16 +106,22 @@ class Load:
         self.last = time.time()
 
     async def rest(self, run_id: str, batches: list[bytes]) -> None:
+        await self.http(run_id, batches, f"/api/runs/{run_id}/events", b'{"events":')
+
+    async def mlflow(self, run_id: str, batches: list[bytes]) -> None:
+        prefix = b'{"run_id":"%s","metrics":' % run_id.encode()
+        await self.http(run_id, batches, "/api/2.0/mlflow/runs/log-batch", prefix)
+
+    async def http(self, run_id: str, batches: list[bytes], path: str, prefix: bytes) -> None:
+        """POST each batch on one keep-alive connection, the next once the last is answered."""
         host, port = self.args.url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
-        head = (
-            f"POST /api/runs/{run_id}/events HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        )
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
         await self.wait_for_start()
         for events in batches:
             if time.time() >= self.deadline:
                 break
-            body = b'{"events":' + events + b"}"
+            body = prefix + events + b"}"
             started = time.perf_counter_ns()
             self.first = min(self.first, time.time())
             writer.write(head.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body)
@@ -106,7 +131,9 @@ class Load:
             if not status_and_headers.startswith(b"HTTP/1.1 200"):
                 self.errors.append(f"{run_id}: {status_and_headers[:40]!r} {answer[:200]!r}")
                 break
-            self.done(started, orjson.loads(answer)["stored"])
+            # MLflow answers {} once its transaction committed: the whole batch was stored.
+            stored = orjson.loads(answer).get("stored", self.args.events)
+            self.done(started, stored)
         else:
             self.exhausted += 1
         writer.close()
@@ -138,13 +165,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     runs = args.runs.split(",")
     points_per_batch = args.events * METRICS
     per_run = max(2, args.max_points // points_per_batch // len(runs))
-    batches = encode_batches(args.events, per_run, time.time())
+    encode = encode_mlflow_batches if args.transport == "mlflow" else encode_batches
+    batches = encode(args.events, per_run, time.time())
     load = Load(args)
     print("READY", flush=True)
     load.start = float(sys.stdin.readline())
     cpu = time.process_time()
     load.deadline = load.start + args.seconds
-    drive = load.rest if args.transport == "rest" else load.ws
+    drive = {"rest": load.rest, "ws": load.ws, "mlflow": load.mlflow}[args.transport]
     await asyncio.gather(*(drive(run_id, batches) for run_id in runs))
     return {
         "cpu_s": time.process_time() - cpu,
@@ -160,7 +188,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
-    parser.add_argument("--transport", choices=["rest", "ws"], required=True)
+    parser.add_argument("--transport", choices=["rest", "ws", "mlflow"], required=True)
     parser.add_argument("--runs", required=True, help="comma-separated run ids, created beforehand")
     parser.add_argument("--events", type=int, required=True, help="events (of 8 metrics) per batch")
     parser.add_argument("--seconds", type=float, required=True)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+import orjson
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -32,6 +33,16 @@ def test_ingest_rows_count_only_points_found_in_the_database(case: ModuleType, t
         assert row["points_persisted"] == row["points_acked"] == row["batches"] * 80
         assert row["points_per_s"] > 0
     assert case.verdicts({"rows": rows})  # a verdict, met or not, computed from the rows
+
+
+def test_the_mlflow_batches_carry_the_same_points_within_its_request_limit(case: ModuleType) -> None:
+    worker = importlib.import_module("ingest_worker")
+    ours = [orjson.loads(b) for b in worker.encode_batches(125, 2, 1.0)]
+    theirs = [orjson.loads(b) for b in worker.encode_mlflow_batches(125, 2, 1.0)]
+    assert [len(b) for b in theirs] == [1000, 1000]  # MLflow's log-batch limit
+    for events, metrics in zip(ours, theirs, strict=True):
+        flat = [(e["step"], k, v) for e in events for k, v in e["data"].items()]
+        assert flat == [(m["step"], m["key"], m["value"]) for m in metrics]
 
 
 def test_ingest_floors_persist_every_point(case: ModuleType, tmp_path: Path) -> None:
