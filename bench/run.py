@@ -14,6 +14,7 @@ from types import ModuleType
 
 import case_footprint
 import case_history
+import case_ingest
 import case_instructions
 import case_log_cost
 import case_training
@@ -31,6 +32,7 @@ CASES = [
     Case("1. cost to the training loop (log of 8 scalars)", "log_cost", case_log_cost),
     Case("1b. instructions per log() (callgrind)", "instructions", case_instructions),
     Case("2. training slowdown (reference trainer, steps/s)", "training", case_training),
+    Case("3. ingest (points/s into one server, receipt -> durable)", "ingest", case_ingest),
     Case("5. history (one metric, downsampled)", "history", case_history),
     Case("6. footprint (import time, server RSS and CPU)", "footprint", case_footprint),
 ]

@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS latest(
     key_id INTEGER PRIMARY KEY, step INTEGER NOT NULL, event_id INTEGER NOT NULL,
     value REAL NOT NULL, ts REAL NOT NULL);
 """
+# `seq IS NOT NULL` changes no answer (max() skips NULLs) but lets SQLite use the partial index
+# events_run_seq; without it a new run's first batch scanned every stored event on the writer
+# thread, stalling every run's commits for longer the bigger the database (bench case 3).
+MAX_SEQ_SQL = "SELECT max(seq) FROM events WHERE run_id=? AND seq IS NOT NULL"
 STEP_MIN, STEP_MAX = -(2**63), 2**63 - 1
 RUN_COLUMNS = "id, project, name, status, config, created_at, updated_at, last_step, last_event_id"
 
@@ -293,7 +297,7 @@ class SQLiteStore:
         seen: dict[str, set[int]] = {}
         for run_id, seqs in by_run.items():
             if run_id not in self._max_seq:
-                row = conn.execute("SELECT max(seq) FROM events WHERE run_id=?", (run_id,)).fetchone()
+                row = conn.execute(MAX_SEQ_SQL, (run_id,)).fetchone()
                 self._max_seq[run_id] = -1 if row[0] is None else row[0]
             known = self._max_seq[run_id]
             # Only seqs at or below the highest stored one can be duplicates: probe just those.
