@@ -42,7 +42,7 @@ class RunAnalysis:
         self.per_class: dict[str, float] = {}
         self.said: dict[str, tuple[int, int]] = {}  # kind -> (times, last step)
         self.non_finite: set[str] = set()
-        self.roles: dict[str, Role] = {}
+        self.routes: dict[str, tuple[Role, str | None, str | None]] = {}  # key -> role, layer, class
 
     def observe(self, step: int, metrics: dict[str, float | None]) -> list[Finding]:
         found: list[Finding] = []
@@ -67,7 +67,10 @@ class RunAnalysis:
         for key, value in metrics.items():
             if value is None or not math.isfinite(value):
                 continue
-            split, quantity, base, component = self.roles.get(key) or self.roles.setdefault(key, role(key))
+            route = self.routes.get(key) or self.routes.setdefault(
+                key, (role(key), grad_layer(key), per_class(key))
+            )
+            (split, quantity, base, component), layer, class_name = route
             if quantity == "lr":
                 self.lr = value
             elif quantity == "loss" and split != "val":
@@ -84,8 +87,8 @@ class RunAnalysis:
                 found += self._noisy_labels(step, key, value)
             elif quantity == "acc":
                 self.train_acc = value if self.train_acc is None else 0.9 * self.train_acc + 0.1 * value
-            elif grad_layer(key) is not None or quantity == "grad_norm":
-                found += self.grads.observe(step, key, grad_layer(key), value)
+            elif layer is not None or quantity == "grad_norm":
+                found += self.grads.observe(step, key, layer, value)
             elif quantity == "data_time" and split != "val":
                 self.input_share = self.input_share or InputShareTracker(self.t, key)
                 found += self.input_share.observe(step, "data", value)
@@ -95,8 +98,8 @@ class RunAnalysis:
                 if self.input_share is None:  # without data time, a slowing step is the best clue
                     pace = self.paces.setdefault(key, PaceTracker(key, self.t, quantity == "step_time"))
                     found += pace.observe(step, value)
-            elif (name := per_class(key)) is not None:
-                self.per_class[name] = value
+            elif class_name is not None:
+                self.per_class[class_name] = value
                 class_update = True
         if class_update:
             self.classes = self.classes or len(self.per_class)
@@ -146,7 +149,7 @@ class RunAnalysis:
     def _train_loss(self, base: str) -> float | None:
         """The smoothed training loss a validation loss compares with: the one of the same name
         (``val/box_loss`` with ``train/box_loss``), else the total loss seen most often."""
-        same = [t for t in self.losses.values() if t.ema is not None and self.roles[t.key].base == base]
+        same = [t for t in self.losses.values() if t.ema is not None and self.routes[t.key][0].base == base]
         totals = [t for t in self.losses.values() if t.ema is not None and not t.component]
         candidates = same or totals
         return max(candidates, key=lambda t: t.n).ema if candidates else None

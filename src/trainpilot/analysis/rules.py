@@ -63,6 +63,7 @@ class Finding:
         }
 
 
+CHECK_EVERY = 4  # window statistics are recomputed every this many points, not on every one
 PACE_WINDOW = 30
 
 
@@ -505,6 +506,7 @@ class InputShareTracker:
     key: str = "data_time"
     pending: dict[str, tuple[int, float]] = field(default_factory=dict)  # 'data' | 'step' -> (step, s)
     pairs: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=PACE_WINDOW))
+    seen: int = 0
 
     def observe(self, step: int, which: str, value: float) -> list[Finding]:
         other = self.pending.pop("step" if which == "data" else "data", None)
@@ -512,8 +514,9 @@ class InputShareTracker:
             self.pending[which] = (step, value)
             return []
         self.pairs.append((value, other[1]) if which == "data" else (other[1], value))
-        if len(self.pairs) < PACE_WINDOW:
-            return []
+        self.seen += 1
+        if len(self.pairs) < PACE_WINDOW or self.seen % CHECK_EVERY:
+            return []  # the medians of a window move slowly: every few steps is soon enough
         share = sorted(d / max(total, 1e-12) for d, total in self.pairs)[PACE_WINDOW // 2]
         if share < self.t.input_share:
             return []
