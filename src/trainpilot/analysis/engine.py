@@ -200,7 +200,9 @@ class Analyzer:
         for event in events:
             if event.kind != "metrics" or event.step is None:
                 continue
-            analysis = self.runs.setdefault(event.run_id, RunAnalysis(self.thresholds))
+            analysis = self.runs.get(event.run_id)
+            if analysis is None:
+                analysis = self.runs[event.run_id] = RunAnalysis(self.thresholds)
             for finding in analysis.observe(event.step, event.data):
                 out.append(
                     NewEvent(event.run_id, "insight", finding.as_data(), ts=event.ts, step=finding.step)
