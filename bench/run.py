@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from types import ModuleType
 
+import case_fanout
 import case_log_cost
 import case_training
 import report
@@ -27,6 +28,7 @@ class Case:
 CASES = [
     Case("1. cost to the training loop (log of 8 scalars)", "log_cost", case_log_cost),
     Case("2. training slowdown (reference trainer, steps/s)", "training", case_training),
+    Case("4. live latency and fan-out (SSE, WebSocket, floor)", "fanout", case_fanout),
 ]
 
 
