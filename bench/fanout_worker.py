@@ -115,76 +115,27 @@ class Client:
         if b"resync" in data:
             sub.healthy = False
 
-    async def connect(self, sub: Subscriber) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        a = self.args
-        reader, writer = await asyncio.open_connection("127.0.0.1", a.port, limit=1 << 20)
-        if a.transport == "sse":
-            query = f"run_id={a.run_id}&kinds=metrics"
-            writer.write(f"GET /api/stream/metrics?{query} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-        else:
-            writer.write(
-                b"GET /api/ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % WS_KEY.encode()
-            )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
-        if b" 200 " not in head.split(b"\r\n", 1)[0] and b" 101 " not in head.split(b"\r\n", 1)[0]:
-            raise ConnectionError(head.split(b"\r\n", 1)[0].decode("latin-1"))
-        if a.transport == "ws":
-            subscribe = {"op": "subscribe", "run_id": a.run_id, "kinds": ["metrics"]}
-            writer.write(client_frame(1, orjson.dumps(subscribe)))
-            while b'"subscribed"' not in await self.ws_message(reader, writer):
-                pass
-        return reader, writer
-
-    async def ws_message(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-        """The next text message (answering pings on the way); b"" once the server closes."""
-        while True:
-            head = await reader.readexactly(2)
-            n = head[1] & 0x7F
-            if n == 126:
-                n = int.from_bytes(await reader.readexactly(2), "big")
-            elif n == 127:
-                n = int.from_bytes(await reader.readexactly(8), "big")
-            payload = await reader.readexactly(n)
-            opcode = head[0] & 0x0F
-            if opcode == 9:
-                writer.write(client_frame(10, payload))
-            elif opcode == 8:
-                return b""
-            elif opcode in (0, 1, 2):
-                return payload
-
-    async def subscriber(self, sub: Subscriber, gate: asyncio.Semaphore) -> None:
+    async def subscribe(self, sub: Subscriber, gate: asyncio.Semaphore) -> None:
+        loop = asyncio.get_running_loop()
+        proto = SseStream if self.args.transport == "sse" else WsStream
         try:
             async with gate:
-                reader, writer = await self.connect(sub)
-        except (OSError, asyncio.IncompleteReadError, ConnectionError) as exc:
+                _, stream = await loop.create_connection(
+                    lambda: proto(self, sub), "127.0.0.1", self.args.port
+                )
+                await asyncio.wait_for(stream.ready, 60)
+        except (OSError, ConnectionError, TimeoutError) as exc:
             self.failed.append(repr(exc))
             sub.healthy = False
             return
         self.opened += 1
-        try:
-            if self.args.transport == "ws":
-                while message := await self.ws_message(reader, writer):
-                    self.receive(sub, message)
-            else:
-                pending = b""
-                while chunk := await reader.read(1 << 16):
-                    pending += chunk
-                    end = pending.rfind(b"\n\n") + 2
-                    if end >= 2:
-                        self.receive(sub, pending[:end])
-                        pending = pending[end:]
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        sub.healthy = False  # the stream ended: whatever the reason, not a healthy subscriber
 
     async def wait(self, n: int, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if all(s.count >= n for s in self.subs if s.healthy):
                 break
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
         healthy = [s for s in self.subs if s.healthy]
         lat = sorted(self.latencies)
         k = len(lat)
@@ -213,7 +164,7 @@ class Client:
 
     async def main(self) -> None:
         gate = asyncio.Semaphore(200)  # connect in waves: the listen backlog is finite
-        tasks = [asyncio.create_task(self.subscriber(s, gate)) for s in self.subs]
+        tasks = [asyncio.create_task(self.subscribe(s, gate)) for s in self.subs]
         while self.opened + len(self.failed) < len(self.subs):
             await asyncio.sleep(0.02)
         print("READY " + json.dumps({"opened": self.opened, "failed": len(self.failed)}), flush=True)
@@ -231,6 +182,94 @@ class Client:
                 break
         for t in tasks:
             t.cancel()
+
+
+class SseStream(asyncio.Protocol):
+    """One SSE subscriber, read with callbacks (no stream objects: the client must stay cheap)."""
+
+    def __init__(self, client: Client, sub: Subscriber) -> None:
+        self.client, self.sub = client, sub
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending = b""
+        self.headed = False  # the response's status line and headers are read
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.write(self.request())
+
+    def request(self) -> bytes:
+        query = f"run_id={self.client.args.run_id}&kinds=metrics"
+        return f"GET /api/stream/metrics?{query} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+
+    def data_received(self, data: bytes) -> None:
+        data = self.pending + data if self.pending else data
+        if not self.headed:
+            head, sep, rest = data.partition(b"\r\n\r\n")
+            if not sep:
+                self.pending = data
+                return
+            self.headed = True
+            if not self.accepted(head.split(b"\r\n", 1)[0]):
+                return
+            data = rest
+        self.pending = self.consume(data)
+
+    def accepted(self, status: bytes) -> bool:
+        if b" 200 " in status or b" 101 " in status:
+            self.opened()
+            return True
+        self.ready.set_exception(ConnectionError(status.decode("latin-1")))
+        self.transport.close()
+        return False
+
+    def opened(self) -> None:
+        self.ready.set_result(None)
+
+    def consume(self, data: bytes) -> bytes:
+        """Hand on the complete frames; return the incomplete tail."""
+        end = data.rfind(b"\n\n") + 2
+        if end >= 2:
+            self.client.receive(self.sub, data[:end])
+            return data[end:]
+        return data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sub.healthy = False  # the stream ended: whatever the reason, not a healthy subscriber
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"closed before the stream started: {exc!r}"))
+
+
+class WsStream(SseStream):
+    """One WebSocket subscriber: the handshake, `subscribe`, then text frames (pings answered)."""
+
+    def request(self) -> bytes:
+        return (
+            b"GET /api/ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % WS_KEY.encode()
+        )
+
+    def opened(self) -> None:
+        subscribe = {"op": "subscribe", "run_id": self.client.args.run_id, "kinds": ["metrics"]}
+        self.transport.write(client_frame(1, orjson.dumps(subscribe)))
+
+    def consume(self, data: bytes) -> bytes:
+        while len(data) >= 2:
+            n, at = data[1] & 0x7F, 2
+            if n >= 126:
+                at = 4 if n == 126 else 10
+                if len(data) < at:
+                    break
+                n = int.from_bytes(data[2:at], "big")
+            if len(data) < at + n:
+                break
+            opcode, payload, data = data[0] & 0x0F, data[at : at + n], data[at + n :]
+            if opcode == 9:
+                self.transport.write(client_frame(10, payload))
+            elif opcode in (0, 1) and self.ready.done():
+                self.client.receive(self.sub, payload)
+            elif opcode == 1 and b'"subscribed"' in payload:
+                self.ready.set_result(None)
+        return data
 
 
 # -- the floor: raw asyncio fan-out of the same bytes ----------------------------------------------
