@@ -9,7 +9,10 @@ trainpilot and the floor), then obeys one command a line on stdin and answers on
     quit
 
 Latency is receipt wall time minus the event's `ts` (the client's wall time at `run.log()`, or
-at the floor's write). A subscriber cut off (`resync`, closed) is unhealthy and counted apart.
+at the floor's write), recorded at up to 200 evenly spread subscribers; every subscriber's events
+are counted. Sockets are read with asyncio Protocol callbacks, not streams: at 5000 subscribers a
+stream-based client spent more CPU reading than the floor spent writing. A subscriber cut off
+(`resync`, closed) is unhealthy and counted apart.
 
 `floor` is the raw fan-out floor: an asyncio server that accepts the same connections and, on
 `emit <n> <rate>`, writes each event's bytes (the same SSE frame in HTTP chunked encoding, or the
