@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from types import ModuleType
 
+import case_fanout
 import case_footprint
 import case_history
 import case_ingest
@@ -33,6 +34,7 @@ CASES = [
     Case("1b. instructions per log() (callgrind)", "instructions", case_instructions),
     Case("2. training slowdown (reference trainer, steps/s)", "training", case_training),
     Case("3. ingest (points/s into one server, receipt -> durable)", "ingest", case_ingest),
+    Case("4. live latency and fan-out (SSE, WebSocket, floor)", "fanout", case_fanout),
     Case("5. history (one metric, downsampled)", "history", case_history),
     Case("6. footprint (import time, server RSS and CPU)", "footprint", case_footprint),
 ]

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, create_run, metrics_batch, sse_events
+from trainpilot.server.sse import parse_filter
 from trainpilot.sse_client import ServerEvent, parse
 
 
@@ -177,3 +178,11 @@ def test_parse_handles_multiline_data_and_comments() -> None:
     events = list(parse(lines))
     assert events[0].id == 7 and events[0].name == "log" and events[0].data == "line1\nline2"
     assert events[1].data == {"a": 1} and events[1].name == "message"
+
+
+def test_subscribers_asking_the_same_filter_share_one_copy_of_it() -> None:
+    first = parse_filter(["r-1"], ["metrics"], [])
+    same = parse_filter(["r-1"], ["metrics,metrics"], [])
+    other = parse_filter(["r-2"], ["metrics"], [])
+    assert first is same and first == same
+    assert other != first and other.run_ids == frozenset({"r-2"})

@@ -38,7 +38,12 @@ def parse_filter(run_ids: list[str], kinds: list[str], keys: list[str]) -> Filte
     wanted = split(kinds)
     if wanted is not None and not wanted <= KINDS:
         raise InvalidInput("kinds", f"unknown kinds {sorted(wanted - KINDS)}; use {sorted(KINDS)}")
-    return Filter(run_ids=split(run_ids), kinds=wanted, keys=split(keys))
+    flt = Filter(run_ids=split(run_ids), kinds=wanted, keys=split(keys))
+    # Thousands of subscribers share a handful of filters: one copy each, not one per connection.
+    return _FILTERS.setdefault(flt, flt) if len(_FILTERS) < 1024 else flt
+
+
+_FILTERS: dict[Filter, Filter] = {}
 
 
 def parse_cursor(value: Any, field: str) -> int | None:
@@ -55,23 +60,11 @@ async def stream(hub: Hub, scope: dict[str, Any], receive: Any, send: Any) -> No
     if scope["method"] not in ("GET", "HEAD"):
         await error_response(405, "method_not_allowed", "use GET")(scope, receive, send)
         return
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    last_event_id = next(
-        (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"last-event-id"), None
-    )
     try:
-        check(hub.settings, "read", presented_token(scope["headers"]), query.get("access_token", [None])[-1])
+        flt, after = _request(hub, scope)
     except HTTPError as exc:
         await error_response(exc.status, exc.code, exc.message)(scope, receive, send)
         return
-    try:
-        flt = parse_filter(query.get("run_id", []), query.get("kinds", []), query.get("keys", []))
-        header_cursor = parse_cursor(last_event_id, "Last-Event-ID")
-        after = (
-            header_cursor
-            if header_cursor is not None
-            else parse_cursor(query.get("after", [None])[-1], "after")
-        )
     except InvalidInput as exc:
         await error_response(400, "invalid_input", str(exc), exc.field)(scope, receive, send)
         return
@@ -89,6 +82,21 @@ async def stream(hub: Hub, scope: dict[str, Any], receive: Any, send: Any) -> No
     if sub.done.result() not in ("resync", "disconnected"):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(send({"type": "http.response.body", "body": b"", "more_body": False}), 1.0)
+
+
+def _request(hub: Hub, scope: dict[str, Any]) -> tuple[Filter, int | None]:
+    """Check the token, read the filter and the cursor (a function of its own so that the parsed
+    query does not stay alive, per connection, in the frame of the endless stream)."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    check(hub.settings, "read", presented_token(scope["headers"]), query.get("access_token", [None])[-1])
+    flt = parse_filter(query.get("run_id", []), query.get("kinds", []), query.get("keys", []))
+    last_event_id = next(
+        (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"last-event-id"), None
+    )
+    header_cursor = parse_cursor(last_event_id, "Last-Event-ID")
+    if header_cursor is not None:
+        return flt, header_cursor
+    return flt, parse_cursor(query.get("after", [None])[-1], "after")
 
 
 async def _watch_disconnect(receive: Any, sub: Subscriber) -> None:
