@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -166,3 +167,43 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str =
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class RedisProcess:
+    """A redis-server of a test's own (no disk), on a free port, to kill and restart at will."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        command = [REDIS_SERVER, "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            done = subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True)
+            if done.stdout.strip() == "PONG":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisProcess]:
+    if REDIS_SERVER is None:
+        pytest.skip("LOUD SKIP: redis-server is not installed; the Redis broker is untested here")
+    server = RedisProcess()
+    server.start()
+    yield server
+    server.stop()

@@ -8,60 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
-import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, create_run, free_port, metrics_batch, sse_events
+from tests.conftest import (
+    REDIS_SERVER,
+    LiveServer,
+    RedisProcess,
+    create_run,
+    free_port,
+    metrics_batch,
+    sse_events,
+)
 from trainpilot.broker import Filter, Subscriber
 from trainpilot.broker.redis import RedisBroker
 from trainpilot.events import NewEvent
 from trainpilot.store.memory import MemoryStore
 
-REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(
     REDIS_SERVER is None, reason="LOUD SKIP: redis-server is not installed, the Redis broker is untested here"
 )
 ID = re.compile(rb"^id: (\d+)$", re.M)
-
-
-class RedisProcess:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        command = [REDIS_SERVER, "--port", str(self.port), "--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            done = subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True)
-            if done.stdout.strip() == "PONG":
-                return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisProcess]:
-    server = RedisProcess()
-    server.start()
-    yield server
-    server.stop()
 
 
 class Collector:
