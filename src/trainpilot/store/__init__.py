@@ -116,9 +116,7 @@ def open_store(url: str) -> Store:
         try:
             from trainpilot.store.postgres import PostgresStore
         except ImportError as exc:
-            raise ConfigError(
-                f"the postgres store needs psycopg ({exc}): pip install 'trainpilot[postgres]'"
-            ) from None
+            raise psycopg_missing(exc) from None
         return PostgresStore(url)
     if scheme == "memory":
         from trainpilot.store.memory import MemoryStore
@@ -128,6 +126,10 @@ def open_store(url: str) -> Store:
         f"unknown store {redact_url(url)!r}: use sqlite:///path/to/file.db, postgresql://user@host/db "
         "or memory://"
     )
+
+
+def psycopg_missing(exc: ImportError) -> ConfigError:
+    return ConfigError(f"the postgres store needs psycopg ({exc}): pip install 'trainpilot[postgres]'")
 
 
 def redact_url(url: str) -> str:

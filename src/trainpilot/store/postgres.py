@@ -29,7 +29,7 @@ from trainpilot.downsample import bucket_width
 from trainpilot.events import Event, NewEvent, Point, Run
 from trainpilot.exceptions import ConfigError, NotFound, StoreUnavailable
 from trainpilot.store import CommitListener, Series, redact_url
-from trainpilot.store.postgres_migrations import check
+from trainpilot.store.postgres_migrations import cannot_reach, check
 from trainpilot.store.postgres_writes import RUN_COLUMNS, Append
 
 log = logging.getLogger("trainpilot.store")
@@ -73,7 +73,7 @@ class PostgresStore:
             async with await AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
                 await check(conn, where)
         except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"cannot reach PostgreSQL at {where}: {exc}") from None
+            raise cannot_reach(self.url, exc) from None
         pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
             self._conninfo,
             min_size=1,

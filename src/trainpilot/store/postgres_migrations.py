@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 
-from trainpilot.exceptions import ConfigError
+from trainpilot.exceptions import ConfigError, StoreUnavailable
+from trainpilot.store import redact_url
 
 FILE_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
 LOCK = "SELECT pg_advisory_xact_lock(hashtext('trainpilot.migrate.' || coalesce(current_schema(), '')))"
@@ -73,6 +75,20 @@ async def migrate(conn: AsyncConnection[Any]) -> list[Migration]:
                 "INSERT INTO schema_version(version, name) VALUES (%s, %s)", (m.version, m.name)
             )
     return todo
+
+
+async def migrate_url(url: str) -> tuple[list[Migration], int]:
+    """`trainpilot migrate`: what it applied to the database at `url`, and the version it is at now."""
+    try:
+        async with await AsyncConnection.connect(url, autocommit=True) as conn:
+            return await migrate(conn), await current_version(conn)
+    except psycopg.OperationalError as exc:
+        raise cannot_reach(url, exc) from None
+
+
+def cannot_reach(url: str, exc: Exception) -> StoreUnavailable:
+    """libpq's reason on one line (it spreads hints over several), without the password."""
+    return StoreUnavailable(f"cannot reach PostgreSQL at {redact_url(url)}: {' '.join(str(exc).split())}")
 
 
 async def check(conn: AsyncConnection[Any], where: str) -> None:
