@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, IsolationLevel
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -45,6 +45,8 @@ def _run_from_row(row: Sequence[Any]) -> Run:
 
 async def _configure(conn: AsyncConnection[Any]) -> None:
     set_json_loads(orjson.loads, conn)
+    # Whatever the server's default: each statement of an append must see the commits before it.
+    await conn.set_isolation_level(IsolationLevel.READ_COMMITTED)
 
 
 class PostgresStore:
@@ -63,7 +65,6 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
         self._jobs: asyncio.Queue[Job | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self._key_ids: dict[tuple[str, str], int] = {}  # immutable once committed: safe to share
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -169,9 +170,10 @@ class PostgresStore:
         written: list[tuple[asyncio.Future[list[Event]], list[Event] | BaseException]] = []
         try:
             if encoded:
-                async with self._conn() as conn, conn.transaction():
-                    tx = Append(conn, self._key_ids)
-                    await tx.lock()
+                # Pipeline mode: BEGIN, the lock and the reads travel together, then writes with COMMIT.
+                async with self._conn() as conn, conn.pipeline(), conn.transaction():
+                    tx = Append(conn)
+                    await tx.begin({e.run_id for events, _, _ in encoded for e in events})
                     for events, data, fut in encoded:
                         try:
                             stored = await tx.add(events, data)
@@ -181,7 +183,6 @@ class PostgresStore:
                             committed.extend(stored)
                             written.append((fut, stored))
                     await tx.flush()
-                self._key_ids.update(tx.new_key_ids)
         except Exception as exc:  # the writer must survive anything, or every later write hangs
             if not isinstance(exc, StoreUnavailable | psycopg.Error):
                 log.exception("store: a write failed unexpectedly; its transaction was rolled back")

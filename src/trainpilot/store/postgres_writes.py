@@ -1,14 +1,18 @@
-"""One append transaction on PostgreSQL: lock the id counter, drop duplicates, assign ids, COPY rows.
+"""One append transaction on PostgreSQL: lock the id counter, drop duplicates, assign ids, insert rows.
 
-The PostgreSQL store's writer opens one transaction per group of queued batches and hands each batch
-to `Append.add`, which only reads and buffers; `flush` writes everything with a few statements (COPY
-for events and points). Everything happens under the ``event_ids`` row lock that `lock` takes, so the
-duplicate check, the ids and the run records see exactly what every earlier transaction committed.
+The PostgreSQL store's writer opens one transaction per group of queued batches (in pipeline mode,
+so statements travel together): `begin` locks the ``event_ids`` row and loads the runs involved, in
+one round trip; `add` buffers each batch (a round trip only when its seqs may repeat stored ones);
+`flush` writes everything as a few multi-row statements sent with the commit. The lock is held to
+commit, so the duplicate check, the ids and the run records see all that earlier writers committed.
+
+Each statement reads a snapshot taken when it starts (READ COMMITTED), which is why the lock and the
+reads are separate statements: a read in the locking statement would see the world before the wait.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -18,14 +22,30 @@ from trainpilot.exceptions import NotFound
 from trainpilot.store.rules import apply_to_run
 
 RUN_COLUMNS = "id, project, name, status, config, created_at, updated_at, last_step, last_event_id"
+
+INSERT_KEYS = """INSERT INTO metric_keys(run_id, name)
+SELECT b.run_id, b.name FROM unnest(%b::text[], %b::text[]) AS b(run_id, name)
+WHERE NOT EXISTS (SELECT 1 FROM metric_keys m WHERE m.run_id = b.run_id AND m.name = b.name)"""
+INSERT_EVENTS = """INSERT INTO events(id, run_id, seq, kind, ts, step, data)
+SELECT id, run_id, seq, kind, ts, step, data::json
+FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::float8[], %b::bigint[], %b::text[])
+    AS b(id, run_id, seq, kind, ts, step, data)"""
+POINTS = """SELECT m.id, b.step, b.event_id, b.value, b.ts
+FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::float8[], %b::float8[])
+    AS b(run_id, name, step, event_id, value, ts)
+JOIN metric_keys m ON m.run_id = b.run_id AND m.name = b.name"""
+INSERT_POINTS = f"INSERT INTO points(key_id, step, event_id, value, ts) {POINTS}"
+UPSERT_LATEST = f"""INSERT INTO latest(key_id, step, event_id, value, ts) {POINTS}
+ON CONFLICT (key_id) DO UPDATE SET
+    step = excluded.step, event_id = excluded.event_id, value = excluded.value, ts = excluded.ts"""
+UPDATE_RUN = "UPDATE runs SET status = %s, updated_at = %s, last_step = %s, last_event_id = %s WHERE id = %s"
+
 PointRow = tuple[str, str, int, int, float, float]  # run id, metric name, step, event id, value, ts
 
 
 class Append:
-    def __init__(self, conn: AsyncConnection[Any], key_ids: Mapping[tuple[str, str], int]) -> None:
+    def __init__(self, conn: AsyncConnection[Any]) -> None:
         self.conn = conn
-        self.new_key_ids: dict[tuple[str, str], int] = {}  # for the caller's cache, once committed
-        self._key_ids = key_ids
         self._last_id = 0
         self._runs: dict[str, Run] = {}
         self._changed: set[str] = set()
@@ -34,18 +54,30 @@ class Append:
         self._events: list[tuple[Any, ...]] = []
         self._points: list[PointRow] = []
 
-    async def lock(self) -> None:
-        """Lock the id counter until commit: no other writer, in any process, assigns ids meanwhile."""
-        cur = await self.conn.execute("SELECT last_id FROM event_ids FOR UPDATE")
-        row = await cur.fetchone()
+    async def begin(self, run_ids: set[str]) -> None:
+        """Lock the id counter until commit (no other writer, in any process, assigns ids meanwhile),
+        then load each run's record and highest stored seq."""
+        lock = await self.conn.execute("SELECT last_id FROM event_ids FOR UPDATE")
+        runs = await self.conn.execute(
+            f"SELECT {RUN_COLUMNS}, (SELECT max(seq) FROM events e WHERE e.run_id = runs.id) "
+            "FROM runs WHERE id = ANY(%s)",
+            (sorted(run_ids),),
+        )
+        row = await lock.fetchone()
         if row is None:
             raise RuntimeError("event_ids has no row: the trainpilot schema is damaged")
         self._last_id = row[0]
+        for r in await runs.fetchall():
+            self._runs[r[0]] = Run(*r[:9])
+            self._stored_max_seq[r[0]] = -1 if r[9] is None else r[9]
 
     async def add(self, events: Sequence[NewEvent], data: Sequence[str]) -> list[Event]:
         """Buffer one batch (`data`: each event's encoded JSON); the new events, or `NotFound` and nothing."""
-        await self._load_runs({e.run_id for e in events})
+        unknown = sorted({e.run_id for e in events} - self._runs.keys())
+        if unknown:
+            raise NotFound(f"no run {unknown[0]!r}")
         stored: list[Event] = []
+        by_run: dict[str, list[Event]] = {}
         for i in await self._fresh(events):
             e = events[i]
             self._last_id += 1
@@ -56,26 +88,11 @@ class Append:
                 for key, value in e.data.items():
                     if value is not None:
                         self._points.append((e.run_id, key, e.step, event.id, float(value), e.ts))
-            self._runs[e.run_id] = apply_to_run(self._runs[e.run_id], [event])
-            self._changed.add(e.run_id)
+            by_run.setdefault(e.run_id, []).append(event)
+        for run_id, run_events in by_run.items():
+            self._runs[run_id] = apply_to_run(self._runs[run_id], run_events)
+            self._changed.add(run_id)
         return stored
-
-    async def _load_runs(self, run_ids: set[str]) -> None:
-        """Each run's record and highest stored seq, once per transaction; `NotFound` for a missing run."""
-        missing = sorted(run_ids - self._runs.keys())
-        if not missing:
-            return
-        cur = await self.conn.execute(
-            f"SELECT {RUN_COLUMNS}, (SELECT max(seq) FROM events e WHERE e.run_id = runs.id) "
-            "FROM runs WHERE id = ANY(%s)",
-            (missing,),
-        )
-        for row in await cur.fetchall():
-            self._runs[row[0]] = Run(*row[:9])
-            self._stored_max_seq[row[0]] = -1 if row[9] is None else row[9]
-        unknown = [r for r in missing if r not in self._runs]
-        if unknown:
-            raise NotFound(f"no run {unknown[0]!r}")
 
     async def _fresh(self, events: Sequence[NewEvent]) -> list[int]:
         """Indexes of the events whose (run, seq) is new; only seqs at or below a run's highest are probed."""
@@ -102,50 +119,24 @@ class Append:
         return fresh
 
     async def flush(self) -> None:
-        """Write what was added: events and points by COPY, then latest values, runs and the counter."""
+        """Queue the writes: metric names, events, points, latest values, runs, the counter."""
         if not self._events:
             return
-        await self._resolve_keys()
-        cur = self.conn.cursor()
-        async with cur.copy("COPY events(id, run_id, seq, kind, ts, step, data) FROM STDIN") as copy:
-            for row in self._events:
-                await copy.write_row(row)
-        latest: dict[int, tuple[int, int, int, float, float]] = {}
+        conn = self.conn
         if self._points:
-            async with cur.copy("COPY points(key_id, step, event_id, value, ts) FROM STDIN") as copy:
-                for run_id, key, step, event_id, value, ts in self._points:
-                    key_id = self.new_key_ids.get((run_id, key)) or self._key_ids[(run_id, key)]
-                    await copy.write_row((key_id, step, event_id, value, ts))
-                    latest[key_id] = (key_id, step, event_id, value, ts)
-            await self.conn.execute(
-                "INSERT INTO latest(key_id, step, event_id, value, ts) "
-                "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::float8[], %s::float8[]) "
-                "ON CONFLICT (key_id) DO UPDATE SET step = excluded.step, event_id = excluded.event_id, "
-                "value = excluded.value, ts = excluded.ts",
-                [list(column) for column in zip(*latest.values(), strict=True)],
-            )
-        await cur.executemany(
-            "UPDATE runs SET status = %s, updated_at = %s, last_step = %s, last_event_id = %s WHERE id = %s",
-            [(r.status, r.updated_at, r.last_step, r.last_event_id, r.id) for r in self._changed_runs()],
+            keys = sorted({(p[0], p[1]) for p in self._points})
+            await conn.execute(INSERT_KEYS, _columns(keys, 2))
+            await conn.execute(INSERT_POINTS, _columns(self._points, 6))
+            newest = {(p[0], p[1]): p for p in self._points}  # ids only grow: the last one per metric
+            await conn.execute(UPSERT_LATEST, _columns(list(newest.values()), 6))
+        await conn.execute(INSERT_EVENTS, _columns(self._events, 7))
+        runs = [self._runs[run_id] for run_id in sorted(self._changed)]
+        await conn.cursor().executemany(
+            UPDATE_RUN, [(r.status, r.updated_at, r.last_step, r.last_event_id, r.id) for r in runs]
         )
-        await self.conn.execute("UPDATE event_ids SET last_id = %s", (self._last_id,))
+        await conn.execute("UPDATE event_ids SET last_id = %s", (self._last_id,))
 
-    def _changed_runs(self) -> list[Run]:
-        return [self._runs[run_id] for run_id in sorted(self._changed)]
 
-    async def _resolve_keys(self) -> None:
-        """Find (or create) the ids of the metrics this transaction writes that are not cached."""
-        missing = sorted({(p[0], p[1]) for p in self._points} - self._key_ids.keys())
-        if missing:
-            columns = ([r for r, _ in missing], [k for _, k in missing])
-            await self.conn.execute(
-                "INSERT INTO metric_keys(run_id, name) SELECT * FROM unnest(%s::text[], %s::text[]) "
-                "ON CONFLICT DO NOTHING",
-                columns,
-            )
-            cur = await self.conn.execute(
-                "SELECT run_id, name, m.id FROM metric_keys m "
-                "JOIN unnest(%s::text[], %s::text[]) AS b(run_id, name) USING (run_id, name)",
-                columns,
-            )
-            self.new_key_ids = {(r, k): i for r, k, i in await cur.fetchall()}
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as column lists, for unnest()."""
+    return [[row[i] for row in rows] for i in range(width)]
