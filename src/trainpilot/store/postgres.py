@@ -5,8 +5,9 @@ first locks the one row of ``event_ids`` (``SELECT ... FOR UPDATE``) and holds i
 next transaction can take ids only after the previous one's are visible. Within a process, appends
 go through one writer task that commits everything queued as one transaction (group commit, as the
 SQLite store does): under load the lock is taken once per batch of requests, not once per request.
-Rows go in with COPY; reads run on pooled connections in autocommit. The schema is versioned
-(`postgres_migrations`): `open()` refuses a database that `trainpilot migrate` has not prepared.
+A transaction costs two round trips in pipeline mode (postgres_writes.py); reads run on pooled
+connections in autocommit. The schema is versioned (`postgres_migrations`): `open()` refuses a
+database that `trainpilot migrate` has not prepared.
 """
 
 from __future__ import annotations
@@ -37,10 +38,6 @@ STEP_MIN, STEP_MAX = -(2**63), 2**63 - 1
 CONNECT_TIMEOUT_S = 5
 
 Job = tuple[Sequence[NewEvent], "asyncio.Future[list[Event]]"]
-
-
-def _run_from_row(row: Sequence[Any]) -> Run:
-    return Run(*row)
 
 
 async def _configure(conn: AsyncConnection[Any]) -> None:
@@ -129,7 +126,7 @@ class PostgresStore:
             )
             row = await cur.fetchone()
             if row is not None:
-                return _run_from_row(row), True
+                return Run(*row), True
             return await self._get_run(conn, run_id), False
 
     async def append(self, events: Sequence[NewEvent]) -> list[Event]:
@@ -194,7 +191,10 @@ class PostgresStore:
             written = [(fut, error) for _, _, fut in encoded]
             committed = []
         if committed and self.on_commit is not None:
-            self.on_commit(committed)
+            try:
+                self.on_commit(committed)
+            except Exception:  # stored is stored: the callers still get their answers
+                log.exception("store: on_commit failed for committed events")
         for fut, outcome in outcomes + written:
             if fut.done():
                 continue
@@ -210,7 +210,7 @@ class PostgresStore:
         row = await cur.fetchone()
         if row is None:
             raise NotFound(f"no run {run_id!r}")
-        return _run_from_row(row)
+        return Run(*row)
 
     async def get_run(self, run_id: str) -> Run:
         async with self._conn() as conn:
@@ -226,7 +226,7 @@ class PostgresStore:
                 "ORDER BY updated_at DESC, id LIMIT %(n)s",
                 {"p": project, "s": status, "n": limit},
             )
-            return [_run_from_row(r) for r in await cur.fetchall()]
+            return [Run(*r) for r in await cur.fetchall()]
 
     async def read(
         self,
