@@ -1,7 +1,7 @@
 """The PostgreSQL schema, versioned: numbered SQL files applied by `trainpilot migrate`, checked at open.
 
-``migrations/postgres/0001_initial.sql``, ``0002_....sql``: each file is one version, applied once, in
-order, inside one transaction with the rest, and recorded in ``schema_version``. Two replicas running
+``migrations/postgres/0001_initial.sql``, ``0002_....sql``: each file is one version; the missing ones are
+applied in order, all in one transaction, and recorded in ``schema_version``. Two replicas running
 `trainpilot migrate` at once queue on an advisory lock (keyed by the schema), so each version is applied
 once. The store never migrates by itself: `PostgresStore.open()` refuses a schema that is behind (or
 ahead of) this code, naming the command that fixes it (docs/architecture.md says why).
