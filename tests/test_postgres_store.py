@@ -209,3 +209,22 @@ def test_a_server_on_postgres_ingests_streams_and_reports_its_store(
         assert [e.data["seq"] for e in events] == [0, 1, 2, 3, 4]
     finally:
         live.stop()
+
+
+def test_a_write_the_database_refuses_fails_alone_and_health_says_so_until_one_succeeds(
+    postgres_url: str,
+) -> None:
+    async def body() -> None:
+        store = open_store(postgres_url)
+        await store.open()
+        await store.create_run("a", "p", "a", {})
+        beyond_bigint = NewEvent("a", "metrics", {"loss": 1.0}, seq=0, ts=1.0, step=2**63)
+        with pytest.raises(StoreUnavailable, match="out of range"):
+            await store.append([beyond_bigint])
+        health = await store.health()
+        assert health["ok"] is False and "out of range" in health["error"]
+        assert [e.seq for e in await store.append([metrics("a", 0)])] == [0]
+        assert (await store.health())["ok"] is True
+        await store.close()
+
+    asyncio.run(body())

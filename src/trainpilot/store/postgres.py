@@ -62,6 +62,7 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
         self._jobs: asyncio.Queue[Job | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._write_error: str | None = None  # the last write's failure, until a write succeeds
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -180,9 +181,13 @@ class PostgresStore:
                             committed.extend(stored)
                             written.append((fut, stored))
                     await tx.flush()
+                self._write_error = None
         except Exception as exc:  # the writer must survive anything, or every later write hangs
             if not isinstance(exc, StoreUnavailable | psycopg.Error):
                 log.exception("store: a write failed unexpectedly; its transaction was rolled back")
+            else:
+                log.warning("store: a write failed and was rolled back: %s", exc)
+            self._write_error = f"{type(exc).__name__}: {exc}"
             error = (
                 exc
                 if isinstance(exc, StoreUnavailable)
@@ -288,7 +293,8 @@ class PostgresStore:
             return int(row[0]) if row else 0
 
     async def health(self) -> dict[str, Any]:
-        error = None
+        """Reachable now, and the last write (if any failed since one succeeded) went through."""
+        error = self._write_error
         try:
             async with self._conn(wait_s=2.0) as conn:
                 await conn.execute("SELECT 1")
