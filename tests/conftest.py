@@ -172,18 +172,22 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str =
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def postgres_schema() -> Iterator[str]:
-    """A store URL on a new, empty PostgreSQL schema of its own, dropped afterwards.
-
-    The real server at TRAINPILOT_TEST_POSTGRES_URL; without one the test is skipped, saying why."""
+def postgres_admin() -> Any:
+    """An autocommit connection to the real PostgreSQL at TRAINPILOT_TEST_POSTGRES_URL; without one,
+    the test is skipped, saying why."""
     psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
     try:
-        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+        return psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL} (TRAINPILOT_TEST_POSTGRES_URL): {exc}")
+        reason = " ".join(str(exc).split())
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL} (TRAINPILOT_TEST_POSTGRES_URL): {reason}")
+
+
+@pytest.fixture
+def postgres_schema() -> Iterator[str]:
+    """A store URL on a new, empty PostgreSQL schema of its own, dropped afterwards."""
     schema = f"tp_test_{uuid.uuid4().hex[:12]}"
-    with admin:
+    with postgres_admin() as admin:
         admin.execute(f"CREATE SCHEMA {schema}")
         try:
             yield f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}options=-csearch_path%3D{schema}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import POSTGRES_URL, LiveServer, create_run, metrics_batch, sse_events
+from tests.conftest import POSTGRES_URL, LiveServer, create_run, metrics_batch, postgres_admin, sse_events
 from trainpilot.events import Event, NewEvent
 from trainpilot.exceptions import ConfigError, StoreUnavailable
 from trainpilot.store import open_store
@@ -134,7 +134,7 @@ def test_a_malformed_url_is_a_config_error_naming_the_problem() -> None:
 @pytest.fixture
 def own_database() -> Iterator[tuple[str, str]]:
     """A migrated database of its own (name, URL), so a test can shut its connections out."""
-    admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+    admin = postgres_admin()
     name = f"tp_test_{uuid.uuid4().hex[:12]}"
     admin.execute(f"CREATE DATABASE {name}")
     url = psycopg.conninfo.make_conninfo(POSTGRES_URL, dbname=name)
