@@ -4,6 +4,7 @@ clear errors when the database is away. The shared contract is in test_store.py.
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import POSTGRES_URL, LiveServer, create_run, metrics_batch, postgres_admin, sse_events
+from trainpilot.downsample import downsample
 from trainpilot.events import Event, NewEvent
 from trainpilot.exceptions import ConfigError, StoreUnavailable
 from trainpilot.store import open_store
@@ -19,7 +21,7 @@ psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not insta
 
 from psycopg import AsyncConnection  # noqa: E402
 
-from trainpilot.store.postgres import PostgresStore  # noqa: E402
+from trainpilot.store.postgres import DENSE_BUCKET, PostgresStore  # noqa: E402
 from trainpilot.store.postgres_migrations import current_version, latest_version, migrate  # noqa: E402
 
 
@@ -225,6 +227,41 @@ def test_a_write_the_database_refuses_fails_alone_and_health_says_so_until_one_s
         assert health["ok"] is False and "out of range" in health["error"]
         assert [e.seq for e in await store.append([metrics("a", 0)])] == [0]
         assert (await store.health())["ok"] is True
+        await store.close()
+
+    asyncio.run(body())
+
+
+def test_history_reads_dense_and_sparse_ranges_exactly_as_downsample(postgres_url: str) -> None:
+    """Dense buckets are read per bucket, sparse ranges sorted at once: both must answer what
+    `downsample()` makes of the series, ties in value (the earliest wins), repeated steps and a range
+    that ends inside a bucket included."""
+
+    async def body() -> None:
+        store = open_store(postgres_url)
+        await store.open()
+        await store.create_run("a", "p", "a", {})
+        rng = random.Random(7)
+        steps = list(range(0, 6000, 2)) + list(range(100, 4000, 9))
+        rng.shuffle(steps)
+        # few distinct values: many ties
+        events = [NewEvent("a", "metrics", {"x": float(rng.randint(0, 5))}, ts=1.0, step=s) for s in steps]
+        for start in range(0, len(events), 1000):
+            await store.append(events[start : start + 1000])
+        (whole,) = await store.history("a", ["x"], max_points=100_000)
+        for lo, hi in ((0, 10**9), (37, 4321)):
+            inside = [p for p in whole.points if lo <= p.step <= hi]
+            for budget in (3, 21, 333):
+                dense = len(inside) > DENSE_BUCKET * ((budget - 1) // 2)
+                (series,) = await store.history("a", ["x"], start_step=lo, end_step=hi, max_points=budget)
+                assert series.points == downsample(inside, budget), (lo, hi, budget, dense)
+        top = 2**63 - 1  # the last bucket of a range that ends at the largest step a bigint holds
+        await store.create_run("b", "p", "b", {})
+        tail = [NewEvent("b", "metrics", {"x": float(i % 7)}, ts=1.0, step=top - i) for i in range(600)]
+        await store.append([NewEvent("b", "metrics", {"x": 3.0}, ts=1.0, step=0), *tail])
+        (everything,) = await store.history("b", ["x"], max_points=100_000)
+        (series,) = await store.history("b", ["x"], max_points=5)
+        assert series.points == downsample(everything.points, 5)
         await store.close()
 
     asyncio.run(body())
