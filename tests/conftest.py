@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import shutil
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ import httpx
 import pytest
 
 from trainpilot.sse_client import ServerEvent, parse
+
+POSTGRES_URL = os.environ.get("TRAINPILOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def free_port() -> int:
@@ -207,3 +211,41 @@ def redis() -> Iterator[RedisProcess]:
     server.start()
     yield server
     server.stop()
+
+
+def postgres_admin() -> Any:
+    """An autocommit connection to the real PostgreSQL at TRAINPILOT_TEST_POSTGRES_URL; without one,
+    the test is skipped, saying why."""
+    psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    try:
+        return psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        reason = " ".join(str(exc).split())
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL} (TRAINPILOT_TEST_POSTGRES_URL): {reason}")
+
+
+@pytest.fixture
+def postgres_schema() -> Iterator[str]:
+    """A store URL on a new, empty PostgreSQL schema of its own, dropped afterwards."""
+    schema = f"tp_test_{uuid.uuid4().hex[:12]}"
+    with postgres_admin() as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            yield f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def postgres_url(postgres_schema: str) -> str:
+    """A store URL on a fresh PostgreSQL schema that `trainpilot migrate` has prepared."""
+    from psycopg import AsyncConnection
+
+    from trainpilot.store.postgres_migrations import migrate
+
+    async def prepare() -> None:
+        async with await AsyncConnection.connect(postgres_schema, autocommit=True) as conn:
+            await migrate(conn)
+
+    asyncio.run(prepare())
+    return postgres_schema

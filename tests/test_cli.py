@@ -159,3 +159,23 @@ def test_train_resume_continues_the_same_run_at_the_checkpoint_step(
     assert [r["id"] for r in runs] == [folder.name] and runs[0]["status"] == "finished"
     assert runs[0]["config"]["batch_size"] == 256
     assert loss["series"]["train/loss"]["step"] == list(range(1, 2 * steps_per_epoch + 1))
+
+
+def test_migrate_prepares_a_postgres_store_once_and_serve_refuses_one_it_has_not(
+    postgres_schema: str, tmp_path: Path
+) -> None:
+    refused = cli("serve", "--store", postgres_schema, "--port", "0", "--data-dir", str(tmp_path))
+    assert_one_line_error(refused)
+    assert "trainpilot migrate" in refused.stderr
+    first = cli("migrate", "--store", postgres_schema)
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001_initial" in first.stdout
+    again = cli("migrate", env={**os.environ, "TRAINPILOT_STORE": postgres_schema})
+    assert again.returncode == 0, again.stderr
+    assert "up to date" in again.stdout and "applied" not in again.stdout
+
+
+def test_migrate_of_an_unreachable_database_is_a_one_line_error_without_the_password() -> None:
+    result = cli("migrate", "--store", "postgresql://tp:s3cret@127.0.0.1:1/tp")
+    assert_one_line_error(result)
+    assert "cannot reach PostgreSQL" in result.stderr and "s3cret" not in result.stderr

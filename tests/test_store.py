@@ -1,4 +1,4 @@
-"""The Store contract, run against every backend (memory, SQLite)."""
+"""The Store contract, run against every backend (memory, SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,23 @@ def metrics(run_id: str, step: int, seq: int | None, **values: float | None) -> 
     return NewEvent(run_id, "metrics", dict(values), seq=seq, ts=1000.0 + step, step=step)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store of `backend` (PostgreSQL: a schema of its own on the real server)."""
+    if backend == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return "memory://" if backend == "memory" else f"sqlite:///{tmp_path}/store.db"
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/store.db"
+    url = store_url(request.param, request, tmp_path)
+    return lambda: open_store(url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    url = store_url(request.param, request, tmp_path)
     return lambda: open_store(url)
 
 
@@ -223,17 +237,13 @@ def test_history_read_again_sees_points_stored_since(make_store: Callable[[], St
     run(body())
 
 
-def test_sqlite_store_survives_reopen_with_ids_and_dedup_intact(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/store.db"
-
+def test_store_survives_reopen_with_ids_and_dedup_intact(make_durable_store: Callable[[], Store]) -> None:
     async def body() -> None:
-        s = open_store(url)
-        await s.open()
+        s = await opened(make_durable_store)
         await s.create_run("a", "p", "a", {})
         first = await s.append([metrics("a", i, i, loss=float(i)) for i in range(3)])
         await s.close()
-        s = open_store(url)
-        await s.open()
+        s = await opened(make_durable_store)
         assert await s.append([metrics("a", 1, 1, loss=1.0)]) == []
         later = await s.append([metrics("a", 3, 3, loss=3.0)])
         assert later[0].id > first[-1].id
@@ -269,17 +279,18 @@ def test_on_commit_sees_every_stored_event_once_in_id_order(make_store: Callable
     run(body())
 
 
-def test_the_sqlite_writer_survives_a_write_it_cannot_encode(tmp_path: Path) -> None:
+def test_the_writer_survives_a_write_it_cannot_encode(make_durable_store: Callable[[], Store]) -> None:
     """Found by the fuzzer: a config with an integer beyond 64 bits killed the writer thread, and
     every later write waited forever. Now that write fails alone and the next ones go through."""
 
     async def body() -> None:
-        s = open_store(f"sqlite:///{tmp_path}/store.db")
-        await s.open()
+        s = await opened(make_durable_store)
         with pytest.raises(StoreUnavailable):
             await s.create_run("huge", "p", "huge", {"seed": 2**70})
         run_, created = await asyncio.wait_for(s.create_run("fine", "p", "fine", {"seed": 1}), 10)
         assert created and run_.config == {"seed": 1}
+        with pytest.raises(StoreUnavailable):
+            await s.append([NewEvent("fine", "log", {"n": 2**70}, ts=1.0)])
         assert len(await asyncio.wait_for(s.append([metrics("fine", 0, 0, loss=1.0)]), 10)) == 1
         with pytest.raises(NotFound):
             await s.get_run("huge")

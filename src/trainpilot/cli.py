@@ -1,6 +1,7 @@
 """The `trainpilot` command.
 
 trainpilot serve [--host H] [--port P] [--data-dir D]     run the server, print its URL
+trainpilot migrate --store postgresql://...               create or upgrade a PostgreSQL store's schema
 trainpilot demo                                           server + a real training run; Ctrl-C ends it
 trainpilot train [--data digits] [--model cnn] ...        the reference trainer (see `train --help`)
 trainpilot watch LOGDIR                                   stream a TensorBoard directory's scalars
@@ -74,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file", help="the export (JSON lines; - for stdin)")
     add_store_flags(imp)
     imp.set_defaults(func=cmd_import)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="create or upgrade the schema of a PostgreSQL store",
+        description="Applies the schema versions the database lacks, all in one transaction; safe to run "
+        "again and from several replicas at once. `serve` refuses a PostgreSQL store until this has run. "
+        "SQLite creates its own schema and needs nothing.",
+    )
+    migrate.add_argument(
+        "--store",
+        default=os.environ.get("TRAINPILOT_STORE"),
+        help="store URL, e.g. postgresql://user@host:5432/db (env TRAINPILOT_STORE)",
+    )
+    migrate.set_defaults(func=cmd_migrate)
 
     demo = sub.add_parser(
         "demo",
@@ -177,7 +192,9 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--data-dir", help="where the SQLite store lives (default ./trainpilot-data)")
     p.add_argument(
-        "--store", help="store URL, e.g. sqlite:///path/db or memory:// (default: SQLite in data dir)"
+        "--store",
+        help="store URL: sqlite:///path/db, postgresql://user@host/db or memory:// "
+        "(env TRAINPILOT_STORE; default: SQLite in the data dir)",
     )
     p.add_argument(
         "--broker",
@@ -250,10 +267,22 @@ def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+async def check_store(url: str) -> None:
+    """Open and close the store, so a wrong URL or an unmigrated database is one line, not a traceback."""
+    from trainpilot.store import open_store
+
+    store = open_store(url)
+    await store.open()
+    await store.close()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from trainpilot.exceptions import ConfigError
+    import asyncio
+
+    from trainpilot.exceptions import TrainpilotError
     from trainpilot.server.runner import serve_forever
     from trainpilot.settings import Settings
+    from trainpilot.store import redact_url
 
     settings = Settings.from_env(
         host=args.host,
@@ -268,16 +297,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     try:
         settings.check()
-    except ConfigError as exc:
+        asyncio.run(check_store(settings.store_url))
+    except TrainpilotError as exc:
         raise CLIError(str(exc)) from None
+
+    store = redact_url(settings.store_url)
     print(
-        f"trainpilot {args.command}: {settings.url}/  (store {settings.store_url}, broker {settings.broker}; "
+        f"trainpilot {args.command}: {settings.url}/  (store {store}, broker {redact_url(settings.broker)}; "
         "Ctrl-C to stop)",
         flush=True,
     )
     print(f"  live stream: curl -N {settings.url}/api/stream/metrics", flush=True)
     print(f"  API docs:    {settings.url}/docs", flush=True)
     serve_forever(settings)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from trainpilot.exceptions import TrainpilotError
+    from trainpilot.store import POSTGRES_SCHEMES, psycopg_missing, redact_url
+
+    url = args.store
+    if not url:
+        raise CLIError("which store? give --store postgresql://user@host/db (or set TRAINPILOT_STORE)")
+    if url.split(":", 1)[0] not in POSTGRES_SCHEMES:
+        print(f"nothing to migrate: {redact_url(url)} is not PostgreSQL (SQLite makes its own schema)")
+        return 0
+    try:
+        from trainpilot.store.postgres_migrations import migrate_url
+
+        applied, version = asyncio.run(migrate_url(url))
+    except ImportError as exc:
+        raise CLIError(str(psycopg_missing(exc))) from None
+    except TrainpilotError as exc:
+        raise CLIError(str(exc)) from None
+    for m in applied:
+        print(f"applied {m.version:04d}_{m.name}")
+    print(f"{redact_url(url)}: schema at version {version}" + ("" if applied else " (up to date)"))
     return 0
 
 

@@ -1,8 +1,10 @@
 """The Store seam: runs and events, durable, with a global strictly increasing event id.
 
 Backends are picked by URL and imported lazily (STYLE.md): ``sqlite:///path/to/db`` (the embedded
-default) and ``memory://`` (tests, throw-away servers). The id a store assigns is the SSE ``id:`` and
-the WebSocket cursor, so ids must become visible in id order: one writer per SQLite store.
+default), ``postgresql://user@host/db`` (several replicas; needs the ``postgres`` extra) and
+``memory://`` (tests, throw-away servers). The id a store assigns is the SSE ``id:`` and the WebSocket
+cursor, so ids must become visible in id order: one writer per SQLite store; on PostgreSQL a row lock
+held to commit (store/postgres.py).
 
 `on_commit` is how live fan-out learns of new events: the store calls it on the event loop, once per
 committed batch, in commit (= id) order, before `append` returns to its caller.
@@ -10,6 +12,7 @@ committed batch, in commit (= id) order, before `append` returns to its caller.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,6 +21,9 @@ from trainpilot.events import Event, NewEvent, Point, Run
 from trainpilot.exceptions import ConfigError
 
 CommitListener = Callable[[list[Event]], None]
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
+_QUERY_PASSWORD = re.compile(r"(password=)[^&\s]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +101,7 @@ class Store(Protocol):
 
 
 def open_store(url: str) -> Store:
-    """The store backend for a URL: ``sqlite:///path``, ``memory://``."""
+    """The store backend for a URL: ``sqlite:///path``, ``postgresql://...``, ``memory://``."""
     scheme = url.split(":", 1)[0]
     if scheme == "sqlite":
         from trainpilot.store.sqlite import SQLiteStore
@@ -106,8 +112,30 @@ def open_store(url: str) -> Store:
                 f"expected sqlite:///relative/file.db or sqlite:////absolute/file.db, got {url!r}"
             )
         return SQLiteStore(path)
+    if scheme in POSTGRES_SCHEMES:
+        try:
+            from trainpilot.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise psycopg_missing(exc) from None
+        return PostgresStore(url)
     if scheme == "memory":
         from trainpilot.store.memory import MemoryStore
 
         return MemoryStore()
-    raise ConfigError(f"unknown store {url!r}: use sqlite:///path/to/file.db or memory://")
+    raise ConfigError(
+        f"unknown store {redact_url(url)!r}: use sqlite:///path/to/file.db, postgresql://user@host/db "
+        "or memory://"
+    )
+
+
+def psycopg_missing(exc: ImportError) -> ConfigError:
+    return ConfigError(f"the postgres store needs psycopg ({exc}): pip install 'trainpilot[postgres]'")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, for logs and messages.
+
+    >>> redact_url("postgresql://tp:s3cret@db:5432/tp?sslmode=require")
+    'postgresql://tp:***@db:5432/tp?sslmode=require'
+    """
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", url))
