@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,3 +151,34 @@ def test_when_a_replica_is_killed_its_clients_resume_on_the_other(
         client.post("/api/runs/killed/events", json=metrics_batch(60, 40)).raise_for_status()
     rest = sse_events(b.url, params, headers={"Last-Event-ID": str(seen[-1].id)}, count=40)
     assert steps(seen + rest) == list(range(100)) and ids_increase(seen + rest)
+
+
+def test_a_run_heard_only_by_one_replica_is_not_marked_lost_by_the_other(
+    tmp_path: Path, postgres_url: str, redis: RedisProcess
+) -> None:
+    timeout = {"store": postgres_url, "broker": redis.url, "run_timeout_s": "1.5"}
+    a = LiveServer(tmp_path / "a", **timeout).start()
+    b = LiveServer(tmp_path / "b", **timeout).start()
+
+    def status() -> str:
+        value: str = httpx.get(f"{b.url}/api/runs/quiet", timeout=5).json()["status"]
+        return value
+
+    try:
+        with a.client() as client:
+            create_run(client, "quiet")
+            client.post("/api/runs/quiet/events", json=metrics_batch(0, 5)).raise_for_status()
+            for _ in range(20):  # 4 s of heartbeats to A only: more than twice the timeout
+                client.post("/api/runs/quiet/events", json={"events": []}).raise_for_status()
+                assert status() != "lost"
+                time.sleep(0.2)
+            wait_until(lambda: status() == "lost", timeout=10, what="the silent run to be marked lost")
+
+            def revived() -> bool:  # A learns of B's verdict at its next liveness round
+                client.post("/api/runs/quiet/events", json={"events": []}).raise_for_status()
+                return status() == "running"
+
+            wait_until(revived, timeout=10, what="a heartbeat to A to revive the run")
+    finally:
+        a.stop()
+        b.stop()

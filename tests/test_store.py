@@ -297,3 +297,17 @@ def test_the_writer_survives_a_write_it_cannot_encode(make_durable_store: Callab
         await s.close()
 
     run(body())
+
+
+def test_touch_keeps_each_runs_latest_contact(make_store: Callable[[], Store]) -> None:
+    async def body() -> None:
+        s = await opened(make_store)
+        await s.create_run("a", "p", "a", {})
+        await s.create_run("b", "p", "b", {})
+        await s.touch("a", 100.0)
+        await s.touch("a", 50.0)  # a late, older report does not move it back
+        await s.touch("b", 7.0)
+        assert await s.last_contact() == {"a": 100.0, "b": 7.0}
+        await s.close()
+
+    run(body())

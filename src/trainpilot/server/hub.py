@@ -44,6 +44,7 @@ class Hub:
     analyzer: Analyzer = field(default_factory=Analyzer)
     explainer: Explainer | None = None
     heard: dict[str, float] = field(default_factory=dict)  # run id -> monotonic time of its last batch
+    touched: dict[str, float] = field(default_factory=dict)  # run id -> monotonic time of store.touch
     lost: set[str] = field(default_factory=set)  # runs marked lost, revived by their next batch
     since: float = field(default_factory=time.monotonic)
 
@@ -54,13 +55,17 @@ class Hub:
         """Mark live runs that sent nothing, not even a heartbeat, for `run_timeout_s` as lost.
 
         A run left live by an earlier server life gets the full timeout from this server's start,
-        time for its process to reconnect and replay its spool.
+        time for its process to reconnect and replay its spool. A run heard by another replica
+        sharing the store (its `touch` is recent) is alive too.
         """
-        now, timeout = time.monotonic(), self.settings.run_timeout_s
+        await self.load_lost()  # another replica may have marked one: its next batch here revives it
+        contacts = await self.store.last_contact()
+        now, wall, timeout = time.monotonic(), time.time(), self.settings.run_timeout_s
         marked = []
         for status in ("created", "running", "paused"):
             for run in await self.store.list_runs(status=status, limit=100_000):
-                if now - self.heard.get(run.id, self.since) > timeout:
+                heard_here = now - self.heard.get(run.id, self.since) <= timeout
+                if not heard_here and wall - contacts.get(run.id, -math.inf) > timeout:
                     reason = (
                         f"nothing heard from the run for {timeout:g} s: its process died or lost the network"
                     )
@@ -85,7 +90,10 @@ class Hub:
             await self.store.get_run(
                 run_id
             )  # an empty batch (a heartbeat) still answers 404 for an unknown run
-        self.heard[run_id] = time.monotonic()
+        now = self.heard[run_id] = time.monotonic()
+        if now - self.touched.get(run_id, -math.inf) >= self.settings.run_timeout_s / 6:
+            self.touched[run_id] = now  # other replicas read it: they may never see this run's batches
+            await self.store.touch(run_id, time.time())
         if run_id in self.lost:
             self.lost.discard(run_id)
             if not any(e.kind == "status" for e in events):

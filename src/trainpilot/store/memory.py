@@ -17,6 +17,7 @@ from trainpilot.store.rules import apply_to_run, run_sort_key
 class MemoryStore:
     def __init__(self) -> None:
         self.on_commit: CommitListener | None = None
+        self._contact: dict[str, float] = {}
         self._events: list[Event] = []
         self._runs: dict[str, Run] = {}
         self._seqs: dict[str, set[int]] = {}
@@ -138,3 +139,9 @@ class MemoryStore:
 
     async def health(self) -> dict[str, Any]:
         return {"ok": True, "backend": "memory", "events": len(self._events)}
+
+    async def touch(self, run_id: str, at: float) -> None:
+        self._contact[run_id] = max(at, self._contact.get(run_id, at))
+
+    async def last_contact(self) -> dict[str, float]:
+        return dict(self._contact)

@@ -280,6 +280,19 @@ class PostgresStore:
             )
             return {r[0]: Point(r[1], r[2], r[3], r[4]) for r in await cur.fetchall()}
 
+    async def touch(self, run_id: str, at: float) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO run_contact VALUES (%s, %s) ON CONFLICT (run_id) "
+                "DO UPDATE SET heard_at = greatest(run_contact.heard_at, excluded.heard_at)",
+                (run_id, at),
+            )
+
+    async def last_contact(self) -> dict[str, float]:
+        async with self._conn() as conn:
+            cur = await conn.execute("SELECT run_id, heard_at FROM run_contact")
+            return {r[0]: r[1] for r in await cur.fetchall()}
+
     async def metric_keys(self, run_id: str) -> list[str]:
         async with self._conn() as conn:
             await self._get_run(conn, run_id)

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS metric_keys(
 CREATE TABLE IF NOT EXISTS points(
     key_id INTEGER NOT NULL, step INTEGER NOT NULL, event_id INTEGER NOT NULL,
     value REAL NOT NULL, ts REAL NOT NULL, PRIMARY KEY(key_id, step, event_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS run_contact(run_id TEXT PRIMARY KEY, heard_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS latest(
     key_id INTEGER PRIMARY KEY, step INTEGER NOT NULL, event_id INTEGER NOT NULL,
     value REAL NOT NULL, ts REAL NOT NULL);
@@ -54,6 +55,10 @@ CREATE TABLE IF NOT EXISTS latest(
 # events_run_seq; without it a new run's first batch scanned every stored event on the writer
 # thread, stalling every run's commits for longer the bigger the database (bench case 3).
 MAX_SEQ_SQL = "SELECT max(seq) FROM events WHERE run_id=? AND seq IS NOT NULL"
+TOUCH_SQL = (
+    "INSERT INTO run_contact VALUES(?, ?) "
+    "ON CONFLICT(run_id) DO UPDATE SET heard_at = max(heard_at, excluded.heard_at)"
+)
 STEP_MIN, STEP_MAX = -(2**63), 2**63 - 1
 RUN_COLUMNS = "id, project, name, status, config, created_at, updated_at, last_step, last_event_id"
 
@@ -171,6 +176,15 @@ class SQLiteStore:
         stored: list[Event] = await self._submit("append", events)
         return stored
 
+    async def touch(self, run_id: str, at: float) -> None:
+        await self._submit("touch", (run_id, at))
+
+    async def last_contact(self) -> dict[str, float]:
+        def query() -> dict[str, float]:
+            return dict(self._reader().execute("SELECT run_id, heard_at FROM run_contact").fetchall())
+
+        return await asyncio.to_thread(query)
+
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         while True:
             job = self._jobs.get()
@@ -205,6 +219,9 @@ class SQLiteStore:
                 try:
                     if op == "create":
                         results.append((fut, self._create(conn, *arg), None))
+                    elif op == "touch":
+                        conn.execute(TOUCH_SQL, arg)
+                        results.append((fut, None, None))
                     else:
                         stored = self._append(conn, arg)
                         committed.extend(stored)
