@@ -65,8 +65,8 @@ def measure(
 
 
 def drive(
-    url: str,
-    server_pid: int,
+    url: str | list[str],
+    server_pid: int | list[int],
     transport: str,
     run_ids: list[str],
     events: int,
@@ -74,7 +74,10 @@ def drive(
     clients: int,
     persisted_points: Callable[[], int],
 ) -> dict[str, Any]:
-    """The load processes against any server; its CPU counts every process of it (MLflow's workers)."""
+    """The load processes against any server (or replicas: load processes go round the URLs); its CPU
+    counts every process of it (MLflow's workers, every replica)."""
+    urls = [url] if isinstance(url, str) else url
+    pids = [server_pid] if isinstance(server_pid, int) else server_pid
     runs = len(run_ids)
     clients = min(clients, runs)
     share = CEILING * seconds // clients
@@ -84,7 +87,7 @@ def drive(
                 sys.executable,
                 str(WORKER),
                 "--url",
-                url,
+                urls[c % len(urls)],
                 "--transport",
                 transport,
                 "--runs",
@@ -112,8 +115,8 @@ def drive(
         assert w.stdin is not None
         w.stdin.write(f"{start}\n")
         w.stdin.flush()
-    server = psutil.Process(server_pid)
-    processes = [server, *server.children(recursive=True)]
+    servers = [psutil.Process(pid) for pid in pids]
+    processes = [p for server in servers for p in (server, *server.children(recursive=True))]
     time.sleep(max(0.0, start - time.time()))
     cpu_before, wall_before = cpu_seconds(processes), time.time()
     psutil.cpu_percent(interval=None)  # the machine's, from here: other load shows in it

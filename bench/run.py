@@ -18,6 +18,7 @@ import case_history
 import case_ingest
 import case_instructions
 import case_log_cost
+import case_replicas
 import case_training
 import report
 
@@ -37,6 +38,7 @@ CASES = [
     Case("4. live latency and fan-out (SSE, WebSocket, floor)", "fanout", case_fanout),
     Case("5. history (one metric, downsampled)", "history", case_history),
     Case("6. footprint (import time, server RSS and CPU)", "footprint", case_footprint),
+    Case("8. one replica vs two (PostgreSQL + Redis) vs SQLite", "replicas", case_replicas),
 ]
 
 

@@ -20,8 +20,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(data_dir: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Yield (url, process) once the server answers its health check."""
+def served(data_dir: str, *flags: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Yield (url, process) once the server answers its health check; `flags` go to `serve`."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -34,6 +34,7 @@ def served(data_dir: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         os.path.join(data_dir, "server"),
         "--log-level",
         "warning",
+        *flags,
     ]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
