@@ -27,7 +27,7 @@ def test_import_time_is_net_of_the_interpreter_and_torch_stays_out(case: Any) ->
 
 def test_server_under_the_trainer_persisted_every_step(case: Any, tmp_path: Path) -> None:
     quiet = case.idle(str(tmp_path / "idle"), 0.2)
-    assert quiet["rss_mb"] > 0 and quiet["server_modules_mb"] > quiet["without_mcp_mb"] > 0
+    assert quiet["rss_mb"] > 0 and quiet["with_mcp_mb"] > quiet["server_modules_mb"] > quiet["bare_mb"] > 0
     load = case.demo(str(tmp_path / "demo"), 1)
     assert load["status"] == "finished"
     assert load["loss_points"] == load["last_step"] > 0
