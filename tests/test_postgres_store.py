@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +82,59 @@ def test_concurrent_writers_never_let_a_cursor_skip_an_event(postgres_url: str) 
         assert seen_ids == stored_ids
 
     asyncio.run(body())
+
+
+def test_two_server_processes_writing_at_once_never_let_a_cursor_skip_an_event(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The same, with real replicas: two `trainpilot serve` processes take REST batches at once while
+    a third client of the database follows with read(after=cursor)."""
+    servers = [LiveServer(tmp_path / f"s{i}", store=postgres_url).start() for i in range(2)]
+    batches, batch_size = 60, 5
+    done = threading.Event()
+
+    def write(server: LiveServer, run_id: str) -> None:
+        with server.client() as client:
+            create_run(client, run_id)
+            for b in range(batches):
+                body = metrics_batch(b * batch_size, batch_size)
+                assert client.post(f"/api/runs/{run_id}/events", json=body).status_code == 200
+
+    async def follow() -> list[Event]:
+        reader = open_store(postgres_url)
+        await reader.open()
+        seen: list[Event] = []
+        while True:
+            finished = done.is_set()
+            page = await reader.read(seen[-1].id if seen else 0, kinds=frozenset({"metrics"}), limit=50)
+            seen += page
+            if not page and finished:
+                await reader.close()
+                return seen
+            await asyncio.sleep(0 if page else 0.001)
+
+    writers = [threading.Thread(target=write, args=(s, f"rep{i}")) for i, s in enumerate(servers)]
+
+    def writers_done() -> None:
+        for w in writers:
+            w.join()
+        done.set()
+
+    try:
+        for w in writers:
+            w.start()
+        threading.Thread(target=writers_done).start()
+        seen = asyncio.run(follow())
+    finally:
+        done.set()
+        for s in servers:
+            s.stop()
+    ids = [e.id for e in seen]
+    assert ids == sorted(set(ids)), "the reader saw an id twice or out of order"
+    written = {(f"rep{i}", seq) for i in range(2) for seq in range(batches * batch_size)}
+    missed = written - {(e.run_id, e.seq) for e in seen}
+    assert not missed, f"the cursor skipped {len(missed)} committed events"
+    assert len(ids) == len(written)
 
 
 def test_open_refuses_a_database_that_was_never_migrated(postgres_schema: str) -> None:
