@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from websockets.sync.client import connect
 
@@ -697,3 +698,19 @@ def test_cors_is_off_by_default_and_allows_only_the_configured_origins(tmp_path:
             assert stream.headers["access-control-allow-origin"] == "http://dash.example"
     finally:
         configured.stop()
+
+
+def test_info_and_metrics_report_receipt_to_durable_time_of_every_ingested_batch(server: LiveServer) -> None:
+    with server.client() as client:
+        create_run(client, "timed")
+        for start in range(0, 40, 10):
+            client.post("/api/runs/timed/events", json=metrics_batch(start, 10)).raise_for_status()
+        with connect(f"ws://127.0.0.1:{server.port}/api/ws", open_timeout=5) as sock:
+            sock.send(orjson.dumps({"op": "ingest", "run_id": "timed", **metrics_batch(40, 10)}).decode())
+            assert orjson.loads(sock.recv(timeout=10))["op"] == "ingested"
+        ingest = client.get("/api/system/info").json()["ingest"]
+        exposition = client.get("/metrics").text
+    assert ingest["batches"] == sum(ingest["counts"]) == 5
+    assert len(ingest["counts"]) == len(ingest["bounds_ms"]) + 1
+    assert ingest["p50_ms_at_most"] is not None and ingest["p50_ms_at_most"] <= ingest["p99_ms_at_most"]
+    assert 'trainpilot_ingest_seconds_bucket{le="+Inf"} 5.0' in exposition

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -164,11 +165,13 @@ class Dispatcher:
         """Every training run's hot path, past FastAPI's routing and dependency solving (measured:
         most of the server's time per small batch): the same auth, limits, validation and answers
         as the documented route, which stays for the OpenAPI schema."""
+        received = time.perf_counter()
         hub: Hub = self.api.state.hub
         request = Request(scope, receive)
         try:
             auth.check(hub.settings, "write", auth.presented_token(scope["headers"]))
             response = await rest.ingest_batch(hub, request, run_id)
+            hub.ingest_latency.observe(time.perf_counter() - received)
         except Exception as exc:
             answer = errors.known_error(exc)
             if answer is None:

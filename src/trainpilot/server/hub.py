@@ -17,6 +17,7 @@ from trainpilot.broker import Broker
 from trainpilot.events import ACTIONS, ACTIVE_STATUSES, Event, NewEvent, Run
 from trainpilot.exceptions import Conflict, InvalidInput
 from trainpilot.server.explain import Explainer
+from trainpilot.server.latency import LatencyHistogram
 from trainpilot.settings import Settings
 from trainpilot.store import Store
 from trainpilot.wire import check_run_id
@@ -42,6 +43,7 @@ class Hub:
         default_factory=lambda: {"events_ingested": 0, "duplicates": 0, "batches": 0, "control_requests": 0}
     )
     analyzer: Analyzer = field(default_factory=Analyzer)
+    ingest_latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # receipt -> durable
     explainer: Explainer | None = None
     heard: dict[str, float] = field(default_factory=dict)  # run id -> monotonic time of its last batch
     touched: dict[str, float] = field(default_factory=dict)  # run id -> monotonic time of store.touch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import shutil
@@ -13,9 +14,10 @@ from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from trainpilot.server.hub import Hub
+from trainpilot.server.latency import BOUNDS_S
 from trainpilot.version import __version__
 
 _process = psutil.Process()
@@ -59,6 +61,7 @@ def info(hub: Hub) -> dict[str, Any]:
             "broker": hub.settings.broker.split(":", 1)[0],
         },
         "connections": hub.broker.counts(),
+        "ingest": hub.ingest_latency.summary(),
         "llm": {
             "configured": bool(hub.settings.llm_url),
             "url": hub.settings.llm_url or None,
@@ -117,6 +120,17 @@ class _HubCollector:
         stats = getattr(self.hub.broker, "stats", {})
         for name, value in stats.items():
             yield CounterMetricFamily(f"trainpilot_broker_{name}", f"broker {name}", value=value)
+        latency = self.hub.ingest_latency
+        cumulative = list(itertools.accumulate(latency.counts))
+        yield HistogramMetricFamily(
+            "trainpilot_ingest_seconds",
+            "ingested batches, receipt to durable commit",
+            buckets=[
+                *((repr(b), c) for b, c in zip(BOUNDS_S, cumulative, strict=False)),
+                ("+Inf", cumulative[-1]),
+            ],
+            sum_value=latency.sum_s,
+        )
         subs = GaugeMetricFamily("trainpilot_subscribers", "live subscribers", labels=["transport"])
         for transport, count in self.hub.broker.counts().items():
             subs.add_metric([transport], count)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -46,6 +47,7 @@ class Connection:
         self.peer = f"ws:{scope['client'][0]}" if scope.get("client") else "ws:unknown"
         self.sub: Subscriber | None = None
         self.serving: asyncio.Task[None] | None = None
+        self.received_at = 0.0  # when the message being handled arrived: ingest's receipt time
 
     async def reply(self, message: dict[str, Any]) -> None:
         await self.send({"type": "websocket.send", "text": orjson.dumps(message).decode()})
@@ -53,6 +55,7 @@ class Connection:
     async def handle(self, raw: str | bytes) -> None:
         ref = None
         try:
+            self.received_at = time.perf_counter()
             try:
                 message = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
@@ -105,6 +108,7 @@ class Connection:
             raise InvalidInput("run_id", "required: the run the events belong to")
         events = decode_batch(check_run_id(run_id), message)
         result = await self.hub.ingest(run_id, events)
+        self.hub.ingest_latency.observe(time.perf_counter() - self.received_at)
         return {"op": "ingested", **result.as_dict()}
 
     async def op_control(self, message: dict[str, Any]) -> dict[str, Any]:
