@@ -93,6 +93,48 @@ def events_until_final_status(url: str, run_id: str) -> list[ServerEvent]:
     raise AssertionError("no final status")
 
 
+def test_reference_trainer_under_torchrun_pauses_and_resumes_both_ranks_at_the_same_step(
+    server: LiveServer, tmp_path: Path, launched: list[subprocess.Popen[bytes]]
+) -> None:
+    proc = torchrun(
+        tmp_path,
+        *("-m", "trainpilot.cli", "train", "--server", server.url, "--project", "ddp-train"),
+        *("--epochs", "1000", "--batch-size", "16", "--train-fraction", "0.2", "--eval-every", "100000"),
+        *("--device", "cpu", "--no-progress", "--tensorboard-dir", "", "--system-every-s", "0"),
+        *("--checkpoint-dir", str(tmp_path / "ck"), "--data-dir", str(tmp_path / "data")),
+    )
+    launched.append(proc)
+    api = server.client()
+    wait_until(lambda: bool(the_run(api, "ddp-train")), timeout=60, what="the run to appear")
+    run_id = the_run(api, "ddp-train")["id"]
+    command = commander(api, server.url, run_id)
+
+    def last_steps() -> tuple[int, int]:
+        """The step of each rank's latest rank-tagged metric: how far each rank has trained."""
+        metrics = api.get(f"/api/runs/{run_id}").json()["metrics"]
+        return tuple(metrics.get(f"rank{r}/system/cpu_percent", {}).get("step", -1) for r in (0, 1))  # type: ignore[return-value]
+
+    wait_until(lambda: min(last_steps()) >= 3, timeout=60, what="both ranks to train")
+    pause = command("pause")
+    stopped_at = pause["step"] - 1  # the acknowledgement names the next step; the last one done is before
+    wait_until(lambda: last_steps() == (stopped_at, stopped_at), what="both ranks' steps up to the pause")
+    assert the_run(api, "ddp-train")["status"] == "paused"
+    time.sleep(0.6)  # three keepalive rounds of the paused ranks
+    assert last_steps() == (stopped_at, stopped_at), "no rank advances while paused"
+
+    command("resume")
+    wait_until(lambda: min(last_steps()) > stopped_at + 3, what="both ranks to train on after resume")
+
+    stop = command("stop")
+    finished(proc, tmp_path)
+    assert last_steps() == (stop["step"] - 1, stop["step"] - 1), "both ranks stop at the same step"
+    run = the_run(api, "ddp-train")
+    assert run["status"] == "stopped" and run["last_step"] == stop["step"] - 1
+    checkpoints = list((tmp_path / "ck" / run_id).iterdir())
+    assert [p.name for p in checkpoints] == [f"step-{stop['step'] - 1}.pt"]
+    api.close()
+
+
 def test_every_command_reaches_every_rank_at_the_same_step_and_is_acknowledged_once(
     server: LiveServer, tmp_path: Path, launched: list[subprocess.Popen[bytes]]
 ) -> None:
