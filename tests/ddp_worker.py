@@ -7,6 +7,7 @@ each command reached it, so the test can check that every rank applied it at the
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ import trainpilot
 def main() -> None:
     url, out = sys.argv[1], Path(sys.argv[2])
     dist.init_process_group("gloo")
+    # as under a launcher that sets no job id: the ranks take rank 0's run id by broadcast
+    os.environ.pop("TORCHELASTIC_RUN_ID", None)
     rank = dist.get_rank()
     run = trainpilot.init(project="ddp-sdk", server=url, data_dir=str(out / f"data{rank}"))
     journal = open(out / f"rank{rank}.jsonl", "a", buffering=1)

@@ -271,7 +271,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Also under torchrun: every rank joins the process group first, so `init` can share rank 0's run."""
+    """Also under torchrun, on every rank: `torchrun --nproc-per-node 2 -m trainpilot.cli train ...`."""
     import trainpilot
     from trainpilot.train import join_process_group, leave_process_group
 

@@ -45,26 +45,29 @@ def ranks() -> Ranks:
 
 
 def shared_spec(spec: dict[str, Any], given_id: bool, where: Ranks) -> dict[str, Any]:
-    """The run spec all ranks use: rank 0's, broadcast once the process group exists.
+    """The run spec all ranks use, agreed without a collective where possible.
 
-    Without a process group yet, the ranks agree on an id derived from torchrun's job id, or on the
-    `run_id` the caller gave; with neither there is no way to make one run, which is an error.
+    The `run_id` the caller gave, else one derived from torchrun's job id (TORCHELASTIC_RUN_ID, the
+    same on every rank, new for each `--standalone` launch), else rank 0's, broadcast over the
+    process group. No collective in the first two cases, so a script that makes its run (or a
+    TensorBoard writer) on rank 0 alone does not hang here; with none of the three there is no way
+    to make one run, which is an error.
     """
+    if given_id:
+        return spec
+    job = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if job != "none":  # "none": torchrun's default rendezvous id, the same for every job
+        run_id = "r-" + hashlib.sha256(job.encode()).hexdigest()[:8]
+        return {**spec, "id": run_id, "name": spec["name"] if spec["name"] != spec["id"] else run_id}
     dist = process_group()
     if dist is not None:
         box = [spec]
         dist.broadcast_object_list(box, src=0, group=control_group(dist))
         shared: dict[str, Any] = box[0]
         return shared
-    if given_id:
-        return spec
-    job = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    if job != "none":
-        run_id = "r-" + hashlib.sha256(job.encode()).hexdigest()[:8]
-        return {**spec, "id": run_id, "name": spec["name"] if spec["name"] != spec["id"] else run_id}
     raise RuntimeError(
         f"trainpilot.init() on rank {where.rank} of {where.world_size}: the ranks cannot agree on one run. "
-        "Call torch.distributed.init_process_group() before trainpilot.init(), launch with torchrun, "
+        "Launch with torchrun, call torch.distributed.init_process_group() before trainpilot.init(), "
         "or pass the same run_id= on every rank."
     )
 

@@ -408,8 +408,9 @@ def init(
     mirrored from elsewhere cannot obey them). A server that is not up yet is fine: events are spooled
     under `data_dir` and delivered when it appears.
 
-    Under torchrun call it on every rank, after ``torch.distributed.init_process_group()`` if the
-    script makes one (then it is a collective: rank 0's run id, name and config win).
+    Under torchrun call it on every rank: all of them share one run (its id comes from `run_id`,
+    torchrun's job id, or else rank 0 by broadcast), which rank 0 logs and the others may tag with
+    `log_rank`.
     """
     where = ranks()
     if serve and where.world_size > 1:
