@@ -11,12 +11,17 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
 # While paused, rank 0 sends an empty message this often, so the ranks waiting for it are never
 # left in one collective long enough to reach its timeout (30 min by default), however long the pause.
 KEEPALIVE_S = float(os.environ.get("TRAINPILOT_LOCKSTEP_KEEPALIVE_S", "10"))
+# The ranks meet to share rank 0's commands about this often, and at least every MAX_GAP + 1 calls
+# of wait_if_paused(): a command waits that long at most, and fast steps share one round trip.
+MEET_EVERY_S = 0.1
+MAX_GAP = 15
 
 
 @dataclass(frozen=True)
@@ -85,12 +90,14 @@ def control_group(dist: Any) -> Any:
 
 
 class Lockstep:
-    """Rank 0's message to every rank, at the same point of each rank's loop.
+    """Rank 0's message to every rank, at the same call of each rank's loop.
 
-    One broadcast of a one-element tensor per call says whether rank 0 has anything to say; only
-    then is the message itself pickled and broadcast. It runs on a gloo group of its own, on the
-    CPU: with NCCL training it costs no GPU synchronisation, and it cannot interleave with the
-    training's own collectives.
+    The ranks meet about every `MEET_EVERY_S` (and at least every `MAX_GAP + 1` calls): each meeting
+    is one broadcast of two ints, whether rank 0 has a message and how many calls every rank skips
+    before the next meeting; only when there is a message is it pickled and broadcast too. As every
+    rank counts the same calls, they all meet at the same one. A meeting is a round trip between the
+    ranks, so fast steps share one. It runs on a gloo group of its own, on the CPU: with NCCL training
+    it costs no GPU synchronisation, and it cannot interleave with the training's own collectives.
     """
 
     def __init__(self, dist: Any, rank: int) -> None:
@@ -99,15 +106,35 @@ class Lockstep:
         self.rank = rank
         self._dist = dist
         self._group = control_group(dist)
-        self._flag = torch.zeros(1, dtype=torch.int32)
+        self._header = torch.zeros(2, dtype=torch.int64)  # [a message follows, calls to skip]
+        self._skip = 0
+        self._skipped = 0
+        self._met_at = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether the ranks meet at this call: the same answer on every rank."""
+        if self._skip:
+            self._skip -= 1
+            self._skipped += 1
+            return False
+        return True
 
     def share(self, message: Any) -> Any:
         """Rank 0's `message` (None: nothing to say) on every rank; the others pass None."""
         if self.rank == 0:
-            self._flag[0] = 0 if message is None else 1
-        self._dist.broadcast(self._flag, src=0, group=self._group)
-        if not int(self._flag[0]):
+            self._header[0] = message is not None
+            self._header[1] = self._gap()
+        self._dist.broadcast(self._header, src=0, group=self._group)
+        self._skip = int(self._header[1])
+        if not int(self._header[0]):
             return None
         box = [message]
         self._dist.broadcast_object_list(box, src=0, group=self._group)
         return box[0]
+
+    def _gap(self) -> int:
+        """Rank 0: the calls to skip so that the next meeting comes about `MEET_EVERY_S` from now."""
+        now = time.monotonic()
+        per_call = (now - self._met_at) / (self._skipped + 1)
+        self._met_at, self._skipped = now, 0
+        return min(MAX_GAP, int(MEET_EVERY_S / per_call)) if per_call > 0 else MAX_GAP

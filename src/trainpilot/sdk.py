@@ -225,6 +225,8 @@ class Run:
         if lockstep is None:
             self.wait_if_paused(timeout)
             return
+        if not lockstep.due():
+            return
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
@@ -310,6 +312,8 @@ class Run:
             ack["reason"] = reason
         if isinstance(result, int | float | str | bool):
             ack["result"] = result
+        if reason and self.rank != 0:  # rank 0's acknowledgement speaks for the run: say it here
+            log.warning("trainpilot: rank %d rejected %s: %s", self.rank, command["action"], reason)
         self.log_event("control", ack, step=self._next_step)
 
     def _listen(self) -> None:
