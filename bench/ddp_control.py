@@ -4,8 +4,8 @@
 
 On every rank: a bare loop of `run.wait_if_paused()` (the collective alone; most calls skip it, so
 the mean is the amortised cost of a meeting), then the reference trainer's small CNN on digits under
-DistributedDataParallel, timed in alternating rounds with and without the call per step (the
-median round of each, so a busy machine's noise hits both alike), and the time spent inside the
+DistributedDataParallel, after a warm-up, timed in alternating rounds with and without the call
+per step (the median round of each, so a busy machine's noise hits both alike), and the time spent inside the
 call during those steps, on each rank (rank 0 sends; the others wait for it). Rank 0 prints JSON.
 """
 
@@ -45,8 +45,11 @@ def main() -> None:
         with_call: list[float] = []
         without: list[float] = []
         in_call: list[float] = []  # inside wait_if_paused() during the training steps, µs
-        for _ in range(rounds):
-            for timings, call in ((with_call, True), (without, False)):
+        for _ in range(steps):  # warm-up, not measured
+            trainer.train_step(order[: trainer.global_batch][trainer.rank :: trainer.world])
+        for r in range(rounds):
+            pair = ((with_call, True), (without, False))
+            for timings, call in pair if r % 2 == 0 else pair[::-1]:  # neither always goes first
                 dist.barrier()
                 started = time.perf_counter()
                 for i in range(steps):

@@ -18,7 +18,7 @@ import torch.distributed
 
 import trainpilot
 from tests.conftest import LiveServer, wait_for_ack, wait_until
-from trainpilot.distributed import Ranks, shared_spec
+from trainpilot.distributed import agreed_spec
 from trainpilot.sse_client import ServerEvent, parse
 
 pytestmark = pytest.mark.skipif(
@@ -195,17 +195,22 @@ def test_every_command_reaches_every_rank_at_the_same_step_and_is_acknowledged_o
     api.close()
 
 
-def test_ranks_agree_on_one_run_without_a_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ranks_agree_on_the_given_id_or_torchruns_job_id_and_init_says_when_they_cannot(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     spec = {"id": "r-mine", "project": "p", "name": "r-mine", "config": {}}
-    rank1 = Ranks(rank=1, world_size=2, local_rank=1)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-42")
-    derived = shared_spec(spec, given_id=False, where=rank1)
-    assert derived["id"] == shared_spec({**spec, "id": "r-other"}, False, Ranks())["id"] != "r-mine"
-    assert derived["name"] == derived["id"]
-    assert shared_spec(spec, given_id=True, where=rank1)["id"] == "r-mine"
+    derived = agreed_spec(spec, given_id=False)
+    other = agreed_spec({**spec, "id": "r-other", "name": "r-other"}, given_id=False)
+    assert derived is not None and other is not None
+    assert derived["id"] == other["id"] != "r-mine" and derived["name"] == derived["id"]
+    assert agreed_spec(spec, given_id=True) == spec
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun's default rendezvous id: not one job's
+    assert agreed_spec(spec, given_id=False) is None, "only rank 0 can say: init() broadcasts its spec"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="rank 1 of 2: the ranks cannot agree on one run"):
-        shared_spec(spec, given_id=False, where=rank1)
+        trainpilot.init(server="http://127.0.0.1:9", data_dir=str(tmp_path))  # and no process group
 
 
 def test_a_rank_without_torch_logs_only_its_tagged_metrics_and_never_imports_torch(

@@ -49,44 +49,27 @@ def ranks() -> Ranks:
     return Ranks(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), local_rank)
 
 
-def shared_spec(spec: dict[str, Any], given_id: bool, where: Ranks) -> dict[str, Any]:
-    """The run spec all ranks use, agreed without a collective where possible.
+def agreed_spec(spec: dict[str, Any], given_id: bool) -> dict[str, Any] | None:
+    """The run spec every rank can settle on without a collective, or None if only rank 0 can say.
 
     The `run_id` the caller gave, else one derived from torchrun's job id (TORCHELASTIC_RUN_ID, the
-    same on every rank, new for each `--standalone` launch), else rank 0's, broadcast over the
-    process group. No collective in the first two cases, so a script that makes its run (or a
-    TensorBoard writer) on rank 0 alone does not hang here; with none of the three there is no way
-    to make one run, which is an error.
+    same on every rank, new for each `--standalone` launch). Without a collective here, a script that
+    makes its run (or a TensorBoard writer) on rank 0 alone, the usual pattern, does not hang.
     """
     if given_id:
         return spec
     job = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    if job != "none":  # "none": torchrun's default rendezvous id, the same for every job
-        run_id = "r-" + hashlib.sha256(job.encode()).hexdigest()[:8]
-        return {**spec, "id": run_id, "name": spec["name"] if spec["name"] != spec["id"] else run_id}
+    if job == "none":  # torchrun's default rendezvous id: the same for every job
+        return None
+    run_id = "r-" + hashlib.sha256(job.encode()).hexdigest()[:8]
+    return {**spec, "id": run_id, "name": spec["name"] if spec["name"] != spec["id"] else run_id}
+
+
+def joined(rank: int) -> Lockstep | None:
+    """A Lockstep on a control group of its own, if this process is in a process group (a collective:
+    every rank makes it at the same point); None if it is not."""
     dist = process_group()
-    if dist is not None:
-        box = [spec]
-        dist.broadcast_object_list(box, src=0, group=control_group(dist))
-        shared: dict[str, Any] = box[0]
-        return shared
-    raise RuntimeError(
-        f"trainpilot.init() on rank {where.rank} of {where.world_size}: the ranks cannot agree on one run. "
-        "Launch with torchrun, call torch.distributed.init_process_group() before trainpilot.init(), "
-        "or pass the same run_id= on every rank."
-    )
-
-
-_groups: list[tuple[Any, Any]] = []  # (the process group it was made in, the control group)
-
-
-def control_group(dist: Any) -> Any:
-    """A gloo group of all ranks for control, made once per process group (every rank makes it at
-    the same point, its first `init()` or `wait_if_paused()`, as `new_group` requires)."""
-    world = dist.group.WORLD
-    if not _groups or _groups[0][0] is not world:
-        _groups[:] = [(world, dist.new_group(backend="gloo"))]
-    return _groups[0][1]
+    return None if dist is None else Lockstep(dist, rank)
 
 
 class Lockstep:
@@ -105,7 +88,9 @@ class Lockstep:
 
         self.rank = rank
         self._dist = dist
-        self._group = control_group(dist)
+        # its own, dropped by Run.close(): a ProcessGroup object still alive when the interpreter
+        # exits aborts the process from its destructor
+        self._group = dist.new_group(backend="gloo")
         self._header = torch.zeros(2, dtype=torch.int64)  # [a message follows, calls to skip]
         self._skip = 0
         self._skipped = 0

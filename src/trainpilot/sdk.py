@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from trainpilot.distributed import KEEPALIVE_S, Lockstep, Ranks, process_group, ranks, shared_spec
+from trainpilot.distributed import KEEPALIVE_S, Lockstep, Ranks, agreed_spec, joined, ranks
 from trainpilot.events import ACTIONS
 from trainpilot.exceptions import TransportError
 from trainpilot.sender import CLOSE, Flush, Sender, warn_once
@@ -57,6 +57,7 @@ class Run:
         server: Any = None,
         control: bool = True,
         where: Ranks = ALONE,
+        lockstep: Lockstep | None = None,
     ) -> None:
         self.id: str = spec["id"]
         self.project: str = spec["project"]
@@ -84,7 +85,7 @@ class Run:
         self._put: Callable[[Any], None] = self._sender.queue.put if where.rank == 0 else _discard
         # under torchrun every rank meets at wait_if_paused() to apply rank 0's commands together
         self._together = control and where.world_size > 1
-        self._lockstep: Lockstep | None = None
+        self._lockstep = lockstep
         cursor = self._create_now(transport, spec) if where.rank == 0 else None
         self._sender.start()
         self._listener: SSEClient | None = None
@@ -246,16 +247,14 @@ class Run:
                 return
 
     def _join_lockstep(self) -> Lockstep | None:
-        dist = process_group()
-        if dist is None:
+        self._lockstep = joined(self.rank)
+        if self._lockstep is None:
             warn_once(
                 "lockstep",
                 f"trainpilot: WORLD_SIZE={self.world_size} but no torch.distributed process group at "
                 "wait_if_paused(): commands act on rank 0 alone",
             )
             self._together = False
-            return None
-        self._lockstep = Lockstep(dist, self.rank)
         return self._lockstep
 
     def _news(self, deadline: float | None) -> tuple[list[dict[str, Any]], bool, bool, bool] | None:
@@ -366,6 +365,7 @@ class Run:
         self._sender.transport.close()
         if self._listener is not None:
             self._listener.stop()
+        self._together, self._lockstep = False, None  # see Lockstep: its group must go before exit
         with self._cond:
             self._stop = True
             self._cond.notify_all()
@@ -427,8 +427,19 @@ def init(
     given_id = run_id is not None
     run_id = run_id or f"r-{secrets.token_hex(4)}"
     spec = {"id": run_id, "project": project, "name": name or run_id, "config": dict(config or {})}
+    lockstep = None
     if where.world_size > 1:
-        spec = shared_spec(spec, given_id, where)
+        agreed = agreed_spec(spec, given_id)
+        if agreed is None:  # only rank 0 can say: broadcast its spec
+            lockstep = joined(where.rank)
+            if lockstep is None:
+                raise RuntimeError(
+                    f"trainpilot.init() on rank {where.rank} of {where.world_size}: the ranks cannot agree "
+                    "on one run. Launch with torchrun, call torch.distributed.init_process_group() before "
+                    "trainpilot.init(), or pass the same run_id= on every rank."
+                )
+            agreed = lockstep.share(spec if where.rank == 0 else None)
+        spec = agreed
     embedded = _start_server(data_dir, token, port) if serve else None
     url = server or os.environ.get("TRAINPILOT_SERVER", DEFAULT_SERVER)
 
@@ -437,7 +448,7 @@ def init(
 
     if where.local_rank == 0:  # one replayer per machine's data dir
         _replay_orphans(connect, data_dir)
-    return Run(connect(), spec, data_dir, token, embedded, control, where)
+    return Run(connect(), spec, data_dir, token, embedded, control, where, lockstep)
 
 
 def _discard(item: Any) -> None:
