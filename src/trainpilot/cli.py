@@ -416,19 +416,28 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Also under torchrun, on every rank: `torchrun --nproc-per-node 2 -m trainpilot.cli train ...`."""
     import trainpilot
+    from trainpilot.train import join_process_group, leave_process_group
 
     cfg = _config(args)
-    run = trainpilot.init(
-        project=args.project,
-        name=args.name,
-        config=_asdict(cfg),
-        server=args.server,
-        serve=args.serve,
-        data_dir=args.data_dir,
-        run_id=_checkpoint_run_id(cfg.resume) if cfg.resume else None,
-    )
-    return _train(cfg, run)
+    join_process_group(cfg.device)
+    try:
+        try:
+            run = trainpilot.init(
+                project=args.project,
+                name=args.name,
+                config=_asdict(cfg),
+                server=args.server,
+                serve=args.serve,
+                data_dir=args.data_dir,
+                run_id=_checkpoint_run_id(cfg.resume) if cfg.resume else None,
+            )
+        except RuntimeError as exc:  # e.g. --serve under torchrun
+            raise CLIError(str(exc)) from None
+        return _train(cfg, run)
+    finally:
+        leave_process_group()
 
 
 def _checkpoint_run_id(path: str) -> str:
@@ -507,7 +516,8 @@ def _train(cfg: Any, run: Any) -> int:
         trainer.stop()
         trainer.join()
     val = ", ".join(f"{k}={v:.4f}" for k, v in trainer.final_val.items() if k in ("val/loss", "val/acc"))
-    print(f"run {run.id}: {trainer.step} steps; {val or 'no validation yet'}", flush=True)
+    if trainer.rank == 0:
+        print(f"run {run.id}: {trainer.step} steps; {val or 'no validation yet'}", flush=True)
     return 0
 
 

@@ -144,7 +144,9 @@ def _split(
     order = np.random.default_rng(seed + 1).permutation(len(x))
     n_val = max(1, int(len(x) * val_fraction))
     val, train = order[:n_val], order[n_val:]
-    tx, vx = torch.from_numpy(x[train]), torch.from_numpy(x[val])
+    # standard strides even for one channel (numpy's new axis gives stride 1): otherwise the conv's
+    # weight gradients come out channels-last and DistributedDataParallel warns on every step
+    tx, vx = (torch.from_numpy(x[i]).clone(memory_format=torch.contiguous_format) for i in (train, val))
     if normalize:
         mean = tx.mean(dim=(0, 2, 3), keepdim=True)
         std = tx.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)

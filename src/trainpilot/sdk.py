@@ -13,6 +13,10 @@
 does everything else (sender.py). After `init()` nothing here raises into the training loop:
 problems are logged once and training continues (STYLE.md). Commands arrive on a listener thread
 and are applied on the training thread at `wait_if_paused()`, each acknowledged on the stream.
+
+Under `torchrun` every rank calls `init()` and `wait_if_paused()`; the ranks share one run. Rank 0
+logs it and listens; other ranks' `log()` is a no-op, `log_rank()` logs ``rank{r}/...`` metrics
+from any rank, and each command is applied on every rank at the same step (distributed.py).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from trainpilot.distributed import KEEPALIVE_S, Lockstep, Ranks, agreed_spec, joined, ranks
 from trainpilot.events import ACTIONS
 from trainpilot.exceptions import TransportError
 from trainpilot.sender import CLOSE, Flush, Sender, warn_once
@@ -37,6 +42,7 @@ from trainpilot.transport import EmbeddedTransport, HttpTransport, Transport
 log = logging.getLogger("trainpilot")
 DEFAULT_SERVER = "http://127.0.0.1:8765"
 Handler = Callable[[Any], Any]
+ALONE = Ranks()  # a run in one process: rank 0 of 1
 
 
 class Run:
@@ -50,12 +56,15 @@ class Run:
         token: str | None,
         server: Any = None,
         control: bool = True,
+        where: Ranks = ALONE,
+        lockstep: Lockstep | None = None,
     ) -> None:
         self.id: str = spec["id"]
         self.project: str = spec["project"]
         self.name: str = spec["name"]
         self.config: dict[str, Any] = spec["config"]
         self.url = transport.url
+        self.rank, self.world_size = where.rank, where.world_size
         self._server = server
         self._next_step = 0
         self._finished = False
@@ -64,14 +73,23 @@ class Run:
         self._handlers: dict[str, list[Handler]] = {}
         self._commands: list[dict[str, Any]] = []
         self._cond = threading.Condition()
+        # every rank of a run draws seqs from its own residue class, so their events never collide
+        stride = where.world_size
         self._sender = Sender(
-            transport, Spool.for_run(data_dir, self.id), spec, seq_base=time.time_ns() // 1000
+            transport,
+            Spool.for_run(data_dir, self.id, where.rank),
+            spec,
+            seq_base=time.time_ns() // 1000 // stride * stride + where.rank,
+            seq_stride=stride,
         )
-        self._put = self._sender.queue.put
-        cursor = self._create_now(transport, spec)
+        self._put: Callable[[Any], None] = self._sender.queue.put if where.rank == 0 else _discard
+        # under torchrun every rank meets at wait_if_paused() to apply rank 0's commands together
+        self._together = control and where.world_size > 1
+        self._lockstep = lockstep
+        cursor = self._create_now(transport, spec) if where.rank == 0 else None
         self._sender.start()
         self._listener: SSEClient | None = None
-        if control:
+        if control and where.rank == 0:
             self._listener = SSEClient(
                 f"{self.url}/api/stream/metrics",
                 {"run_id": self.id, "kinds": "control"},
@@ -120,6 +138,23 @@ class Run:
             return self._next_step
         return value
 
+    def log_rank(self, data: dict[str, Any], step: int | None = None) -> None:
+        """Queue this rank's own metrics as ``rank{r}/<key>``, from any rank (others' `log()` is a no-op).
+
+        For what differs between ranks under torchrun: system load, data time. Default step: the step
+        of the last `log()`, which every rank counts even where `log()` sends nothing. Never raises.
+        """
+        try:
+            tagged = {f"rank{self.rank}/{key}": value for key, value in data.items()}
+        except (AttributeError, TypeError, ValueError):
+            warn_once("log-arg", f"trainpilot: run.log_rank() takes a dict, got {type(data).__name__}")
+            return
+        if step is None:
+            step = max(0, self._next_step - 1)
+        elif type(step) is not int or step < 0:
+            step = self._coerce_step(step)
+        self._sender.queue.put(("metrics", step, time.time(), tagged))
+
     def log_event(self, kind: str, data: dict[str, Any], step: int | None = None) -> None:
         """Queue an event of another kind: ``status``, ``media``, ``log``, ``insight``."""
         self._put((kind, step, time.time(), dict(data)))
@@ -159,7 +194,13 @@ class Run:
         self._handlers.setdefault(action, []).append(handler)
 
     def wait_if_paused(self, timeout: float | None = None) -> None:
-        """Apply pending commands here, on the training thread, and block while the run is paused."""
+        """Apply pending commands here, on the training thread, and block while the run is paused.
+
+        Under torchrun every rank must call it at the same step: it is a collective there.
+        """
+        if self._together:
+            self._wait_together(timeout)
+            return
         if not self._commands and not self._paused:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -173,6 +214,62 @@ class Run:
                 if remaining is not None and remaining <= 0:
                     return
                 self._cond.wait(remaining)
+
+    def _wait_together(self, timeout: float | None) -> None:
+        """Rank 0's commands, and the state they leave, reach every rank here, at the same step.
+
+        Rank 0 applies and acknowledges them, then broadcasts them with the resulting pause/stop state;
+        the others run their handlers and take that state, so no rank is left paused or stopped alone.
+        `timeout` counts on rank 0, whose decision to return all ranks follow.
+        """
+        lockstep = self._lockstep or self._join_lockstep()
+        if lockstep is None:
+            self.wait_if_paused(timeout)
+            return
+        if not lockstep.due():
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                news = lockstep.share(self._news(deadline) if self.rank == 0 else None)
+            except Exception as exc:  # a failed collective must not take the training down with it
+                warn_once("lockstep", f"trainpilot: commands now act on this rank alone: {exc!r}")
+                self._together = False
+                return
+            if news is None:
+                return
+            commands, paused, stop, done = news
+            if self.rank != 0:
+                for command in commands:
+                    self._apply(command)
+                self._paused, self._stop = paused, stop
+            if done:
+                return
+
+    def _join_lockstep(self) -> Lockstep | None:
+        self._lockstep = joined(self.rank)
+        if self._lockstep is None:
+            warn_once(
+                "lockstep",
+                f"trainpilot: WORLD_SIZE={self.world_size} but no torch.distributed process group at "
+                "wait_if_paused(): commands act on rank 0 alone",
+            )
+            self._together = False
+        return self._lockstep
+
+    def _news(self, deadline: float | None) -> tuple[list[dict[str, Any]], bool, bool, bool] | None:
+        """Rank 0: apply what arrived (waiting for it while paused); None when there is nothing to say."""
+        with self._cond:
+            if self._paused and not self._commands and not self._stop:
+                remaining = KEEPALIVE_S if deadline is None else deadline - time.monotonic()
+                self._cond.wait(max(0.0, min(KEEPALIVE_S, remaining)))
+            commands, self._commands = self._commands, []
+        for command in commands:
+            self._apply(command)
+        if not commands and not self._paused and not self._stop:
+            return None
+        timed_out = deadline is not None and time.monotonic() >= deadline
+        return commands, self._paused, self._stop, not self._paused or self._stop or timed_out
 
     def _apply(self, command: dict[str, Any]) -> None:
         action = command["action"]
@@ -197,6 +294,8 @@ class Run:
             elif action == "resume":
                 self._paused = False
                 self.log_event("status", {"status": "running"}, step=self._next_step)
+            elif action == "stop":  # only under torchrun; alone, the listener stops the run at once
+                self._stop = True
         self._acknowledge(command, reason, result)
 
     def _acknowledge(self, command: dict[str, Any], reason: str | None, result: Any = None) -> None:
@@ -212,6 +311,8 @@ class Run:
             ack["reason"] = reason
         if isinstance(result, int | float | str | bool):
             ack["result"] = result
+        if reason and self.rank != 0:  # rank 0's acknowledgement speaks for the run: say it here
+            log.warning("trainpilot: rank %d rejected %s: %s", self.rank, command["action"], reason)
         self.log_event("control", ack, step=self._next_step)
 
     def _listen(self) -> None:
@@ -224,7 +325,7 @@ class Run:
                 continue
             command = {**data, "id": event.id}
             with self._cond:
-                if command["action"] == "stop":
+                if command["action"] == "stop" and not self._together:
                     self._stop = True
                     self._acknowledge(command, None)
                 else:
@@ -236,8 +337,9 @@ class Run:
     def finish(self, status: str | None = None, timeout: float = 30.0) -> None:
         """Send the final status and wait (up to `timeout`) until everything logged is delivered.
 
-        Default status: ``stopped`` after a stop command, else ``finished``. Events the server could
-        not take by then stay in the spool and are sent by the next trainpilot process on this data dir.
+        Default status: ``stopped`` after a stop command, else ``finished`` (sent by rank 0 alone).
+        Events the server could not take by then stay in the spool and are sent by the next trainpilot
+        process on this data dir.
         """
         if self._finished:
             return
@@ -253,16 +355,17 @@ class Run:
             return
         self._finished = True
         flush = Flush()
-        self._put(flush)
+        self._sender.queue.put(flush)
         if not flush.done.wait(timeout):
             log.warning(
                 "trainpilot: server unreachable at finish; %s kept for the next run", self._sender.spool.path
             )
-        self._put(CLOSE)
+        self._sender.queue.put(CLOSE)
         self._sender.join(timeout=5)
         self._sender.transport.close()
         if self._listener is not None:
             self._listener.stop()
+        self._together, self._lockstep = False, None  # see Lockstep: its group must go before exit
         with self._cond:
             self._stop = True
             self._cond.notify_all()
@@ -308,19 +411,48 @@ def init(
     default is taken) and prints its URL. ``control=False`` skips listening for commands (a run
     mirrored from elsewhere cannot obey them). A server that is not up yet is fine: events are spooled
     under `data_dir` and delivered when it appears.
+
+    Under torchrun call it on every rank: all of them share one run (its id comes from `run_id`,
+    torchrun's job id, or else rank 0 by broadcast), which rank 0 logs and the others may tag with
+    `log_rank`.
     """
+    where = ranks()
+    if serve and where.world_size > 1:
+        raise RuntimeError(
+            "trainpilot.init(serve=True) under torchrun would start a server per rank: "
+            "start `trainpilot serve` and pass server= instead"
+        )
     data_dir = data_dir or os.environ.get("TRAINPILOT_DATA_DIR", "./trainpilot-data")
     token = token or os.environ.get("TRAINPILOT_TOKEN") or None
+    given_id = run_id is not None
     run_id = run_id or f"r-{secrets.token_hex(4)}"
     spec = {"id": run_id, "project": project, "name": name or run_id, "config": dict(config or {})}
+    lockstep = None
+    if where.world_size > 1:
+        agreed = agreed_spec(spec, given_id)
+        if agreed is None:  # only rank 0 can say: broadcast its spec
+            lockstep = joined(where.rank)
+            if lockstep is None:
+                raise RuntimeError(
+                    f"trainpilot.init() on rank {where.rank} of {where.world_size}: the ranks cannot agree "
+                    "on one run. Launch with torchrun, call torch.distributed.init_process_group() before "
+                    "trainpilot.init(), or pass the same run_id= on every rank."
+                )
+            agreed = lockstep.share(spec if where.rank == 0 else None)
+        spec = agreed
     embedded = _start_server(data_dir, token, port) if serve else None
     url = server or os.environ.get("TRAINPILOT_SERVER", DEFAULT_SERVER)
 
     def connect() -> Transport:
         return EmbeddedTransport(embedded) if embedded is not None else HttpTransport(url, token)
 
-    _replay_orphans(connect, data_dir)
-    return Run(connect(), spec, data_dir, token, embedded, control)
+    if where.local_rank == 0:  # one replayer per machine's data dir
+        _replay_orphans(connect, data_dir)
+    return Run(connect(), spec, data_dir, token, embedded, control, where, lockstep)
+
+
+def _discard(item: Any) -> None:
+    """`log()` on ranks other than 0 under torchrun: rank 0 speaks for the run."""
 
 
 def _start_server(data_dir: str, token: str | None, port: int | None) -> Any:

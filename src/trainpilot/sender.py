@@ -100,7 +100,9 @@ def warn_once(key: str, message: str) -> None:
 
 
 class Sender(threading.Thread):
-    def __init__(self, transport: Transport, spool: Spool, run_spec: dict[str, Any], seq_base: int) -> None:
+    def __init__(
+        self, transport: Transport, spool: Spool, run_spec: dict[str, Any], seq_base: int, seq_stride: int = 1
+    ) -> None:
         super().__init__(name="trainpilot-sender", daemon=True)
         self.transport = transport
         self.spool = spool
@@ -110,6 +112,7 @@ class Sender(threading.Thread):
         self.sent = 0
         self.dropped = 0
         self._seq = seq_base
+        self._seq_stride = seq_stride  # the ranks of one run count seqs interleaved: r, r + n, r + 2n...
         self._backoff = BACKOFF_MIN_S
         self._retry_at = 0.0
         self._flushes: list[Flush] = []
@@ -180,7 +183,7 @@ class Sender(threading.Thread):
             kind, step, ts, data, seq = item
         else:
             kind, step, ts, data = item
-            self._seq += 1
+            self._seq += self._seq_stride
             seq = self._seq
         return {
             "seq": seq,

@@ -45,8 +45,10 @@ class Spool:
         self._warned_at = -math.inf
 
     @classmethod
-    def for_run(cls, data_dir: str | os.PathLike[str], run_id: str) -> Spool:
-        return cls(Path(data_dir) / "spool" / f"{run_id}.jsonl")
+    def for_run(cls, data_dir: str | os.PathLike[str], run_id: str, rank: int = 0) -> Spool:
+        """The run's spool; under torchrun each rank has its own (one file, one owner)."""
+        name = f"{run_id}.jsonl" if rank == 0 else f"{run_id}.rank{rank}.jsonl"
+        return cls(Path(data_dir) / "spool" / name)
 
     def _open(self) -> IO[bytes]:
         if self._file is None:

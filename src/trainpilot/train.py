@@ -16,9 +16,19 @@ Commands from the dashboard, the API or `trainpilot control` act on the training
 next step: pause blocks until resume, stop ends cleanly, checkpoint writes model + optimizer +
 scheduler + step to `--checkpoint-dir` (every run also ends with a final one, which `--resume` continues
 in the same run), set_lr changes the optimizer's rate
-(and stops the scheduler from overriding it). Fault knobs (--label-noise, --train-fraction,
---no-normalize, --loader-delay, --init-scale, --activation sigmoid --depth 8) make the classic
-failure cases for the analysis engine's corpus out of the same code.
+(and stops the scheduler from overriding it).
+
+Under torchrun it trains data-parallel, one run for the whole job:
+
+    torchrun --standalone --nproc-per-node 2 -m trainpilot.cli train --server http://127.0.0.1:8765
+
+Each rank takes its share of every batch (`--batch-size` is per rank) and DistributedDataParallel
+averages the gradients; rank 0 logs the run, validates and writes checkpoints; every rank logs its
+own system load as rank{r}/system/*; commands apply on all ranks at the same step.
+
+Fault knobs (--label-noise, --train-fraction, --no-normalize, --loader-delay, --init-scale,
+--activation sigmoid --depth 8) make the classic failure cases for the analysis engine's corpus out
+of the same code.
 """
 
 from __future__ import annotations
@@ -34,7 +44,9 @@ from typing import Any
 
 import psutil
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from trainpilot.datasets import Split, load
 from trainpilot.models import build
@@ -42,14 +54,32 @@ from trainpilot.sdk import Run
 from trainpilot.trainconfig import TrainConfig
 
 
+def join_process_group(device: str) -> None:
+    """Under torchrun (WORLD_SIZE > 1) join the job's process group: NCCL for CUDA, else gloo."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        cuda = pick_device(device).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:  # under torchrun: one GPU per rank
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def corrupt_labels(
@@ -79,6 +109,8 @@ class Trainer:
         self.cfg = cfg
         self.run = run
         self.device = pick_device(cfg.device)
+        distributed = dist.is_available() and dist.is_initialized()
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.data = data or load(
@@ -105,13 +137,19 @@ class Trainer:
                 for p in self.model.parameters():
                     if p.dim() > 1:
                         p.mul_(cfg.init_scale)
+        # what the training step calls: under torchrun it averages gradients over the ranks
+        self.net: torch.nn.Module = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = self._optimizer()
         n_train = max(1, int(len(self.data.train_x) * cfg.train_fraction))
         self.train_x = self.data.train_x[:n_train]
         self.train_y = corrupt_labels(
             self.data.train_y[:n_train], cfg.label_noise, len(self.data.classes), self.generator
         )
-        self.steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+        self.global_batch = cfg.batch_size * self.world
+        self.steps_per_epoch = math.ceil(n_train / self.global_batch)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0
@@ -126,8 +164,8 @@ class Trainer:
         if cfg.resume:
             self.load(cfg.resume)
         run.on_control("set_lr", self.set_lr)
-        run.on_control("checkpoint", lambda _: str(self.save("checkpoint")))
-        self.tb = self._tensorboard()
+        run.on_control("checkpoint", lambda _: str(self.save("checkpoint")) if self.rank == 0 else None)
+        self.tb = self._tensorboard() if self.rank == 0 else None
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -240,22 +278,23 @@ class Trainer:
         start_epoch = self.epoch
         for epoch in range(start_epoch, self.cfg.epochs):
             self.epoch = epoch
-            order = torch.randperm(len(self.train_x), generator=self.generator)
+            order = self._epoch_order()
             first = (
-                (self.step - epoch * self.steps_per_epoch) * self.cfg.batch_size
-                if epoch == start_epoch
-                else 0
+                (self.step - epoch * self.steps_per_epoch) * self.global_batch if epoch == start_epoch else 0
             )
-            for i in range(max(0, first), len(order), self.cfg.batch_size):
+            for i in range(max(0, first), len(order), self.global_batch):
                 self.run.wait_if_paused()
                 if self.run.should_stop or self._stop_requested:
                     stopped = True
                     break
-                metrics = self.train_step(order[i : i + self.cfg.batch_size])
+                metrics = self.train_step(order[i : i + self.global_batch][self.rank :: self.world])
                 self.run.log(metrics, step=self.step)
                 self._tb_scalars(metrics)
                 if time.monotonic() >= next_system:
-                    self.run.log(system_metrics(self.device), step=self.step)
+                    system = system_metrics(self.device)
+                    self.run.log(system, step=self.step)
+                    if self.world > 1:
+                        self.run.log_rank(system, step=self.step)
                     next_system = time.monotonic() + self.cfg.system_every_s
                 if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
                     self.validate()
@@ -269,10 +308,18 @@ class Trainer:
                 self.validate()
         if bar is not None:
             bar.close()
-        self.save("stop" if stopped else "final")
+        if self.rank == 0:
+            self.save("stop" if stopped else "final")
         if self.tb is not None:
             self.tb.close()
         self.run.finish("stopped" if stopped else "finished")
+
+    def _epoch_order(self) -> torch.Tensor:
+        """The epoch's shuffled indices, the same on every rank (same seed, same draws), padded with
+        its first ones to a multiple of the ranks so every rank gets a share of every batch."""
+        order = torch.randperm(len(self.train_x), generator=self.generator)
+        pad = -len(order) % self.world
+        return torch.cat([order, order[:pad]]) if pad else order
 
     def train_step(self, index: torch.Tensor) -> dict[str, float]:
         started = time.perf_counter()
@@ -284,7 +331,7 @@ class Trainer:
             x = augment(x, self.generator)
         data_time = time.perf_counter() - started
         self.model.train()
-        logits = self.model(x)
+        logits = self.net(x)
         loss = F.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -304,7 +351,7 @@ class Trainer:
             **norms,
             "step_time_s": elapsed,
             "data_time_s": data_time,
-            "images_per_s": len(index) / elapsed,
+            "images_per_s": len(index) * self.world / elapsed,  # all ranks together
             "epoch": self.epoch,
         }
 
@@ -327,6 +374,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        """Rank 0 validates for all: DistributedDataParallel keeps the weights the same on every rank."""
+        if self.rank != 0:
+            return {}
         self.model.eval()
         k = len(self.data.classes)
         confusion = torch.zeros(k, k, dtype=torch.long)
@@ -386,7 +436,7 @@ class Trainer:
                     self.tb.add_scalar(key, value, self.step)
 
     def _progress(self) -> Any:
-        if not (self.cfg.progress and sys.stderr.isatty()):
+        if not (self.cfg.progress and sys.stderr.isatty()) or self.rank != 0:
             return None
         from tqdm import tqdm
 
