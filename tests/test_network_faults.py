@@ -4,6 +4,7 @@ its disk budget, and what was kept arrives exactly once when a server is reachab
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import struct
@@ -18,6 +19,20 @@ import pytest
 import trainpilot
 from tests.conftest import LiveServer, free_port, wait_until
 from trainpilot.sender import SPILL_AT
+
+
+class CollectorClock:
+    """A `gc.callbacks` entry adding up the seconds spent in garbage collections."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._started
 
 
 class BadServer:
@@ -83,12 +98,19 @@ def test_a_bad_network_never_stalls_log_and_nothing_is_lost_once_a_server_is_up(
     data_dir = str(tmp_path / "client")
     run = trainpilot.init(project="net", server=bad_url, data_dir=data_dir, run_id="net", control=False)
     steps, worst = 20_000, 0.0
-    for step in range(steps):
-        started = time.perf_counter()
-        run.log({f"m{i}": step * 0.001 + i for i in range(8)})
-        worst = max(worst, time.perf_counter() - started)
+    collector = CollectorClock()
+    gc.callbacks.append(collector)
+    try:
+        for step in range(steps):
+            collected, started = collector.total, time.perf_counter()
+            run.log({f"m{i}": step * 0.001 + i for i in range(8)})
+            worst = max(worst, time.perf_counter() - started - (collector.total - collected))
+    finally:
+        gc.callbacks.remove(collector)
     # log() only queues: a 3 s answer or a reset must not show up in the training loop. The bound is
-    # a thousand times a normal call, so it fails only if log() waited on the network.
+    # a thousand times a normal call, so it fails only if log() waited on the network. A full garbage
+    # collection of the whole test session's heap (hundreds of ms, whoever triggers it) is not the
+    # network's doing and is taken out.
     assert worst < 0.25, f"log() blocked for {worst:.3f} s"
     wait_until(lambda: run._sender.queue.qsize() == 0, timeout=60, what="the sender to take everything")
     assert run.delivered == 0
