@@ -10,7 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from tests.conftest import LiveServer, create_run, metrics_batch, sse_events
+import httpx
+
+from tests.conftest import LiveServer, create_run, metrics_batch, sse_events, wait_until
 
 CLI = [sys.executable, "-m", "trainpilot.cli"]
 
@@ -179,3 +181,24 @@ def test_migrate_of_an_unreachable_database_is_a_one_line_error_without_the_pass
     result = cli("migrate", "--store", "postgresql://tp:s3cret@127.0.0.1:1/tp")
     assert_one_line_error(result)
     assert "cannot reach PostgreSQL" in result.stderr and "s3cret" not in result.stderr
+
+
+def test_serve_on_port_0_names_the_port_it_took(tmp_path: Path) -> None:
+    command = [*CLI, "serve", "--port", "0", "--data-dir", str(tmp_path)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as server:
+        try:
+            assert server.stdout is not None
+            banner = server.stdout.readline()
+            url = banner.split()[2].rstrip("/")
+            assert not url.endswith(":0"), banner
+            wait_until(lambda: _healthy(url), timeout=30, what="the server on the port its banner names")
+        finally:
+            server.terminate()
+            server.wait(15)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/api/system/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

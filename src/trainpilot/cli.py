@@ -16,6 +16,7 @@ trainpilot mcp                                            an MCP server on stdio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import sys
@@ -295,6 +296,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cors_origins=args.cors_origins,
         log_level=args.log_level,
     )
+    if settings.port == 0:  # any free port, named in the banner (uvicorn would pick one it never tells)
+        from trainpilot.server.runner import free_port
+
+        settings = dataclasses.replace(settings, port=free_port(settings.host))
     try:
         settings.check()
         asyncio.run(check_store(settings.store_url))

@@ -460,7 +460,7 @@ def _start_server(data_dir: str, token: str | None, port: int | None) -> Any:
     from trainpilot.settings import Settings
 
     settings = Settings.from_env(data_dir=data_dir, token=token, port=port, log_level="warning")
-    if port is None and not port_free(settings.host, settings.port):
+    if port == 0 or (port is None and not port_free(settings.host, settings.port)):  # 0: any free port
         settings = Settings.from_env(
             data_dir=data_dir, token=token, port=free_port(settings.host), log_level="warning"
         )
