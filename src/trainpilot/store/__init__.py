@@ -21,6 +21,16 @@ from trainpilot.events import Event, NewEvent, Point, Run
 from trainpilot.exceptions import ConfigError
 
 CommitListener = Callable[[list[Event]], None]
+# The run record's columns, in `Run`'s field order, in every SQL backend.
+RUN_COLUMNS = "id, project, name, status, config, created_at, updated_at, last_step, last_event_id"
+STEP_MIN, STEP_MAX = -(2**63), 2**63 - 1  # steps are 64-bit integers in every backend
+
+
+def step_range(start_step: int | None, end_step: int | None) -> tuple[int, int]:
+    """A history request's step range, its open ends filled in."""
+    return (STEP_MIN if start_step is None else start_step, STEP_MAX if end_step is None else end_step)
+
+
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
 _QUERY_PASSWORD = re.compile(r"(password=)[^&\s]*")

@@ -29,12 +29,11 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from trainpilot.downsample import bucket_width
 from trainpilot.events import Event, NewEvent, Point, Run
 from trainpilot.exceptions import ConfigError, NotFound, StoreUnavailable
-from trainpilot.store import CommitListener, Series, redact_url
+from trainpilot.store import RUN_COLUMNS, CommitListener, Series, redact_url, step_range
 from trainpilot.store.postgres_migrations import cannot_reach, check
-from trainpilot.store.postgres_writes import RUN_COLUMNS, Append
+from trainpilot.store.postgres_writes import Append
 
 log = logging.getLogger("trainpilot.store")
-STEP_MIN, STEP_MAX = -(2**63), 2**63 - 1
 CONNECT_TIMEOUT_S = 5
 # Each step bucket's lowest and highest point, the first in step order among equals (as downsample()):
 # rows (bucket, step, value, ts, event_id). A sparse range is sorted once, by bucket and value; a dense
@@ -310,8 +309,7 @@ class PostgresStore:
         end_step: int | None = None,
         max_points: int = 1000,
     ) -> list[Series]:
-        lo = STEP_MIN if start_step is None else start_step
-        hi = STEP_MAX if end_step is None else end_step
+        lo, hi = step_range(start_step, end_step)
         async with self._conn() as conn:
             await self._get_run(conn, run_id)
             return [await _series(conn, run_id, key, lo, hi, max_points) for key in keys]

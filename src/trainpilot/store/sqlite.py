@@ -28,7 +28,7 @@ import orjson
 from trainpilot.downsample import bucket_width
 from trainpilot.events import Event, NewEvent, Point, Run
 from trainpilot.exceptions import NotFound, StoreUnavailable
-from trainpilot.store import CommitListener, Series
+from trainpilot.store import RUN_COLUMNS, CommitListener, Series, step_range
 from trainpilot.store.rules import apply_to_run
 
 log = logging.getLogger("trainpilot.store")
@@ -59,8 +59,6 @@ TOUCH_SQL = (
     "INSERT INTO run_contact VALUES(?, ?) "
     "ON CONFLICT(run_id) DO UPDATE SET heard_at = max(heard_at, excluded.heard_at)"
 )
-STEP_MIN, STEP_MAX = -(2**63), 2**63 - 1
-RUN_COLUMNS = "id, project, name, status, config, created_at, updated_at, last_step, last_event_id"
 
 Job = tuple[str, Any, "asyncio.Future[Any]"]
 
@@ -443,8 +441,7 @@ class SQLiteStore:
         end_step: int | None = None,
         max_points: int = 1000,
     ) -> list[Series]:
-        lo = STEP_MIN if start_step is None else start_step
-        hi = STEP_MAX if end_step is None else end_step
+        lo, hi = step_range(start_step, end_step)
 
         def query() -> list[Series]:
             self._get_run(run_id)
