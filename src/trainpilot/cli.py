@@ -22,13 +22,14 @@ import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from trainpilot.events import ACTIONS
 from trainpilot.settings import DEFAULT_PORT
 from trainpilot.transport import auth_headers, env_token
 
 DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"
+T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,25 +217,30 @@ def add_store_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _with_store(args: argparse.Namespace, work: Callable[[Any], Awaitable[int]]) -> int:
-    """Open the store the flags name, run `work` on it, close it; problems become one-line errors."""
+    """Run `work` on the store the flags name; problems become one-line errors."""
     import asyncio
 
     from trainpilot.exceptions import TrainpilotError
     from trainpilot.settings import Settings
-    from trainpilot.store import open_store
-
-    async def run() -> int:
-        store = open_store(Settings.from_env(data_dir=args.data_dir, store=args.store).store_url)
-        await store.open()
-        try:
-            return await work(store)
-        finally:
-            await store.close()
 
     try:
-        return asyncio.run(run())
+        return asyncio.run(
+            using_store(Settings.from_env(data_dir=args.data_dir, store=args.store).store_url, work)
+        )
     except (TrainpilotError, OSError) as exc:
         raise CLIError(str(exc)) from None
+
+
+async def using_store(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Open the store at `url`, run `work` on it, close it."""
+    from trainpilot.store import open_store
+
+    store = open_store(url)
+    await store.open()
+    try:
+        return await work(store)
+    finally:
+        await store.close()
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -268,13 +274,8 @@ def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-async def check_store(url: str) -> None:
-    """Open and close the store, so a wrong URL or an unmigrated database is one line, not a traceback."""
-    from trainpilot.store import open_store
-
-    store = open_store(url)
-    await store.open()
-    await store.close()
+async def _opens(store: Any) -> None:
+    """Nothing: opening is the check (a wrong URL or an unmigrated database is one line, not a traceback)."""
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -302,7 +303,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, port=free_port(settings.host))
     try:
         settings.check()
-        asyncio.run(check_store(settings.store_url))
+        asyncio.run(using_store(settings.store_url, _opens))
     except TrainpilotError as exc:
         raise CLIError(str(exc)) from None
 

@@ -37,9 +37,10 @@ def encode_batch(origin: bytes, events: list[Event]) -> bytes:
     return origin + b"\n" + orjson.dumps(events)
 
 
-def decode_batch(message: bytes) -> tuple[bytes, list[Event]]:
+def decode_batch(message: bytes, skip: bytes = b"") -> tuple[bytes, list[Event]]:
+    """The origin and the events; none decoded when the origin is `skip` (a replica's own batch)."""
     origin, _, body = message.partition(b"\n")
-    return origin, [Event(**raw) for raw in orjson.loads(body)]
+    return origin, [] if origin == skip else [Event(**raw) for raw in orjson.loads(body)]
 
 
 class RedisBroker:
@@ -99,7 +100,8 @@ class RedisBroker:
     def publish(self, events: list[Event]) -> None:
         """This replica's commits: to the local ring (through the sequencer) and to the others."""
         self._inbox.put_nowait(events)
-        self._outbox.put_nowait(encode_batch(self.origin, events))
+        if self.connected:  # while Redis is away the others read the store; nothing to encode
+            self._outbox.put_nowait(encode_batch(self.origin, events))
 
     # -- the sequencer: everything reaches the ring here, in id order ------------------------------
 
@@ -152,10 +154,9 @@ class RedisBroker:
                     async for message in pubsub.listen():
                         if message.get("type") != "message":
                             continue
-                        origin, _, _ = message["data"].partition(b"\n")
+                        origin, events = decode_batch(message["data"], skip=self.origin)
                         if origin == self.origin:
                             continue
-                        _, events = decode_batch(message["data"])
                         self.stats["from_replicas"] += len(events)
                         self._inbox.put_nowait(events)
             except asyncio.CancelledError:
@@ -170,7 +171,7 @@ class RedisBroker:
         while True:
             payload = await self._outbox.get()
             if not self.connected:
-                continue
+                continue  # queued before Redis went away
             try:
                 await self._client.publish(CHANNEL, payload)
             except asyncio.CancelledError:

@@ -170,8 +170,7 @@ class Dispatcher:
         request = Request(scope, receive)
         try:
             auth.check(hub.settings, "write", auth.presented_token(scope["headers"]))
-            response = await rest.ingest_batch(hub, request, run_id)
-            hub.ingest_latency.observe(time.perf_counter() - received)
+            response = await rest.ingest_batch(hub, request, run_id, received)
         except Exception as exc:
             answer = errors.known_error(exc)
             if answer is None:

@@ -86,8 +86,15 @@ class Hub:
             run = await self.store.get_run(run.id)
         return run, created
 
-    async def ingest(self, run_id: str, events: list[NewEvent]) -> IngestResult:
-        """Store a validated batch once and publish what was new; report non-finite values as insights."""
+    async def ingest(
+        self, run_id: str, events: list[NewEvent], received: float | None = None
+    ) -> IngestResult:
+        """Store a validated batch once and publish what was new; report non-finite values as insights.
+
+        `received` (perf_counter) is when the batch arrived, where the caller knows it: the time from
+        there to the commit goes to `ingest_latency`.
+        """
+        received = time.perf_counter() if received is None else received
         if not events:
             await self.store.get_run(
                 run_id
@@ -102,6 +109,7 @@ class Hub:
                 revived = {"status": "running", "reason": "heard from again"}
                 events = [NewEvent(run_id, "status", revived, ts=time.time()), *events]
         stored = await self.store.append(events)
+        self.ingest_latency.observe(time.perf_counter() - received)
         self.counters["batches"] += 1
         self.counters["events_ingested"] += len(stored)
         self.counters["duplicates"] += len(events) - len(stored)

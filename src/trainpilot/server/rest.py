@@ -192,11 +192,11 @@ async def ingest(request: Request, run_id: str) -> Response:
     return await ingest_batch(hub_of(request), request, run_id)
 
 
-async def ingest_batch(hub: Hub, request: Request, run_id: str) -> Response:
+async def ingest_batch(hub: Hub, request: Request, run_id: str, received: float | None = None) -> Response:
     """The body of `POST /api/runs/{id}/events` (also reached without FastAPI: app.Dispatcher)."""
     payload = await read_json(request, hub.settings.max_body_bytes)
     events = decode_batch(check_run_id(run_id), payload)
-    result = await hub.ingest(run_id, events)
+    result = await hub.ingest(run_id, events, received)
     return JSON(result.as_dict())
 
 

@@ -107,8 +107,7 @@ class Connection:
         if not isinstance(run_id, str):
             raise InvalidInput("run_id", "required: the run the events belong to")
         events = decode_batch(check_run_id(run_id), message)
-        result = await self.hub.ingest(run_id, events)
-        self.hub.ingest_latency.observe(time.perf_counter() - self.received_at)
+        result = await self.hub.ingest(run_id, events, self.received_at)
         return {"op": "ingested", **result.as_dict()}
 
     async def op_control(self, message: dict[str, Any]) -> dict[str, Any]:
