@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +221,13 @@ def floor_sqlite(folder: str, events: int, batches: int) -> dict[str, Any]:
     return floor_row("raw sqlite3 executemany (same schema)", events, batches, elapsed, cpu, persisted)
 
 
+async def concurrently(ids: list[str], writer: Callable[[str], Awaitable[None]]) -> tuple[float, float]:
+    """Wall and CPU seconds (every thread's: the store's writer too) of `writer` for every id at once."""
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(writer(r) for r in ids))
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
 def floor_store(folder: str, events: int, batches: int, runs: int) -> dict[str, Any]:
     """trainpilot's SQLiteStore alone, `runs` writers at once: the store's writer thread and group
     commit, with no HTTP, JSON or validation in front of it."""
@@ -238,9 +245,7 @@ def floor_store(folder: str, events: int, batches: int, runs: int) -> dict[str, 
             for batch in prepared[run_id]:
                 await store.append(batch)
 
-        started, cpu = time.perf_counter(), time.process_time()  # every thread's CPU: the writer's too
-        await asyncio.gather(*(writer(r) for r in ids))
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        elapsed, cpu = await concurrently(ids, writer)
         await store.close()
         return elapsed, cpu, stored_points(store.path, ids)
 
@@ -270,9 +275,7 @@ def floor_hub(folder: str, events: int, batches: int, runs: int) -> dict[str, An
             for body in bodies:
                 await hub.ingest(run_id, decode_batch(run_id, orjson.loads(body)))
 
-        started, cpu = time.perf_counter(), time.process_time()  # every thread's CPU: the writer's too
-        await asyncio.gather(*(writer(r) for r in ids))
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        elapsed, cpu = await concurrently(ids, writer)
         await store.close()
         return elapsed, cpu, stored_points(store.path, ids)
 

@@ -30,10 +30,9 @@ from typing import Any
 import case_fanout
 import case_ingest
 import httpx
-from common import save
+from common import POSTGRES_URL, postgres_schema, save
 from served import served
 
-POSTGRES_URL = os.environ.get("TRAINPILOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 RUNS, EVENTS, CLIENTS = 4, 100, 2
 SUBSCRIBERS, RATE = 1000, 20.0
 
@@ -45,20 +44,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def postgres_schema() -> Iterator[str]:
+def migrated_schema() -> Iterator[str]:
     """A store URL on a fresh schema of its own, migrated, dropped afterwards."""
-    import psycopg
-
-    schema = f"tp_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-        url = f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}options=-csearch_path%3D{schema}"
-        try:
-            migrate = [sys.executable, "-m", "trainpilot.cli", "migrate", "--store", url]
-            subprocess.run(migrate, check=True, capture_output=True, timeout=60)
-            yield url
-        finally:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    with postgres_schema() as url:
+        migrate = [sys.executable, "-m", "trainpilot.cli", "migrate", "--store", url]
+        subprocess.run(migrate, check=True, capture_output=True, timeout=60)
+        yield url
 
 
 @contextlib.contextmanager
@@ -95,7 +86,7 @@ def deployment(kind: str, folder: str) -> Iterator[tuple[list[tuple[str, int]], 
             url, process = stack.enter_context(served(os.path.join(folder, "sqlite")))
             yield [(url, process.pid)], None
             return
-        store = stack.enter_context(postgres_schema())
+        store = stack.enter_context(migrated_schema())
         broker = stack.enter_context(redis_server())
         servers = []
         for i in range(int(kind[-1])):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+POSTGRES_URL = os.environ.get("TRAINPILOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def machine() -> dict[str, Any]:
@@ -47,3 +51,17 @@ def save(case: str, body: dict[str, Any]) -> Path:
     stamp = {"case": case, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     path.write_text(json.dumps({**stamp, "machine": machine(), **body}, indent=1) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A store URL on a throw-away schema of its own at TRAINPILOT_TEST_POSTGRES_URL, dropped after."""
+    import psycopg
+
+    schema = f"tp_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            yield f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -1,6 +1,8 @@
 """What the control collective costs each step under torchrun (docs/architecture.md, "Control").
 
-    torchrun --standalone --nproc-per-node 2 bench/ddp_control.py [ROUNDS] [STEPS]
+    torchrun --standalone --nproc-per-node 2 bench/ddp_control.py [ROUNDS] [STEPS] [--every-step]
+
+--every-step makes the ranks meet at every call (distributed.MAX_GAP = 0), as the first version did.
 
 On every rank: a bare loop of `run.wait_if_paused()` (the collective alone; most calls skip it, so
 the mean is the amortised cost of a meeting), then the reference trainer's small CNN on digits under
@@ -20,11 +22,15 @@ import time
 import torch.distributed as dist
 
 import trainpilot
+from trainpilot import distributed
 from trainpilot.train import Trainer, join_process_group
 from trainpilot.trainconfig import TrainConfig
 
 
 def main() -> None:
+    if "--every-step" in sys.argv:
+        sys.argv.remove("--every-step")
+        distributed.MAX_GAP = 0
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     join_process_group("cpu")

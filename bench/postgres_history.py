@@ -10,18 +10,16 @@ picks between them). Runs in a throw-away schema.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-import uuid
 
 import psycopg
+from common import postgres_schema
 
 import trainpilot.store.postgres as pg
 from trainpilot.events import NewEvent
 from trainpilot.store import open_store
 from trainpilot.store.postgres_migrations import migrate
 
-URL = os.environ.get("TRAINPILOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 POINTS = 1_000_000
 
 
@@ -51,10 +49,5 @@ async def main(url: str) -> None:
 
 
 if __name__ == "__main__":
-    schema = f"tp_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(URL, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-        try:
-            asyncio.run(main(f"{URL}{'&' if '?' in URL else '?'}options=-csearch_path%3D{schema}"))
-        finally:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    with postgres_schema() as url:
+        asyncio.run(main(url))

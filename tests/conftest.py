@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -128,6 +129,30 @@ def sse_events(
             if len(out) >= count:
                 break
     return out
+
+
+def collect_in_background(
+    url: str, params: dict[str, str], count: int
+) -> tuple[threading.Thread, list[ServerEvent]]:
+    """Read the first `count` events of an SSE stream on a thread of their own."""
+    received: list[ServerEvent] = []
+
+    def read() -> None:
+        received.extend(sse_events(url, params, count=count, timeout=20))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, received
+
+
+def wait_for_subscribers(client: httpx.Client, count: int, timeout: float = 10.0) -> None:
+    """Until the server counts `count` live SSE subscribers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/api/system/info").json()["connections"]["sse"] >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} SSE subscribers connected")
 
 
 def create_run(client: httpx.Client, run_id: str, project: str = "tests") -> dict[str, object]:

@@ -14,7 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, RedisProcess, create_run, metrics_batch, sse_events, wait_until
+from tests.conftest import (
+    LiveServer,
+    RedisProcess,
+    collect_in_background,
+    create_run,
+    metrics_batch,
+    sse_events,
+    wait_for_subscribers,
+    wait_until,
+)
 from trainpilot.sse_client import ServerEvent
 
 
@@ -31,25 +40,9 @@ def replicas(
         b.stop()
 
 
-def follow(url: str, params: dict[str, str], count: int) -> tuple[threading.Thread, list[ServerEvent]]:
-    """Read `count` events of an SSE stream in the background."""
-    received: list[ServerEvent] = []
-
-    def read() -> None:
-        received.extend(sse_events(url, params, count=count, timeout=30))
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    return thread, received
-
-
-def subscribers(server: LiveServer) -> int:
-    count: int = httpx.get(server.url + "/api/system/info", timeout=5).json()["connections"]["sse"]
-    return count
-
-
 def wait_for_subscriber(server: LiveServer) -> None:
-    wait_until(lambda: subscribers(server) >= 1, timeout=10, what="the subscriber to connect")
+    with server.client() as client:
+        wait_for_subscribers(client, 1)
 
 
 def steps(events: list[ServerEvent]) -> list[int]:
@@ -67,7 +60,7 @@ def test_events_ingested_through_one_replica_stream_live_from_the_other(
     a, b = replicas
     with a.client() as client:
         create_run(client, "across")
-        thread, received = follow(b.url, {"run_id": "across", "kinds": "metrics"}, count=200)
+        thread, received = collect_in_background(b.url, {"run_id": "across", "kinds": "metrics"}, count=200)
         wait_for_subscriber(b)
         for start in range(0, 200, 20):
             client.post("/api/runs/across/events", json=metrics_batch(start, 20)).raise_for_status()
@@ -97,7 +90,7 @@ def test_concurrent_writers_on_both_replicas_never_make_a_cursor_skip_an_event(
     with a.client() as client:
         for run_id in ("w-a", "w-b"):
             create_run(client, run_id)
-    live = [follow(s.url, {"kinds": "metrics"}, count=600) for s in (a, b)]
+    live = [collect_in_background(s.url, {"kinds": "metrics"}, count=600) for s in (a, b)]
     for server in (a, b):
         wait_for_subscriber(server)
 
@@ -126,7 +119,7 @@ def test_a_redis_restart_mid_stream_loses_nothing_for_a_follower_on_the_other_re
     a, b = replicas
     with a.client() as client:
         create_run(client, "restart")
-        thread, received = follow(b.url, {"run_id": "restart", "kinds": "metrics"}, count=150)
+        thread, received = collect_in_background(b.url, {"run_id": "restart", "kinds": "metrics"}, count=150)
         wait_for_subscriber(b)
         client.post("/api/runs/restart/events", json=metrics_batch(0, 50)).raise_for_status()
         redis.stop()

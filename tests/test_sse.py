@@ -3,38 +3,21 @@
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, create_run, metrics_batch, sse_events
+from tests.conftest import (
+    LiveServer,
+    collect_in_background,
+    create_run,
+    metrics_batch,
+    sse_events,
+    wait_for_subscribers,
+)
 from trainpilot.server.sse import parse_filter
-from trainpilot.sse_client import ServerEvent, parse
-
-
-def collect_in_background(
-    url: str, params: dict[str, str], count: int
-) -> tuple[threading.Thread, list[ServerEvent]]:
-    received: list[ServerEvent] = []
-
-    def read() -> None:
-        received.extend(sse_events(url, params, count=count, timeout=20))
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    return thread, received
-
-
-def wait_for_subscribers(client: httpx.Client, count: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.get("/api/system/info").json()["connections"]["sse"] >= count:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"fewer than {count} SSE subscribers connected")
+from trainpilot.sse_client import parse
 
 
 def test_live_events_are_named_by_kind_with_the_event_id(shared_server: LiveServer) -> None:
