@@ -192,6 +192,32 @@ def test_live_and_offline_analysis_agree_and_feeding_order_does_not_matter(serve
     assert one_batch == offline
 
 
+def test_analyze_reads_the_nan_and_infinity_literals_pythons_json_writes(tmp_path: Path) -> None:
+    losses: list[object] = [2.3 - 0.01 * i for i in range(40)]
+    losses[30] = float("nan")
+    events = [
+        {"kind": "metrics", "step": i, "data": {"train/loss": v, "note": "x"}} for i, v in enumerate(losses)
+    ]
+    events[35]["data"]["grad_norm"] = float("inf")
+    events[36]["data"]["grad_norm"] = (
+        "-inf"  # the wire's marker, as `trainpilot export` and the corpus write it
+    )
+    (tmp_path / "run.json").write_text(json.dumps({"events": events}))  # NaN, Infinity: not strict JSON
+    (tmp_path / "run.jsonl").write_text("\n".join(json.dumps(e) for e in events))
+    assert "NaN" in (tmp_path / "run.json").read_text()
+    for source in ("run.json", "run.jsonl"):
+        result = subprocess.run(
+            [sys.executable, "-m", "trainpilot.cli", "analyze", str(tmp_path / source), "--json"],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        flagged = [
+            (f["step"], f["evidence"]["metrics"]) for f in json.loads(result.stdout) if f["kind"] == "nan_inf"
+        ]
+        assert flagged == [(30, ["train/loss"]), (35, ["grad_norm"])], (source, flagged)
+
+
 def test_analyze_reads_a_json_file_and_a_tensorboard_directory(tmp_path: Path) -> None:
     losses = [2.3 * 0.97**i for i in range(60)] + [2.3 * 5 * 1.1**i for i in range(30)]
     events = [

@@ -220,8 +220,23 @@ def analyze_events(events: Iterable[dict[str, Any]], thresholds: Thresholds | No
     )
     for event in ordered:
         data = {
-            k: (float(v) if isinstance(v, int | float) else None)
-            for k, v in (event.get("data") or {}).items()
+            k: number for k, v in (event.get("data") or {}).items() if (number := _number(v)) is not _SKIP
         }
         found += analysis.observe(int(event["step"]), data)
     return found
+
+
+_SKIP = object()
+_MARKERS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "infinity": math.inf, "-infinity": -math.inf}
+
+
+def _number(value: Any) -> Any:
+    """A metric value as read from a file: a float; None for the server's null (a NaN it stored) and for
+    the wire's ``"nan"``/``"inf"`` markers made floats again; anything else (text, lists) skipped."""
+    if isinstance(value, bool):
+        return _SKIP
+    if isinstance(value, int | float) or value is None:
+        return None if value is None else float(value)
+    if isinstance(value, str) and value.lower() in _MARKERS:
+        return _MARKERS[value.lower()]
+    return _SKIP

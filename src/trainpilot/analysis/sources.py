@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,16 @@ def load(source: str, server: str | None = None) -> dict[str, Events]:
 
 
 def read_json_events(path: Path) -> Events:
-    """JSON Lines (one event per line) or one object with an ``events`` list."""
+    """JSON Lines (one event per line) or one object with an ``events`` list.
+
+    Python's `json` module writes NaN and infinities as the bare literals ``NaN``, ``Infinity`` and
+    ``-Infinity``, which strict JSON (and orjson) refuses; they are the values that matter most here,
+    so a file orjson cannot read is read again with `json`, which takes them.
+    """
     text = path.read_bytes()
     try:
-        whole = orjson.loads(text)
-    except orjson.JSONDecodeError:
+        whole = _loads(text)
+    except ValueError:
         whole = None
     if isinstance(whole, dict) and isinstance(whole.get("events"), list):
         return [e for e in whole["events"] if isinstance(e, dict)]
@@ -46,12 +52,19 @@ def read_json_events(path: Path) -> Events:
         if not line.strip():
             continue
         try:
-            event = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
+            event = _loads(line)
+        except ValueError as exc:
             raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
         if isinstance(event, dict):
             events.append(event)
     return events
+
+
+def _loads(text: bytes) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)  # NaN / Infinity literals; raises ValueError for anything else
 
 
 def from_server(server: str, run_id: str, token: str | None = None) -> Events:
