@@ -202,7 +202,7 @@ class SseStream(asyncio.Protocol):
 
     def request(self) -> bytes:
         query = f"run_id={self.client.args.run_id}&kinds=metrics"
-        return f"GET /api/stream/metrics?{query} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+        return f"GET /api/stream/metrics?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
 
     def data_received(self, data: bytes) -> None:
         data = self.pending + data if self.pending else data
@@ -247,7 +247,7 @@ class WsStream(SseStream):
 
     def request(self) -> bytes:
         return (
-            b"GET /api/ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"GET /api/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % WS_KEY.encode()
         )
 

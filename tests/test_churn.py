@@ -22,7 +22,7 @@ async def churn_sse(port: int, round_: int) -> None:
 
     async def one(i: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /api/stream/metrics?run_id=churn HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /api/stream/metrics?run_id=churn HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         await writer.drain()
         if i % 3 != 2:
             await reader.readuntil(b"\r\n\r\n")  # the response head

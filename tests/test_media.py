@@ -20,11 +20,17 @@ def png(width: int = 4, height: int = 3) -> bytes:
     return out.getvalue()
 
 
+PNG = {"content-type": "image/png"}
+
+
 def test_an_uploaded_image_is_stored_as_a_file_and_served_by_url(shared_server: LiveServer) -> None:
     with shared_server.client() as client:
         create_run(client, "media-up")
         reply = client.post(
-            "/api/runs/media-up/media", params={"name": "grid", "step": 3, "caption": "hi"}, content=png()
+            "/api/runs/media-up/media",
+            params={"name": "grid", "step": 3, "caption": "hi"},
+            content=png(),
+            headers=PNG,
         )
         assert reply.status_code == 201, reply.text
         url = reply.json()["url"]
@@ -38,10 +44,15 @@ def test_an_uploaded_image_is_stored_as_a_file_and_served_by_url(shared_server: 
 def test_bad_uploads_are_refused(shared_server: LiveServer) -> None:
     with shared_server.client() as client:
         create_run(client, "media-bad")
-        not_image = client.post("/api/runs/media-bad/media", params={"name": "x"}, content=b"hello")
+        not_image = client.post(
+            "/api/runs/media-bad/media", params={"name": "x"}, content=b"hello", headers=PNG
+        )
         assert not_image.status_code == 415 and not_image.json()["error"]["code"] == "unsupported_media_type"
-        assert client.post("/api/runs/ghost/media", params={"name": "x"}, content=png()).status_code == 404
-        assert client.post("/api/runs/media-bad/media", content=png()).status_code == 422  # no name
+        ghost = client.post("/api/runs/ghost/media", params={"name": "x"}, content=png(), headers=PNG)
+        assert ghost.status_code == 404
+        assert (
+            client.post("/api/runs/media-bad/media", content=png(), headers=PNG).status_code == 422
+        )  # no name
         assert client.get("/api/media/media-bad/..%2F..%2Ftrainpilot.db").status_code == 404
         assert client.get("/api/media/../trainpilot.db").status_code == 404
 

@@ -105,7 +105,7 @@ def test_a_stalled_subscriber_is_cut_off_with_resync_while_a_healthy_one_gets_ev
             stalled = socket.socket()
             stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             stalled.connect(("127.0.0.1", live.port))
-            stalled.sendall(b"GET /api/stream/metrics?run_id=slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            stalled.sendall(b"GET /api/stream/metrics?run_id=slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             stalled.recv(256)  # the response head; then it stops reading
             total = 600
             healthy_thread, healthy = collect_in_background(live.url, {"run_id": "slow"}, count=total)

@@ -208,6 +208,11 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "--read-token", help="an optional read-only token, for viewers (env TRAINPILOT_READ_TOKEN)"
     )
     p.add_argument("--cors-origins", help="comma-separated origins allowed to call the API (default none)")
+    p.add_argument(
+        "--allowed-hosts",
+        help="comma-separated names the server answers to besides loopback and its own address, "
+        "e.g. the name a reverse proxy forwards (env TRAINPILOT_ALLOWED_HOSTS)",
+    )
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -295,6 +300,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token,
         read_token=args.read_token,
         cors_origins=args.cors_origins,
+        allowed_hosts=args.allowed_hosts,
         log_level=args.log_level,
     )
     if settings.port == 0:  # any free port, named in the banner (uvicorn would pick one it never tells)

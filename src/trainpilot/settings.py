@@ -27,6 +27,7 @@ class Settings:
     token: str | None = field(default=None, repr=False)  # the write token (it also reads)
     read_token: str | None = field(default=None, repr=False)  # a read-only token, for viewers
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser; "" = none
+    allowed_hosts: str = ""  # comma-separated names the server answers to besides loopback and its address
     log_level: str = "info"
     ring_size: int = 16384
     heartbeat_s: float = 15.0
@@ -57,6 +58,15 @@ class Settings:
                 f"refusing to listen on {self.host!r} without a token: anyone who can reach it could "
                 "control your training. Set TRAINPILOT_TOKEN=<secret> (or --token), or listen on 127.0.0.1."
             )
+        for name, value in (
+            ("TRAINPILOT_ALLOWED_HOSTS", self.allowed_hosts),
+            ("TRAINPILOT_CORS_ORIGINS", self.cors_origins),
+        ):
+            if "*" in (item.strip() for item in value.split(",")) and not self.token:
+                raise ConfigError(
+                    f"refusing {name}=* without a token: every web page you open could then read and "
+                    "control your training. List the names, or set TRAINPILOT_TOKEN=<secret> (or --token)."
+                )
         return self
 
     @classmethod

@@ -26,6 +26,7 @@ from trainpilot.broker import open_broker
 from trainpilot.server import auth, errors, media, rest, sse, system, ws
 from trainpilot.server.assistant import MCP_PATH, LazyMCP
 from trainpilot.server.explain import Explainer
+from trainpilot.server.guard import Guard, refuse, split_list
 from trainpilot.server.hub import Hub
 from trainpilot.settings import Settings
 from trainpilot.store import open_store
@@ -61,6 +62,17 @@ STREAM_DOC = {
 }
 
 log = logging.getLogger("trainpilot.server")
+# The page runs only its own scripts, talks only to its own server, and is never framed by another
+# site (a framed control button could be clicked through a decoy: clickjacking).
+PAGE_HEADERS = {
+    "cache-control": "no-cache",
+    "content-security-policy": "default-src 'self'; img-src 'self' data: blob:; "
+    "style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboard"
 
 
@@ -103,15 +115,14 @@ def create_app(settings: Settings) -> Any:
 
     @api.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:
-        return FileResponse(DASHBOARD / "index.html", headers={"cache-control": "no-cache"})
+        return FileResponse(DASHBOARD / "index.html", headers=PAGE_HEADERS)
 
     api.mount("/static", StaticFiles(directory=DASHBOARD), name="static")
 
     schema = api.openapi()
     schema["paths"][sse.PATH] = STREAM_DOC
-    assistant = LazyMCP(api, settings.host)
-    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
-    return Dispatcher(api, assistant, origins)
+    assistant = LazyMCP(api)
+    return Dispatcher(api, assistant, Guard(settings), split_list(settings.cors_origins))
 
 
 INGEST = re.compile(r"^/api/runs/([^/]+)/events$")
@@ -130,11 +141,13 @@ async def _watch_liveness(hub: Hub) -> None:
 
 
 class Dispatcher:
-    """Sends the two endless streams and MCP straight to their handlers, everything else to FastAPI."""
+    """Refuses what the guard refuses, then sends the two endless streams and MCP straight to their
+    handlers, everything else to FastAPI."""
 
-    def __init__(self, api: FastAPI, mcp_app: Any, cors_origins: list[str] | None = None) -> None:
+    def __init__(self, api: FastAPI, mcp_app: Any, guard: Guard, cors_origins: list[str]) -> None:
         self.api = api
         self.mcp_app = mcp_app
+        self.guard = guard
         # CORS is off unless origins are configured: browsers then refuse other sites' pages the API.
         self.entry: Any = self.route
         if cors_origins:
@@ -146,6 +159,9 @@ class Dispatcher:
             )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan" and (refusal := self.guard.refusal(scope)) is not None:
+            await refuse(refusal, scope, receive, send)
+            return
         await self.entry(scope, receive, send)
 
     async def route(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

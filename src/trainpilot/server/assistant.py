@@ -16,9 +16,8 @@ MCP_PATH = "/mcp"
 
 
 class LazyMCP:
-    def __init__(self, api: Any, host: str) -> None:
+    def __init__(self, api: Any) -> None:
         self.api = api
-        self.host = host
         self._app: Any = None
         self._ready: asyncio.Future[None] | None = None
         self._stop = asyncio.Event()
@@ -34,11 +33,17 @@ class LazyMCP:
 
     async def _own(self, ready: asyncio.Future[None]) -> None:
         try:
+            from mcp.server.transport_security import TransportSecuritySettings
+
             from trainpilot import mcpserver
 
             assistant = mcpserver.in_process(self.api)
+            # The server's guard (guard.py) has checked Host and Origin already, against the names the
+            # server is configured with; the SDK's own loopback-only check would refuse those names.
             app = assistant.streamable_http_app(
-                streamable_http_path=MCP_PATH, stateless_http=True, host=self.host
+                streamable_http_path=MCP_PATH,
+                stateless_http=True,
+                transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
             )
             async with assistant.session_manager.run():
                 self._app = app

@@ -1,0 +1,182 @@
+"""The attacks a web page can make on the default server (loopback, no token), tried on a real one:
+DNS rebinding (a foreign Host), cross-site WebSocket hijacking and request forgery (a foreign
+Origin, a "simple" body). Each refused, and nothing stored; scripts without an Origin keep working."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from tests.conftest import LiveServer, create_run, metrics_batch
+from trainpilot.server.guard import Guard, server_names
+from trainpilot.settings import Settings
+
+EVIL = "http://evil.example"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = LiveServer(
+        tmp_path_factory.mktemp("security") / "data",
+        allowed_hosts="trainpilot.internal,*.lab.example",
+        cors_origins="http://dash.example",
+    ).start()
+    yield server
+    server.stop()
+
+
+def stored(server: LiveServer, run_id: str) -> int:
+    response = httpx.get(f"{server.url}/api/metrics/history", params={"run_id": run_id}, timeout=5)
+    return sum(s["total"] for s in response.json()["series"].values())
+
+
+def error(response: httpx.Response) -> dict[str, str]:
+    body: dict[str, str] = response.json()["error"]
+    return body
+
+
+def ws_refusal(url: str, **options: str) -> tuple[int, dict[str, str]]:
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, open_timeout=5, **options)  # type: ignore[arg-type]
+    response = refused.value.response
+    return response.status_code, orjson.loads(response.body or b"{}").get("error", {})
+
+
+def test_a_websocket_from_a_foreign_origin_is_refused_before_it_opens(live: LiveServer) -> None:
+    url = f"ws://127.0.0.1:{live.port}/api/ws"
+    for origin in (EVIL, "null", f"http://127.0.0.1:{live.port + 1}", f"http://localhost:{live.port}"):
+        status, body = ws_refusal(url, origin=origin)
+        assert status == 403 and body["code"] == "origin_not_allowed", origin
+        assert "TRAINPILOT_CORS_ORIGINS" in body["message"]
+    for origin in (None, f"http://127.0.0.1:{live.port}", "http://dash.example"):
+        with connect(url, open_timeout=5, origin=origin) as sock:  # type: ignore[arg-type]
+            sock.send('{"op": "ping"}')
+            assert orjson.loads(sock.recv(timeout=5))["op"] == "pong"
+
+
+def test_a_foreign_host_name_is_refused_on_every_path(live: LiveServer) -> None:
+    with httpx.Client(base_url=live.url, timeout=5) as client:
+        create_run(client, "rebind")
+        for path in ("/api/runs", "/api/system/health", "/api/stream/metrics", "/", "/mcp"):
+            response = client.get(path, headers={"Host": f"evil.example:{live.port}"})
+            assert response.status_code == 400, path
+            assert error(response)["code"] == "host_not_allowed"
+            assert "TRAINPILOT_ALLOWED_HOSTS" in error(response)["message"]
+        control = client.post(
+            "/api/training/control",
+            json={"run_id": "rebind", "action": "pause"},
+            headers={"Host": "evil.example"},
+        )
+        assert control.status_code == 400
+        for host in (
+            f"127.0.0.1:{live.port}",
+            f"localhost:{live.port}",
+            "LOCALHOST",
+            "[::1]:1",
+            "trainpilot.internal",
+            "gpu.lab.example:443",
+        ):
+            assert client.get("/api/runs", headers={"Host": host}).status_code == 200, host
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+        mcp = client.post(
+            "/mcp",
+            json=initialize,
+            headers={"Host": "trainpilot.internal", "Accept": "application/json, text/event-stream"},
+        )
+        assert mcp.status_code == 200 and "serverInfo" in mcp.text, mcp.text
+        for host in ("lab.example", "evil.example.trainpilot.internal", "127.0.0.2"):
+            assert client.get("/api/runs", headers={"Host": host}).status_code == 400, host
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as raw:
+        raw.sendall(
+            b"GET /api/ws HTTP/1.1\r\nHost: evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        answer = raw.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400") and b"host_not_allowed" in answer
+
+
+def test_simple_bodies_and_foreign_origins_change_nothing(live: LiveServer) -> None:
+    with httpx.Client(base_url=live.url, timeout=5) as client:
+        create_run(client, "csrf")
+        events = orjson.dumps(metrics_batch(0, 5))
+        for kind in (
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            None,
+        ):
+            headers = {"Content-Type": kind} if kind else {}
+            for path in ("/api/runs/csrf/events", "/api/runs", "/api/training/control", "/api/runs/csrf/ask"):
+                response = client.post(path, content=events, headers=headers)
+                assert response.status_code == 415, (path, kind)
+                assert error(response)["code"] == "unsupported_media_type"
+                assert "application/json" in error(response)["message"]
+            media = client.post("/api/runs/csrf/media", params={"name": "x"}, content=PNG, headers=headers)
+            assert media.status_code == 415, kind
+        foreign = client.post(
+            "/api/runs/csrf/events",
+            content=events,
+            headers={"Content-Type": "application/json", "Origin": EVIL},
+        )
+        assert foreign.status_code == 403 and error(foreign)["code"] == "origin_not_allowed"
+        control = client.post(
+            "/api/training/control", json={"run_id": "csrf", "action": "stop"}, headers={"Origin": EVIL}
+        )
+        assert control.status_code == 403
+        assert stored(live, "csrf") == 0
+        kinds = [e["kind"] for e in client.get("/api/runs/csrf/insights").json()["insights"]]
+        assert kinds == []
+        # the same requests from a script (no Origin) or the server's own page are taken
+        own = {"Content-Type": "application/json", "Origin": live.url}
+        assert client.post("/api/runs/csrf/events", content=events, headers=own).status_code == 200
+        typed = client.post(
+            "/api/runs/csrf/media", params={"name": "x"}, content=PNG, headers={"Content-Type": "image/png"}
+        )
+        assert typed.status_code == 201
+        assert stored(live, "csrf") == 10  # 5 steps of 2 metrics
+
+
+def test_a_foreign_page_cannot_read_the_stream_or_the_api(live: LiveServer) -> None:
+    """EventSource and fetch send the page's Origin: the server refuses, and sends no CORS grant."""
+    response = httpx.get(f"{live.url}/api/stream/metrics", headers={"Origin": EVIL}, timeout=5)
+    assert response.status_code == 403 and "access-control-allow-origin" not in response.headers
+    runs = httpx.get(f"{live.url}/api/runs", headers={"Origin": EVIL}, timeout=5)
+    assert runs.status_code == 403 and "access-control-allow-origin" not in runs.headers
+
+
+def test_wildcards_are_refused_without_a_token(tmp_path: Path) -> None:
+    for flag in ("--allowed-hosts", "--cors-origins"):
+        done = subprocess.run(
+            [sys.executable, "-m", "trainpilot.cli", "serve", "--data-dir", str(tmp_path), flag, "*"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode != 0 and "without a token" in done.stderr, done.stderr
+    guard = Guard(Settings(allowed_hosts="*", token="secret"))
+    assert guard.refusal({"type": "http", "method": "GET", "headers": [(b"host", b"anything")]}) is None
+
+
+def test_a_server_on_every_address_answers_to_the_machines_own_names() -> None:
+    names = server_names(Settings(host="0.0.0.0", token="secret"))
+    assert socket.gethostname().lower() in names and "127.0.0.1" in names
+    assert socket.gethostname().lower() not in server_names(Settings())
