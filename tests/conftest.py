@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import resource
 import shutil
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -22,6 +24,7 @@ import pytest
 
 from trainpilot.sse_client import ServerEvent, parse
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 POSTGRES_URL = os.environ.get("TRAINPILOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -272,5 +275,60 @@ def postgres_url(postgres_schema: str) -> str:
         async with await AsyncConnection.connect(postgres_schema, autocommit=True) as conn:
             await migrate(conn)
 
-    asyncio.run(prepare())
+    # on a thread of its own: a browser test's Playwright already runs an event loop on this one
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, prepare()).result()
     return postgres_schema
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip(
+            "BROWSER TESTS SKIPPED: no chromium on this machine (make test installs Debian's 'chromium')"
+        )
+    playwright_api = pytest.importorskip(
+        "playwright.sync_api", reason="BROWSER TESTS SKIPPED: playwright missing"
+    )
+    with playwright_api.sync_playwright() as p:
+        launched = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield launched
+        launched.close()
+
+
+LOGGER = """
+    import sys, time, trainpilot
+    run = trainpilot.init(project="browser", name="live", server=sys.argv[1], data_dir=sys.argv[2])
+    print(run.id, flush=True)
+    step = 0
+    while not run.should_stop and step < 20000:
+        run.wait_if_paused()
+        run.log({"train/loss": 1.0 / (step + 1), "val/loss": 1.2 / (step + 1), "lr": 0.1})
+        step += 1
+        time.sleep(0.05)
+    run.finish()
+"""
+
+
+@pytest.fixture
+def logging_run(server: LiveServer, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    with subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(LOGGER), server.url, str(tmp_path / "client")],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        run_id = proc.stdout.readline().strip()
+        yield run_id, proc
+        proc.kill()

@@ -4,72 +4,17 @@ and a real run logging from another process."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.conftest import LiveServer, wait_until
+from tests.conftest import LOGGER, LiveServer, wait_until
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-LOGGER = """
-    import sys, time, trainpilot
-    run = trainpilot.init(project="browser", name="live", server=sys.argv[1], data_dir=sys.argv[2])
-    print(run.id, flush=True)
-    step = 0
-    while not run.should_stop and step < 20000:
-        run.wait_if_paused()
-        run.log({"train/loss": 1.0 / (step + 1), "val/loss": 1.2 / (step + 1), "lr": 0.1})
-        step += 1
-        time.sleep(0.05)
-    run.finish()
-"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.skip(
-            "BROWSER TESTS SKIPPED: no chromium on this machine (make test installs Debian's 'chromium')"
-        )
-    playwright_api = pytest.importorskip(
-        "playwright.sync_api", reason="BROWSER TESTS SKIPPED: playwright missing"
-    )
-    with playwright_api.sync_playwright() as p:
-        launched = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def logging_run(server: LiveServer, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    with subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(LOGGER), server.url, str(tmp_path / "client")],
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        assert proc.stdout is not None
-        run_id = proc.stdout.readline().strip()
-        yield run_id, proc
-        proc.kill()
 
 
 class Page:

@@ -144,6 +144,7 @@ async function selectRun(runId) {
   if (state.selected !== runId) return;
   state.run = run;
   updateRunHead(run);
+  renderConfig(run.config);
   const cursor = run.last_event_id ?? 0;
   await loadHistory(runId);
   renderPerClass(run.metrics);
@@ -157,6 +158,11 @@ function updateRunHead(run) {
   $("run-status").dataset.status = run.status;
   $("run-step").textContent = `step ${run.last_step ?? "–"} · project ${run.project}`;
   for (const button of document.querySelectorAll("#controls button")) button.disabled = !ACTIVE.has(run.status);
+}
+
+function renderConfig(config) {
+  const lines = Object.entries(config || {}).map(([key, value]) => `${key} = ${typeof value === "string" ? value : JSON.stringify(value)}`);
+  $("config").textContent = lines.length ? lines.join("\n") : "none logged";
 }
 
 async function loadHistory(runId, range = null) {
@@ -435,6 +441,8 @@ function renderPerClass(metrics) {
 }
 
 function addSample(event) {
+  // Only the server's own stored images: an ingested media event must not make the page fetch elsewhere.
+  if (typeof event.data.url !== "string" || !event.data.url.startsWith("/api/media/")) return;
   const panel = $("samples");
   if (panel.textContent === "none yet") panel.replaceChildren();
   const figure = document.createElement("figure");
