@@ -31,10 +31,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# The dashboard's browser tests drive Debian's Chromium; without it (no root, no apt) they skip, loudly.
+# The dashboard's browser tests drive Debian's Chromium and the reverse-proxy tests Debian's nginx;
+# without them (no root, no apt) those tests skip, loudly.
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 		|| echo "WARNING: could not install chromium; the browser tests will be skipped"
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null) \
+		|| echo "WARNING: could not install nginx; the reverse-proxy tests will be skipped"
 
 test: lint typecheck browser
 	$(BIN)/pytest
