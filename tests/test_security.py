@@ -101,6 +101,7 @@ def test_a_foreign_host_name_is_refused_on_every_path(live: LiveServer) -> None:
             "/mcp",
             json=initialize,
             headers={"Host": "trainpilot.internal", "Accept": "application/json, text/event-stream"},
+            timeout=60,  # the first MCP request loads the MCP SDK
         )
         assert mcp.status_code == 200 and "serverInfo" in mcp.text, mcp.text
         for host in ("lab.example", "evil.example.trainpilot.internal", "127.0.0.2"):
