@@ -1,0 +1,3 @@
+"""placeholder"""
+from trainpilot.analysis.findings import NATURAL
+POLICY = dict(NATURAL)

@@ -1,0 +1,217 @@
+"""Validation curves against training ones: overfitting, unstable evaluations, labels the model cannot fit.
+
+Validation comes a few dozen times a run at most, and each point is noisy (a small split), so no
+single evaluation decides anything. Overfitting is judged over every evaluation since the best one
+together: a rank trend (Kendall's tau) that says the loss keeps rising, a rise that is large against
+the improvement the run had made (not a few percent of drift), a training loss still falling, and a
+validation accuracy (or IoU, mAP ...) that stopped improving. A healthy run whose validation loss
+creeps up from over-confidence while its accuracy still rises is not overfitting anyone should stop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from trainpilot.analysis.findings import Finding, Thresholds, r4
+from trainpilot.analysis.loss import stuck
+from trainpilot.analysis.trend import kendall_tau, median
+
+
+@dataclass
+class Quality:
+    """The run's validation accuracy (or another higher-is-better score): its best and latest."""
+
+    best: float = -math.inf
+    latest: float | None = None
+    evals: int = 0
+    improved_at: int = 0  # the evaluation that set the best
+    accuracy: bool = False  # an accuracy (chance is 1/C), not an IoU or mAP
+
+    def observe(self, value: float, accuracy: bool) -> None:
+        self.accuracy = self.accuracy or accuracy
+        self.evals += 1
+        self.latest = value
+        if value > self.best + 1e-9:
+            self.best, self.improved_at = value, self.evals
+
+    def above_chance(self, classes: int | None) -> float | None:
+        """The best score, rescaled so that chance is 0 and perfect is 1 (as is, for non-accuracies)."""
+        if self.latest is None:
+            return None
+        if self.accuracy and classes:
+            return (self.best - 1 / classes) / (1 - 1 / classes)
+        return self.best
+
+    def stalled(self) -> bool:
+        """No better than its best for the latest two evaluations (or never measured)."""
+        return self.latest is None or self.evals - self.improved_at >= 2
+
+
+@dataclass
+class ValLossTracker:
+    key: str
+    t: Thresholds
+    first: float | None = None
+    best: float = math.inf
+    best_step: int | None = None
+    train_at_best: float | None = None
+    since_best: list[float] = field(default_factory=list)  # the best and every evaluation after it
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=8))
+    evals: int = 0
+
+    def observe(self, step: int, value: float, train: float | None, quality: Quality) -> list[Finding]:
+        self.evals += 1
+        self.recent.append(value)
+        if self.first is None:
+            self.first = value
+        if value < self.best:
+            self.best, self.best_step, self.train_at_best = value, step, train
+            self.since_best = [value]
+        else:
+            self.since_best = [*self.since_best[-63:], value]
+        return self._overfitting(step, value, train, quality) + self._swinging(step)
+
+    def _overfitting(self, step: int, value: float, train: float | None, quality: Quality) -> list[Finding]:
+        assert self.first is not None
+        after = len(self.since_best) - 1
+        if after < self.t.overfit_evals or train is None or self.train_at_best is None:
+            return []
+        rise = value - self.best
+        improvement = self.first - self.best
+        tau = kendall_tau(self.since_best)
+        if (
+            rise < self.t.overfit_rise * abs(self.best)
+            or (improvement > 0 and rise < self.t.overfit_share * improvement)
+            or tau < self.t.overfit_tau
+            or train >= self.train_at_best  # training loss no longer falling: not memorising
+            or not quality.stalled()
+        ):
+            return []
+        score = "" if quality.latest is None else f"; validation score {quality.latest:.4g} vs best {quality.best:.4g}"
+        return [
+            Finding(
+                "overfitting",
+                "warning",
+                step,
+                self.best_step,
+                {
+                    "val_metric": self.key,
+                    "val": r4(value),
+                    "best_val": r4(self.best),
+                    "best_step": self.best_step,
+                    "evaluations_since_best": after,
+                    "rising_tau": r4(tau),
+                    "train_now": r4(train),
+                    "train_at_best": r4(self.train_at_best),
+                },
+                f"{self.key} rose from its best {self.best:.4g} (step {self.best_step}) to {value:.4g} over "
+                f"{after} evaluations while the training loss kept falling ({self.train_at_best:.4g} -> "
+                f"{train:.4g}){score}",
+                "keep the best checkpoint and stop early; add augmentation, weight decay or dropout, or get "
+                "more data",
+            )
+        ]
+
+    def _swinging(self, step: int) -> list[Finding]:
+        """Evaluations jumping up and down by a large share of their level: training is unstable."""
+        values = list(self.recent)
+        if len(values) < 6:
+            return []
+        level = median(values)
+        moves = [b - a for a, b in zip(values, values[1:], strict=False)]
+        big = [m for m in moves if abs(m) > self.t.val_swing * max(abs(level), 1e-12)]
+        reversals = sum(1 for a, b in zip(big, big[1:], strict=False) if (a > 0) != (b > 0))
+        if reversals < 3:
+            return []
+        self.recent.clear()
+        return [
+            Finding(
+                "oscillation",
+                "warning",
+                step,
+                step,
+                {"metric": self.key, "recent": [r4(v) for v in values], "median": r4(level)},
+                f"{self.key} swings up and down by more than {100 * self.t.val_swing:.0f} % of its level "
+                f"from one evaluation to the next ({', '.join(f'{v:.3g}' for v in values)})",
+                "training is unstable: lower the learning rate 2-5x, add warm-up or gradient clipping",
+            )
+        ]
+
+
+@dataclass
+class AccuracyTracker:
+    """Training accuracy (smoothed) against validation accuracy: labels it cannot fit, chance level."""
+
+    t: Thresholds
+    train: float | None = None  # smoothed per-batch training accuracy
+    train_at_last_eval: float | None = None
+    apart: int = 0  # evaluations in a row with validation far above a flat training accuracy
+    chance_run: int = 0  # evaluations in a row at chance
+    memorising: int = 0  # evaluations in a row with training accuracy near 1 far above validation
+
+    def observe_train(self, value: float) -> None:
+        self.train = value if self.train is None else 0.9 * self.train + 0.1 * value
+
+    def observe_val(
+        self, step: int, key: str, value: float, quality: Quality, classes: int | None, trained: bool
+    ) -> list[Finding]:
+        """One validation accuracy; `trained`: the training loss has had enough steps to judge chance."""
+        out = self._memorising(step, key, value, quality)
+        if classes and trained:
+            at_chance = value <= self.t.chance_acc / classes
+            self.chance_run = self.chance_run + 1 if at_chance else 0
+            if self.chance_run >= self.t.chance_evals:
+                out.append(
+                    stuck(
+                        step,
+                        key,
+                        f"{key} stays at {value:.3g}, chance for {classes} classes ({1 / classes:.3g})",
+                        {"metric": key, "val_acc": r4(value), "chance": r4(1 / classes), "classes": classes},
+                    )
+                )
+        flat = (
+            self.train is not None
+            and self.train_at_last_eval is not None
+            and self.train - self.train_at_last_eval < 0.02
+        )
+        apart = self.train is not None and value >= 0.5 and value - self.train >= self.t.noisy_gap
+        self.apart = self.apart + 1 if apart and flat and quality.evals >= 3 else 0
+        self.train_at_last_eval = self.train
+        if self.apart >= 2:
+            assert self.train is not None
+            out.append(
+                Finding(
+                    "noisy_labels",
+                    "warning",
+                    step,
+                    step,
+                    {"val_metric": key, "val_acc": r4(value), "train_acc": r4(self.train)},
+                    f"training accuracy stays at {self.train:.2f}, far below validation accuracy {value:.2f}: "
+                    "the model cannot fit its own training labels",
+                    "look for noisy or wrong training labels; if you train with mixup, cutmix, heavy "
+                    "augmentation or strong label smoothing this gap is expected",
+                )
+            )
+        return out
+
+    def _memorising(self, step: int, key: str, value: float, quality: Quality) -> list[Finding]:
+        """Training accuracy near 1 far above a validation accuracy that stopped improving."""
+        gap = self.train is not None and self.train >= 0.95 and self.train - value >= self.t.memorise_gap
+        self.memorising = self.memorising + 1 if gap and quality.evals >= 3 and quality.stalled() else 0
+        if self.memorising < 2:
+            return []
+        assert self.train is not None
+        return [
+            Finding(
+                "overfitting",
+                "warning",
+                step,
+                step,
+                {"val_metric": key, "val_acc": r4(value), "best_val_acc": r4(quality.best), "train_acc": r4(self.train)},
+                f"training accuracy {self.train:.2f} against validation accuracy {value:.2f}, which stopped "
+                f"improving at {quality.best:.2f}: the model memorises its training set",
+                "more data or augmentation, weight decay or dropout, a smaller model; keep the best checkpoint",
+            )
+        ]
