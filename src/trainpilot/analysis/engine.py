@@ -159,7 +159,7 @@ class RunAnalysis:
             dense = False
         score = self.quality.above_chance(self.classes)
         fitted = score is not None and score >= self.t.fitted_quality
-        return Context(self.lr, self.peak_lr, self.classes, dense, fitted, self.regularised)
+        return Context(self.lr, self.peak_lr, self.classes, dense, fitted, score, self.regularised)
 
     def _train_loss(self, step: int, key: str, value: float, component: bool) -> list[Finding]:
         tracker = self.losses.get(key)

@@ -59,6 +59,7 @@ class Thresholds:
     warmup: int = 20  # points ignored by spike/divergence detection: the first steps are noisy by nature
     divergence_ratio: float = 3.0  # smoothed loss this many times above its best (and above its start)
     explode_ratio: float = 10.0  # a raw loss this many times its starting level
+    early_rise: float = 1.5  # smoothed loss this many times its start, rising, before any progress
     spike_sigmas: float = 10.0  # a point this many mean-absolute-deviations above the smoothed loss
     spike_floor: float = 1.0  # ... and at least this fraction of the smoothed level above it
     oscillation_spikes: int = 4  # this many spikes within `oscillation_window` points

@@ -28,6 +28,7 @@ class Context:
     classes: int | None = None
     dense: bool = True  # several points per epoch, not one
     fitted: bool = False  # a validation score says the model fits (then a high loss is not underfitting)
+    score: float | None = None  # the best validation score so far, 0 at chance and 1 perfect
     regularised: bool = False  # mixup, cutmix or label smoothing: the training loss has a high floor
 
 
@@ -130,13 +131,16 @@ class LossTracker:
         """
         assert self.ema is not None and self.start is not None
         exploded = self.n > 5 and value > self.t.explode_ratio * max(self.start, 1e-12)
+        rising = self.rising >= (5 if ctx.dense else 2)
         diverged = (
             self.n > warmup
-            and self.rising >= (5 if ctx.dense else 2)
+            and rising
             and self.ema > self.t.divergence_ratio * max(self.best, 1e-12)
             and self.ema > self.start
         )
-        if not (exploded or diverged):
+        # climbing well above its start before it ever made progress: caught within a few dozen steps
+        early_rise = self.n > 10 and rising and self.ema > self.t.early_rise * self.start and self.best > 0.8 * self.start
+        if not (exploded or diverged or early_rise):
             return []
         early = self.best_n <= 10 * warmup or self.best > 0.8 * self.start
         evidence = {
@@ -200,7 +204,10 @@ class LossTracker:
     def _chance(self, step: int, ctx: Context) -> list[Finding]:
         assert self.ema is not None and ctx.classes
         chance = math.log(ctx.classes)
-        near = abs(self.ema - chance) <= max(self.t.chance_tolerance * chance, 2 * self.mad)
+        # the smoothed loss carries about a quarter of the per-batch deviation: tolerate that, no more
+        near = abs(self.ema - chance) <= max(self.t.chance_tolerance * chance, 0.5 * self.mad)
+        if ctx.fitted or (ctx.score is not None and ctx.score > 0.5 * self.t.chance_acc):
+            near = False  # a validation score above chance says the model learned something
         self.at_chance = self.at_chance + 1 if near else 0
         enough = self.t.chance_points if ctx.dense else self.t.chance_evals
         if self.n < enough or self.at_chance < max(enough // 2, 2):

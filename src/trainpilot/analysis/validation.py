@@ -146,7 +146,6 @@ class AccuracyTracker:
 
     t: Thresholds
     train: float | None = None  # smoothed per-batch training accuracy
-    train_at_last_eval: float | None = None
     apart: int = 0  # evaluations in a row with validation far above a flat training accuracy
     chance_run: int = 0  # evaluations in a row at chance
     memorising: int = 0  # evaluations in a row with training accuracy near 1 far above validation
@@ -171,15 +170,11 @@ class AccuracyTracker:
                         {"metric": key, "val_acc": r4(value), "chance": r4(1 / classes), "classes": classes},
                     )
                 )
-        flat = (
-            self.train is not None
-            and self.train_at_last_eval is not None
-            and self.train - self.train_at_last_eval < 0.02
-        )
+        # A smoothed training accuracy lags a model that learns fast, so the gap must hold for three
+        # evaluations: a lag closes as learning slows, labels the model cannot fit keep it open.
         apart = self.train is not None and value >= 0.5 and value - self.train >= self.t.noisy_gap
-        self.apart = self.apart + 1 if apart and flat and quality.evals >= 3 else 0
-        self.train_at_last_eval = self.train
-        if self.apart >= 2:
+        self.apart = self.apart + 1 if apart and quality.evals >= 3 else 0
+        if self.apart >= 3:
             assert self.train is not None
             out.append(
                 Finding(
