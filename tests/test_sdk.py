@@ -479,3 +479,56 @@ def test_steps_logged_faster_than_the_send_interval_share_requests(
     # ~130 ms of steps in sends at most 20 ms apart: about 7 requests. Sending as soon as the last
     # answer came back (a loopback round trip is about 1 ms) would make one request per step.
     assert len(batches) <= 15, batches
+
+
+LOG_AND_HANG = """
+    import sys, time, trainpilot
+    url, data_dir, run_id, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    run = trainpilot.init(project="sdk", server=url, data_dir=data_dir, run_id=run_id, control=False)
+    for step in range(steps):
+        run.log({"loss": float(step)}, step=step)
+    time.sleep(600)  # the test kills it with -9 once its points are in the spool
+"""
+
+
+def spooled_metrics(data_dir: Path) -> int:
+    """Metrics events waiting in every spool file under `data_dir`."""
+    return sum(
+        line.count(b'"kind":"metrics"')
+        for path in (data_dir / "spool").glob("*.jsonl")
+        for line in path.read_bytes().splitlines()
+    )
+
+
+def die_with_a_spool(url: str, data_dir: Path, run_id: str, steps: int) -> None:
+    """A real process logs `steps` points to an unreachable `url` and is killed with -9 once they are
+    all in its spool: it leaves the spool behind, as a crashed training does."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(LOG_AND_HANG), url, str(data_dir), run_id, str(steps)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: spooled_metrics(data_dir) == steps, what="the dying process to spool")
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_a_dead_processs_spool_is_replayed_until_empty_however_long_the_server_stays_away(
+    tmp_path: Path,
+) -> None:
+    live = LiveServer(tmp_path / "server")  # not started yet
+    client = tmp_path / "client"
+    die_with_a_spool(live.url, client, "crashed", 200)
+    with open(client / "spool" / "crashed.jsonl", "ab") as spool:
+        spool.write(b'{"run": {"id": "crashed"}, "events": [{"seq"')  # a write the kill cut short
+    run = trainpilot.init(project="sdk", server=live.url, data_dir=str(client), control=False)
+    try:
+        time.sleep(3)  # the replayer of the next process finds the server away, several tries in a row
+        live.start()
+        wait_until(lambda: len(stored_steps(live.url, "crashed")) == 200, what="the orphan's points")
+        assert stored_steps(live.url, "crashed") == list(range(200))
+        wait_until(lambda: not (client / "spool" / "crashed.jsonl").exists(), what="the emptied spool to go")
+    finally:
+        run.finish(timeout=5)
+        live.stop()

@@ -37,9 +37,8 @@ class Spool:
         self.path = path
         self.max_bytes = max_bytes or budget()
         self._file: IO[bytes] | None = None
-        self._read_offset = 0
-        self._size = 0
-        self.pending_batches = 0
+        self._read_offset = 0  # everything before it is delivered
+        self._size = 0  # of the file; what lies between the two is still to send
         self.dropped_batches = 0
         self.dropped_events = 0
         self._warned_at = -math.inf
@@ -62,6 +61,7 @@ class Spool:
             size = f.seek(0, os.SEEK_END)
             if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
                 f.write(b"\n")  # a line cut short by a crash must not swallow the next batch
+                f.flush()
                 size += 1
             self._file, self._size = f, size
         return self._file
@@ -78,7 +78,6 @@ class Spool:
         f.write(line)
         f.flush()
         self._size += len(line)
-        self.pending_batches += 1
         if self._size > self.max_bytes:
             self._drop_oldest()
 
@@ -101,7 +100,6 @@ class Spool:
             rewrite.write(tail)
             rewrite.truncate(len(tail))
         self._size, self._read_offset = len(tail), 0
-        self.pending_batches = max(0, self.pending_batches - batches)
         self.dropped_batches += batches
         self.dropped_events += events
         if batches and time.monotonic() - self._warned_at > 60:  # once a minute, not once a batch
@@ -116,30 +114,34 @@ class Spool:
             )
 
     def __bool__(self) -> bool:
-        return self.pending_batches > 0
+        """Whether anything is left to send: bytes, not a count, so a spool another process left is
+        pending as soon as it is opened, however many batches it holds."""
+        return self._read_offset < self._size
 
     def pending(self) -> Iterator[tuple[dict[str, Any], int]]:
-        """Unsent batches in order, each with the offset to `commit` once it is delivered."""
+        """Unsent batches in order, each with the offset to `commit` once it is delivered.
+
+        A line that does not decode (one cut short by a crash) is passed over for good once everything
+        before it is committed, so it never keeps the spool from emptying.
+        """
         self._open()
         end = self._read_offset
         with open(self.path, "rb") as reader:
             reader.seek(end)
             for line in reader:
-                end += len(line)
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    batch = orjson.loads(line)
-                    if isinstance(batch, dict):
-                        yield batch, end
+                start, end = end, end + len(line)
+                batch = _decode(line)
+                if batch is not None:
+                    yield batch, end
+                elif self._read_offset == start:
+                    self.commit(end)
 
     def commit(self, offset: int) -> None:
         """Everything up to `offset` was delivered; an empty spool is truncated."""
         self._read_offset = offset
-        self.pending_batches = max(0, self.pending_batches - 1)
-        f = self._open()
-        if offset >= f.seek(0, os.SEEK_END):
-            f.truncate(0)
+        if offset >= self._size:
+            self._open().truncate(0)
             self._read_offset = self._size = 0
-            self.pending_batches = 0
 
     def close(self) -> None:
         if self._file is not None:
@@ -159,21 +161,27 @@ def orphans(data_dir: str | os.PathLike[str]) -> Iterator[Spool]:
     for path in sorted(folder.glob("*.jsonl")):
         spool = Spool(path)
         try:
-            f = spool._open()
-        except (BlockingIOError, OSError):
+            spool._open()
+        except OSError:  # BlockingIOError: a live process holds it
             continue
-        spool.pending_batches = sum(1 for _ in f)
-        f.seek(0)
         yield spool
+
+
+def _decode(line: bytes) -> dict[str, Any] | None:
+    """One spool line's batch; None for a line that is not one (cut short, or damaged on disk)."""
+    with contextlib.suppress(orjson.JSONDecodeError):
+        batch = orjson.loads(line)
+        if isinstance(batch, dict):
+            return batch
+    return None
 
 
 def _count(lines: bytes) -> tuple[int, int]:
     """Batches, and the events in them, in a run of spool lines."""
     batches = events = 0
     for line in lines.splitlines():
-        with contextlib.suppress(orjson.JSONDecodeError):
-            batch = orjson.loads(line)
-            if isinstance(batch, dict):
-                batches += 1
-                events += len(batch.get("events") or []) or (1 if "media" in batch else 0)
+        batch = _decode(line)
+        if batch is not None:
+            batches += 1
+            events += len(batch.get("events") or []) or (1 if "media" in batch else 0)
     return batches, events
