@@ -532,3 +532,62 @@ def test_a_dead_processs_spool_is_replayed_until_empty_however_long_the_server_s
     finally:
         run.finish(timeout=5)
         live.stop()
+
+
+def test_a_resumed_run_delivers_its_killed_processs_spool_first_and_loses_none_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """A run resumed by a new process (same run id) while its dead predecessor's spool is on disk:
+    the new sender takes that spool over, spools its own batches behind it while the server is away,
+    and delivers both, each point once, the old ones first."""
+    live = LiveServer(tmp_path / "server")
+    client = tmp_path / "client"
+    die_with_a_spool(live.url, client, "resumed", 300)
+    run = trainpilot.init(
+        project="sdk", server=live.url, data_dir=str(client), run_id="resumed", control=False
+    )
+    try:
+        for step in range(300, 450):
+            run.log({"loss": float(step)}, step=step)
+        wait_until(lambda: spooled_metrics(client) == 450, what="the resumed run to spool its points too")
+        live.start()
+        for step in range(450, 600):
+            run.log({"loss": float(step)}, step=step)
+        run.finish(timeout=60)
+        assert_stored_exactly_once(live.url, "resumed", 600)
+        # in id order the points come in seq order: the dead process's first, then the resumed one's
+        metrics = [e for e in replay(live.url, "resumed") if e.name == "metrics"]
+        assert [e.data["step"] for e in metrics] == list(range(600))
+        assert [e.data["seq"] for e in metrics] == sorted(e.data["seq"] for e in metrics)
+        assert run_info(live.url, "resumed")["status"] == "finished"
+        assert run.dropped == 0
+        assert list((client / "spool").glob("*.jsonl")) == []
+    finally:
+        run.finish(timeout=1)
+        live.stop()
+
+
+def test_two_live_processes_of_one_run_each_spool_to_a_file_of_their_own(tmp_path: Path) -> None:
+    live = LiveServer(tmp_path / "server")
+    client = tmp_path / "client"
+    alive = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(LOG_AND_HANG), live.url, str(client), "twice", "100"],
+        stderr=subprocess.PIPE,
+    )
+    run = None
+    try:
+        wait_until(lambda: spooled_metrics(client) == 100, what="the first process to spool")
+        run = trainpilot.init(project="sdk", server=live.url, data_dir=str(client), run_id="twice")
+        for step in range(100, 200):
+            run.log({"loss": float(step)}, step=step)
+        wait_until(lambda: spooled_metrics(client) == 200, what="the second process to spool beside it")
+        assert run._sender.spool.path.name == "twice~2.jsonl"
+        live.start()
+        run.finish(timeout=60)
+        wait_until(lambda: stored_steps(live.url, "twice") == list(range(200)), what="both spools")
+    finally:
+        if run is not None:
+            run.finish(timeout=1)
+        alive.kill()
+        alive.communicate()
+        live.stop()

@@ -75,9 +75,11 @@ class Run:
         self._cond = threading.Condition()
         # every rank of a run draws seqs from its own residue class, so their events never collide
         stride = where.world_size
+        spool = Spool.for_run(data_dir, self.id, where.rank)
+        spool.claim()
         self._sender = Sender(
             transport,
-            Spool.for_run(data_dir, self.id, where.rank),
+            spool,
             spec,
             seq_base=time.time_ns() // 1000 // stride * stride + where.rank,
             seq_stride=stride,
@@ -446,9 +448,10 @@ def init(
     def connect() -> Transport:
         return EmbeddedTransport(embedded) if embedded is not None else HttpTransport(url, token)
 
-    if where.local_rank == 0:  # one replayer per machine's data dir
+    run = Run(connect(), spec, data_dir, token, embedded, control, where, lockstep)
+    if where.local_rank == 0:  # one replayer per machine's data dir; the run has claimed its own spool
         _replay_orphans(connect, data_dir)
-    return Run(connect(), spec, data_dir, token, embedded, control, where, lockstep)
+    return run
 
 
 def _discard(item: Any) -> None:
