@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 import trainpilot
-from tests.conftest import LiveServer, free_port, sse_events, wait_for_ack, wait_until
+from tests.conftest import LiveServer, free_port, spooled_metrics, sse_events, wait_for_ack, wait_until
 from trainpilot.sse_client import ServerEvent, SSEClient, parse
 
 
@@ -489,15 +489,6 @@ LOG_AND_HANG = """
         run.log({"loss": float(step)}, step=step)
     time.sleep(600)  # the test kills it with -9 once its points are in the spool
 """
-
-
-def spooled_metrics(data_dir: Path) -> int:
-    """Metrics events waiting in every spool file under `data_dir`."""
-    return sum(
-        line.count(b'"kind":"metrics"')
-        for path in (data_dir / "spool").glob("*.jsonl")
-        for line in path.read_bytes().splitlines()
-    )
 
 
 def die_with_a_spool(url: str, data_dir: Path, run_id: str, steps: int) -> None:

@@ -360,7 +360,8 @@ class Run:
         self._sender.queue.put(flush)
         if not flush.done.wait(timeout):
             log.warning(
-                "trainpilot: server unreachable at finish; %s kept for the next run", self._sender.spool.path
+                "trainpilot: not everything was delivered by finish(); %s kept for the next run",
+                self._sender.spool.path,
             )
         self._sender.queue.put(CLOSE)
         self._sender.join(timeout=5)

@@ -227,7 +227,7 @@ class Sender(threading.Thread):
             try:
                 self.transport.send(spec["id"], events)
             except TransportError as exc:
-                if not exc.retryable and len(events) > 1:
+                if exc.refused and len(events) > 1:
                     refused.append(True)
                     return
                 raise
@@ -247,26 +247,37 @@ class Sender(threading.Thread):
         return self._attempt(lambda: self.transport.upload_media(run_id, name, step, caption, body), spec, 1)
 
     def _attempt(self, deliver: Callable[[], None], spec: dict[str, Any], count: int) -> bool:
+        """Deliver (creating the run first where needed). True when done with it: delivered, or refused
+        as invalid and dropped; False when it must wait in the spool: the server is away or answers 5xx,
+        does not know the run, or refuses the token, which is no fault of the batch."""
         try:
             if not self.created or spec is not self.run_spec:
                 self.transport.create_run(spec)
                 self.created = self.created or spec is self.run_spec
             deliver()
         except TransportError as exc:
-            if exc.retryable:
-                if "404" in str(exc) or "no run" in str(exc):
-                    self.created = False
-                self._retry_at = time.monotonic() + self._backoff
-                self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+            if exc.refused:
+                self.dropped += count
+                warn_once(f"refused:{exc}", f"trainpilot: server refused a batch, dropped: {exc}")
+                return True
+            if exc.run_not_found:
+                self.created = False
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+            if exc.token_refused:
+                warn_once(
+                    "token",
+                    f"trainpilot: {self.transport.url} refused the token ({exc}). Set TRAINPILOT_TOKEN (or "
+                    f"trainpilot.init(token=...)) to the server's write token; until it is accepted, batches "
+                    f"are kept in {self.spool.path} and retried; training continues",
+                )
+            else:
                 warn_once(
                     "down",
                     f"trainpilot: server unavailable ({exc}); spooling to {self.spool.path} "
                     "and retrying; training continues",
                 )
-                return False
-            self.dropped += count
-            warn_once(f"refused:{exc}", f"trainpilot: server refused a batch, dropped: {exc}")
-            return True
+            return False
         self.sent += count
         self._heard_at = time.monotonic()
         return True
@@ -290,7 +301,7 @@ class Sender(threading.Thread):
                 return  # spool what waits in memory first; the replay goes on next pass
         if not self.spool:
             self._backoff = BACKOFF_MIN_S
-            _warned.discard("down")
+            _warned.difference_update(("down", "token"))  # the next outage or refusal is news again
             log.info("trainpilot: server reachable again; spooled events delivered")
 
 
