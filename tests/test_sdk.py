@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -46,7 +47,7 @@ def stored_steps(url: str, run_id: str, key: str = "loss") -> list[int]:
 
 
 def run_info(url: str, run_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{url}/api/runs/{run_id}", timeout=5).json()
+    body: dict[str, Any] = httpx.get(f"{url}/api/runs/{quote(run_id, safe='')}", timeout=5).json()
     return body
 
 
@@ -582,3 +583,17 @@ def test_two_live_processes_of_one_run_each_spool_to_a_file_of_their_own(tmp_pat
         alive.kill()
         alive.communicate()
         live.stop()
+
+
+def test_run_ids_with_characters_that_mean_something_in_a_url_get_their_own_points(
+    shared_server: LiveServer, tmp_path: Path
+) -> None:
+    for run_id in ("with space", "what?", "hash#tag", "pct%41", "ünï"):
+        run = trainpilot.init(project="sdk", server=shared_server.url, data_dir=str(tmp_path), run_id=run_id)
+        run.log({"loss": 1.0})
+        run.log_image("sample", b"\x89PNG\r\n\x1a\n" + bytes(32))
+        run.finish(timeout=10)
+        assert stored_steps(shared_server.url, run_id) == [0], run_id
+        kinds = [e.name for e in replay(shared_server.url, run_id)]
+        assert "media" in kinds and kinds[-1] == "status", (run_id, kinds)
+        assert run_info(shared_server.url, run_id)["status"] == "finished"

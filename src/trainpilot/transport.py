@@ -126,18 +126,23 @@ class HttpTransport:
         return run
 
     def send(self, run_id: str, events: list[dict[str, Any]]) -> None:
-        self._post(f"/api/runs/{run_id}/events", {"events": events})
+        self._post(f"/api/runs/{_quoted(run_id)}/events", {"events": events})
 
     def upload_media(
         self, run_id: str, name: str, step: int | None, caption: str | None, body: bytes
     ) -> None:
         params = {k: v for k, v in (("name", name), ("step", step), ("caption", caption)) if v is not None}
-        self._post(f"/api/runs/{run_id}/media", body, params)
+        self._post(f"/api/runs/{_quoted(run_id)}/media", body, params)
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _quoted(run_id: str) -> str:
+    """A run id as one path segment: ids may hold spaces, '?', '#' or '%' (anything printable but '/')."""
+    return urllib.parse.quote(run_id, safe="")
 
 
 class EmbeddedTransport:
