@@ -348,6 +348,16 @@ class Run:
         self.log_event("status", {"status": status or ("stopped" if self._stop else "finished")})
         self.close(timeout)
 
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything logged so far is delivered or in the spool on disk, where a kill -9 of
+        this process cannot lose it; True if so within `timeout`. For a program that must know what it
+        has handed over, as `trainpilot watch` before it saves how far it has read."""
+        if self._finished:  # the sender has stopped: it handed over everything queued, unless stuck
+            return not self._sender.is_alive()
+        kept = Flush(kept=True)
+        self._sender.queue.put(kept)
+        return kept.done.wait(timeout)
+
     def close(self, timeout: float = 30.0) -> None:
         """Deliver what is queued (up to `timeout`) and stop the threads, without a final status.
 

@@ -49,10 +49,12 @@ def _drain(q: queue.SimpleQueue[Any]) -> list[Any]:
 
 
 class Flush:
-    """A marker on the queue: set once everything queued before it is delivered."""
+    """A marker on the queue: set once everything queued before it is delivered, or, when `kept`,
+    delivered or written to the spool (where a kill -9 of this process cannot lose it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kept: bool = False) -> None:
         self.done = threading.Event()
+        self.kept = kept
 
 
 CLOSE = object()
@@ -149,10 +151,10 @@ class Sender(threading.Thread):
             except Exception as exc:  # never let telemetry kill the thread the run depends on
                 warn_once(f"bug:{type(exc).__name__}", f"trainpilot: sender error {exc!r}; batch dropped")
                 self.dropped += len(events)
-            if not self.spool:
-                for flush in self._flushes:
+            for flush in self._flushes:  # this pass sent or spooled everything queued before them
+                if flush.kept or not self.spool:
                     flush.done.set()
-                self._flushes.clear()
+            self._flushes = [flush for flush in self._flushes if not flush.done.is_set()]
         self.spool.close()
 
     def _take(self) -> list[Any]:
