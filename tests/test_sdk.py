@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import subprocess
@@ -9,11 +10,14 @@ import sys
 import textwrap
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import numpy as np
 import pytest
 
 import trainpilot
@@ -597,3 +601,123 @@ def test_run_ids_with_characters_that_mean_something_in_a_url_get_their_own_poin
         kinds = [e.name for e in replay(shared_server.url, run_id)]
         assert "media" in kinds and kinds[-1] == "status", (run_id, kinds)
         assert run_info(shared_server.url, run_id)["status"] == "finished"
+
+
+class Treacherous(Mapping[str, float]):
+    """A mapping whose every method raises, as a broken user object might."""
+
+    def __getitem__(self, key: str) -> float:
+        raise RuntimeError("no item")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("no iteration")
+
+    def __len__(self) -> int:
+        raise RuntimeError("no length")
+
+
+def hostile_calls(run: trainpilot.Run) -> dict[str, list[Callable[[], object]]]:
+    """For every public member of `Run`, calls a training loop might make by mistake."""
+    rng = np.random.default_rng(0)
+    huge = rng.integers(0, 255, (2000, 2000, 3), dtype=np.uint8)  # ~12 MB of PNG: over the server's limit
+    png = b"\x89PNG\r\n\x1a\n" + bytes(32)
+    bad_steps: list[Any] = [object(), "ten", -1, 10**30, math.nan, math.inf]
+    return {
+        "log": [
+            lambda: run.log(None),  # type: ignore[arg-type]
+            lambda: run.log(Treacherous()),  # type: ignore[arg-type]
+            lambda: run.log({f"m{i}": 1.0 for i in range(5000)}),  # more metrics than an event takes
+            *[lambda step=step: run.log({"loss": 1.0}, step=step) for step in bad_steps],
+        ],
+        "log_rank": [
+            lambda: run.log_rank(None),  # type: ignore[arg-type]
+            lambda: run.log_rank(Treacherous()),  # type: ignore[arg-type]
+            *[lambda step=step: run.log_rank({"load": 1.0}, step=step) for step in bad_steps],
+        ],
+        "log_event": [
+            lambda: run.log_event(None, None),  # type: ignore[arg-type]
+            lambda: run.log_event("log", [1, 2]),  # type: ignore[arg-type]
+            lambda: run.log_event("log", Treacherous()),  # type: ignore[arg-type]
+            lambda: run.log_event("log", {"text": object()}),  # not JSON
+            lambda: run.log_event("log", {"big": 10**30}),  # beyond 64 bits: not JSON either
+            lambda: run.log_event(object(), {"text": "hi"}),  # type: ignore[arg-type]
+            lambda: run.log_event("gossip", {"text": "an unknown kind"}),
+            lambda: run.log_event("status", {"status": "dancing"}),
+            *[lambda step=step: run.log_event("log", {"text": "x"}, step=step) for step in bad_steps],
+        ],
+        "log_image": [
+            lambda: run.log_image(None, None),  # type: ignore[arg-type]
+            lambda: run.log_image("obj", object()),
+            lambda: run.log_image("5d", np.zeros((2, 2, 2, 2, 2))),
+            lambda: run.log_image("nan", np.full((4, 4), np.nan)),
+            lambda: run.log_image("huge", huge),
+            lambda: run.log_image("x" * 500, png),
+            lambda: run.log_image(object(), png, step=object(), caption=object()),  # type: ignore[arg-type]
+            *[lambda step=step: run.log_image("png", png, step=step) for step in bad_steps],
+        ],
+        "log_recorded": [
+            lambda: run.log_recorded(None, step=None, ts=None, seq=None),  # type: ignore[arg-type]
+            lambda: run.log_recorded({"x": 1.0}, step=-1, ts=object(), seq=-5),  # type: ignore[arg-type]
+            lambda: run.log_recorded({"x": 1.0}, step=1, ts=math.nan, seq=2**70),
+            lambda: run.log_recorded({"x": 1.0}, step="1", ts="now", seq="one"),  # type: ignore[arg-type]
+        ],
+        "on_control": [
+            lambda: run.on_control("fly", print),
+            lambda: run.on_control(None, None),  # type: ignore[arg-type]
+            lambda: run.on_control("set_lr", "not callable"),  # type: ignore[arg-type]
+        ],
+        "wait_if_paused": [lambda t=t: run.wait_if_paused(t) for t in ("soon", -1, math.nan, math.inf)],
+        "flush": [lambda t=t: run.flush(t) for t in ("soon", -1, math.nan)],
+        "close": [lambda: run.close("soon")],  # type: ignore[arg-type]
+        "finish": [lambda: run.finish("dancing", timeout="soon")],  # type: ignore[arg-type]
+        "should_stop": [lambda: run.should_stop],
+        "paused": [lambda: run.paused],
+        "delivered": [lambda: run.delivered],
+        "dropped": [lambda: run.dropped],
+    }
+
+
+def test_every_public_method_of_a_run_takes_hostile_input_without_raising_and_warns_once(
+    shared_server: LiveServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On a live server, a dead one, and after finish(): nothing raises into the loop, each problem is
+    warned about once, and only the bad calls are lost: the good points between them all arrive."""
+    monkeypatch.setattr("trainpilot.sender._warned", set())
+    public = {name for name in dir(trainpilot.Run) if not name.startswith("_")}
+    dead = f"http://127.0.0.1:{free_port()}"
+    for server in (shared_server.url, dead):
+        run = trainpilot.init(
+            project="sdk", server=server, data_dir=str(tmp_path / "client"), run_id=unique("bad")
+        )
+        calls = hostile_calls(run)
+        assert set(calls) == public  # a new public method needs hostile calls here
+        good = 0
+        with caplog.at_level(logging.WARNING, logger="trainpilot"):
+            for _ in range(2):  # twice: the second time, no new warning
+                for name, tries in calls.items():
+                    if name in ("close", "finish"):
+                        continue
+                    for call in tries:
+                        call()
+                        run.log({"good": float(good)}, step=100 + good)
+                        good += 1
+            started = time.monotonic()
+            if server == dead:
+                run.close(-1)  # no wait: what is not delivered stays in the spool
+            else:
+                run.finish("dancing", timeout="soon")  # type: ignore[arg-type]
+            assert time.monotonic() - started < 30
+            for tries in calls.values():  # and after finish(): nothing is sent, nothing raises
+                for call in tries:
+                    call()
+        messages = [r.getMessage() for r in caplog.records]
+        assert not [m for m in messages if "sender error" in m or "Traceback" in m], messages
+        repeated = [m for m, n in Counter(messages).items() if n > 1]
+        assert not repeated, repeated
+        caplog.clear()
+        if server != dead:
+            assert history(server, run.id, "good")["step"] == list(range(100, 100 + good))
+            assert run_info(server, run.id)["status"] == "finished"  # "dancing" is no status: the default

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from trainpilot.exceptions import TransportError
 from trainpilot.spool import Spool
 from trainpilot.transport import Transport
@@ -134,18 +136,18 @@ class Sender(threading.Thread):
                 self._heartbeat()
             events = []
             for item in items:
-                if type(item) is tuple and item[0] == "image":
-                    self._deliver_image(item)
-                elif type(item) is tuple:
-                    try:
+                try:
+                    if type(item) is tuple and item[0] == "image":
+                        self._deliver_image(item)
+                    elif type(item) is tuple:
                         events.append(self._envelope(item))
-                    except Exception as exc:  # one bad event must not kill the thread or its batch
-                        warn_once(f"bad:{type(exc).__name__}", f"trainpilot: event dropped: {exc!r}")
-                        self.dropped += 1
-                elif item is CLOSE:
-                    closing = True
-                else:
-                    self._flushes.append(item)
+                    elif item is CLOSE:
+                        closing = True
+                    else:
+                        self._flushes.append(item)
+                except Exception as exc:  # one bad event must not kill the thread or its batch
+                    warn_once(f"bad:{type(exc).__name__}", f"trainpilot: event dropped: {exc!r}")
+                    self.dropped += 1
             try:
                 self._deliver(events)
             except Exception as exc:  # never let telemetry kill the thread the run depends on
@@ -187,13 +189,16 @@ class Sender(threading.Thread):
             kind, step, ts, data = item
             self._seq += self._seq_stride
             seq = self._seq
-        return {
+        event = {
             "seq": seq,
             "kind": kind,
             "ts": ts,
             "step": step,
             "data": clean_metrics(data) if kind == "metrics" else data,
         }
+        if kind != "metrics":  # the caller's own data: if it is not JSON, it must fail here, alone
+            orjson.dumps(event)
+        return event
 
     def _deliver(self, events: list[dict[str, Any]]) -> None:
         if events:
@@ -324,6 +329,7 @@ def encode_image(image: Any) -> bytes:
         if array.ndim == 3 and array.shape[-1] == 1:
             array = array[..., 0]
         if array.dtype != np.uint8:
+            array = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # drawn black
             low, high = float(array.min()), float(array.max())
             scale = 1.0 if low >= 0 and high <= 1 else (high - low) or 1.0
             array = ((array - (0 if scale == 1.0 else low)) / scale * 255).clip(0, 255).astype(np.uint8)
