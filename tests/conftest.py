@@ -191,6 +191,15 @@ def wait_for_ack(url: str, run_id: str, command_id: int, timeout: float = 20.0) 
     raise AssertionError(f"no acknowledgement of command {command_id}")
 
 
+def spooled_metrics(data_dir: Path) -> int:
+    """Metrics events waiting in every spool file of an SDK data dir."""
+    return sum(
+        line.count(b'"kind":"metrics"')
+        for path in (data_dir / "spool").glob("*.jsonl")
+        for line in path.read_bytes().splitlines()
+    )
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
     """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

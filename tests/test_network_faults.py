@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import socket
 import struct
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +21,7 @@ import httpx
 import pytest
 
 import trainpilot
-from tests.conftest import LiveServer, free_port, wait_until
+from tests.conftest import LiveServer, free_port, spooled_metrics, wait_until
 from trainpilot.sender import SPILL_AT
 
 
@@ -170,5 +174,71 @@ def test_the_spool_keeps_to_its_disk_budget_dropping_the_oldest_with_a_warning(
         # (the run's 'running' status event was among the oldest and dropped too).
         assert kept == list(range(steps - len(kept), steps))
         assert run.dropped in (steps - len(kept), steps - len(kept) + 1)
+    finally:
+        live.stop()
+
+
+OLD_TOKEN = """
+    import sys, trainpilot
+    url, data_dir = sys.argv[1], sys.argv[2]
+    run = trainpilot.init(project="net", server=url, data_dir=data_dir, run_id="gone", token="old")
+    for step in range(100):
+        run.log({"loss": float(step)}, step=step)
+    run.finish(timeout=2)
+"""
+
+
+def test_a_refused_token_keeps_every_batch_warns_once_and_resends_once_the_token_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's token changed under two runs: one whose process ends meanwhile and one that
+    goes on. Each says once, naming the server, that its token is refused and how to fix it; nothing
+    is dropped; when the server takes their token again, everything arrives, each point once."""
+    monkeypatch.setattr("trainpilot.sender._warned", set())
+    live = LiveServer(tmp_path / "server", token="new").start()
+    client = tmp_path / "client"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINPILOT_")}
+    try:
+        ended = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(OLD_TOKEN), live.url, str(client)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ended.returncode == 0, ended.stderr
+        warnings = [line for line in ended.stderr.splitlines() if live.url in line]
+        assert len(warnings) == 1, ended.stderr
+        said = warnings[0].split(str(client))[0]  # not the spool's path, which holds this test's name
+        assert "refused the token" in said and "TRAINPILOT_TOKEN" in said
+        assert spooled_metrics(client) == 100  # kept on disk, not dropped
+
+        with caplog.at_level(logging.WARNING, logger="trainpilot"):
+            run = trainpilot.init(
+                project="net", server=live.url, data_dir=str(client), run_id="on", token="old", control=False
+            )
+            for step in range(100):
+                run.log({"loss": float(step)}, step=step)
+            wait_until(lambda: spooled_metrics(client) == 200, what="the live run to spool")
+        refused = [r.getMessage() for r in caplog.records if live.url in r.getMessage()]
+        assert len(refused) == 1 and "refused the token" in refused[0], refused
+
+        live.stop()
+        live.env["TRAINPILOT_TOKEN"] = "old"  # the server takes the runs' token again
+        live.start()
+        run.finish(timeout=60)
+        headers = {"Authorization": "Bearer old"}
+
+        def steps(run_id: str) -> list[int]:
+            params = {"run_id": run_id, "keys": "loss", "max_points": 1000}
+            answer = httpx.get(f"{live.url}/api/metrics/history", params=params, headers=headers, timeout=5)
+            series = answer.json().get("series", {}).get("loss") if answer.status_code == 200 else None
+            return list(series["step"]) if series else []
+
+        assert steps("on") == list(range(100))
+        wait_until(lambda: steps("gone") == list(range(100)), what="the ended run's spool to be replayed")
+        answer = httpx.get(f"{live.url}/api/runs/gone", headers=headers, timeout=5)
+        assert answer.json()["status"] == "finished"
+        assert run.dropped == 0
     finally:
         live.stop()

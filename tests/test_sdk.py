@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import subprocess
@@ -9,14 +10,18 @@ import sys
 import textwrap
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+import numpy as np
 import pytest
 
 import trainpilot
-from tests.conftest import LiveServer, free_port, sse_events, wait_for_ack, wait_until
+from tests.conftest import LiveServer, free_port, spooled_metrics, sse_events, wait_for_ack, wait_until
 from trainpilot.sse_client import ServerEvent, SSEClient, parse
 
 
@@ -46,7 +51,7 @@ def stored_steps(url: str, run_id: str, key: str = "loss") -> list[int]:
 
 
 def run_info(url: str, run_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{url}/api/runs/{run_id}", timeout=5).json()
+    body: dict[str, Any] = httpx.get(f"{url}/api/runs/{quote(run_id, safe='')}", timeout=5).json()
     return body
 
 
@@ -479,3 +484,240 @@ def test_steps_logged_faster_than_the_send_interval_share_requests(
     # ~130 ms of steps in sends at most 20 ms apart: about 7 requests. Sending as soon as the last
     # answer came back (a loopback round trip is about 1 ms) would make one request per step.
     assert len(batches) <= 15, batches
+
+
+LOG_AND_HANG = """
+    import sys, time, trainpilot
+    url, data_dir, run_id, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    run = trainpilot.init(project="sdk", server=url, data_dir=data_dir, run_id=run_id, control=False)
+    for step in range(steps):
+        run.log({"loss": float(step)}, step=step)
+    time.sleep(600)  # the test kills it with -9 once its points are in the spool
+"""
+
+
+def die_with_a_spool(url: str, data_dir: Path, run_id: str, steps: int) -> None:
+    """A real process logs `steps` points to an unreachable `url` and is killed with -9 once they are
+    all in its spool: it leaves the spool behind, as a crashed training does."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(LOG_AND_HANG), url, str(data_dir), run_id, str(steps)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: spooled_metrics(data_dir) == steps, what="the dying process to spool")
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_a_dead_processs_spool_is_replayed_until_empty_however_long_the_server_stays_away(
+    tmp_path: Path,
+) -> None:
+    live = LiveServer(tmp_path / "server")  # not started yet
+    client = tmp_path / "client"
+    die_with_a_spool(live.url, client, "crashed", 200)
+    with open(client / "spool" / "crashed.jsonl", "ab") as spool:
+        spool.write(b'{"run": {"id": "crashed"}, "events": [{"seq"')  # a write the kill cut short
+    run = trainpilot.init(project="sdk", server=live.url, data_dir=str(client), control=False)
+    try:
+        time.sleep(3)  # the replayer of the next process finds the server away, several tries in a row
+        live.start()
+        wait_until(lambda: len(stored_steps(live.url, "crashed")) == 200, what="the orphan's points")
+        assert stored_steps(live.url, "crashed") == list(range(200))
+        wait_until(lambda: not (client / "spool" / "crashed.jsonl").exists(), what="the emptied spool to go")
+    finally:
+        run.finish(timeout=5)
+        live.stop()
+
+
+def test_a_resumed_run_delivers_its_killed_processs_spool_first_and_loses_none_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """A run resumed by a new process (same run id) while its dead predecessor's spool is on disk:
+    the new sender takes that spool over, spools its own batches behind it while the server is away,
+    and delivers both, each point once, the old ones first."""
+    live = LiveServer(tmp_path / "server")
+    client = tmp_path / "client"
+    die_with_a_spool(live.url, client, "resumed", 300)
+    run = trainpilot.init(
+        project="sdk", server=live.url, data_dir=str(client), run_id="resumed", control=False
+    )
+    try:
+        for step in range(300, 450):
+            run.log({"loss": float(step)}, step=step)
+        wait_until(lambda: spooled_metrics(client) == 450, what="the resumed run to spool its points too")
+        live.start()
+        for step in range(450, 600):
+            run.log({"loss": float(step)}, step=step)
+        run.finish(timeout=60)
+        assert_stored_exactly_once(live.url, "resumed", 600)
+        # in id order the points come in seq order: the dead process's first, then the resumed one's
+        metrics = [e for e in replay(live.url, "resumed") if e.name == "metrics"]
+        assert [e.data["step"] for e in metrics] == list(range(600))
+        assert [e.data["seq"] for e in metrics] == sorted(e.data["seq"] for e in metrics)
+        assert run_info(live.url, "resumed")["status"] == "finished"
+        assert run.dropped == 0
+        assert list((client / "spool").glob("*.jsonl")) == []
+    finally:
+        run.finish(timeout=1)
+        live.stop()
+
+
+def test_two_live_processes_of_one_run_each_spool_to_a_file_of_their_own(tmp_path: Path) -> None:
+    live = LiveServer(tmp_path / "server")
+    client = tmp_path / "client"
+    alive = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(LOG_AND_HANG), live.url, str(client), "twice", "100"],
+        stderr=subprocess.PIPE,
+    )
+    run = None
+    try:
+        wait_until(lambda: spooled_metrics(client) == 100, what="the first process to spool")
+        run = trainpilot.init(project="sdk", server=live.url, data_dir=str(client), run_id="twice")
+        for step in range(100, 200):
+            run.log({"loss": float(step)}, step=step)
+        wait_until(lambda: spooled_metrics(client) == 200, what="the second process to spool beside it")
+        assert run._sender.spool.path.name == "twice~2.jsonl"
+        live.start()
+        run.finish(timeout=60)
+        wait_until(lambda: stored_steps(live.url, "twice") == list(range(200)), what="both spools")
+    finally:
+        if run is not None:
+            run.finish(timeout=1)
+        alive.kill()
+        alive.communicate()
+        live.stop()
+
+
+def test_run_ids_with_characters_that_mean_something_in_a_url_get_their_own_points(
+    shared_server: LiveServer, tmp_path: Path
+) -> None:
+    for run_id in ("with space", "what?", "hash#tag", "pct%41", "ünï"):
+        run = trainpilot.init(project="sdk", server=shared_server.url, data_dir=str(tmp_path), run_id=run_id)
+        run.log({"loss": 1.0})
+        run.log_image("sample", b"\x89PNG\r\n\x1a\n" + bytes(32))
+        run.finish(timeout=10)
+        assert stored_steps(shared_server.url, run_id) == [0], run_id
+        kinds = [e.name for e in replay(shared_server.url, run_id)]
+        assert "media" in kinds and kinds[-1] == "status", (run_id, kinds)
+        assert run_info(shared_server.url, run_id)["status"] == "finished"
+
+
+class Treacherous(Mapping[str, float]):
+    """A mapping whose every method raises, as a broken user object might."""
+
+    def __getitem__(self, key: str) -> float:
+        raise RuntimeError("no item")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("no iteration")
+
+    def __len__(self) -> int:
+        raise RuntimeError("no length")
+
+
+def hostile_calls(run: trainpilot.Run) -> dict[str, list[Callable[[], object]]]:
+    """For every public member of `Run`, calls a training loop might make by mistake."""
+    rng = np.random.default_rng(0)
+    huge = rng.integers(0, 255, (2000, 2000, 3), dtype=np.uint8)  # ~12 MB of PNG: over the server's limit
+    png = b"\x89PNG\r\n\x1a\n" + bytes(32)
+    bad_steps: list[Any] = [object(), "ten", -1, 10**30, math.nan, math.inf]
+    return {
+        "log": [
+            lambda: run.log(None),  # type: ignore[arg-type]
+            lambda: run.log(Treacherous()),  # type: ignore[arg-type]
+            lambda: run.log({f"m{i}": 1.0 for i in range(5000)}),  # more metrics than an event takes
+            *[lambda step=step: run.log({"loss": 1.0}, step=step) for step in bad_steps],
+        ],
+        "log_rank": [
+            lambda: run.log_rank(None),  # type: ignore[arg-type]
+            lambda: run.log_rank(Treacherous()),  # type: ignore[arg-type]
+            *[lambda step=step: run.log_rank({"load": 1.0}, step=step) for step in bad_steps],
+        ],
+        "log_event": [
+            lambda: run.log_event(None, None),  # type: ignore[arg-type]
+            lambda: run.log_event("log", [1, 2]),  # type: ignore[arg-type]
+            lambda: run.log_event("log", Treacherous()),  # type: ignore[arg-type]
+            lambda: run.log_event("log", {"text": object()}),  # not JSON
+            lambda: run.log_event("log", {"big": 10**30}),  # beyond 64 bits: not JSON either
+            lambda: run.log_event(object(), {"text": "hi"}),  # type: ignore[arg-type]
+            lambda: run.log_event("gossip", {"text": "an unknown kind"}),
+            lambda: run.log_event("status", {"status": "dancing"}),
+            *[lambda step=step: run.log_event("log", {"text": "x"}, step=step) for step in bad_steps],
+        ],
+        "log_image": [
+            lambda: run.log_image(None, None),  # type: ignore[arg-type]
+            lambda: run.log_image("obj", object()),
+            lambda: run.log_image("5d", np.zeros((2, 2, 2, 2, 2))),
+            lambda: run.log_image("nan", np.full((4, 4), np.nan)),
+            lambda: run.log_image("huge", huge),
+            lambda: run.log_image("x" * 500, png),
+            lambda: run.log_image(object(), png, step=object(), caption=object()),  # type: ignore[arg-type]
+            *[lambda step=step: run.log_image("png", png, step=step) for step in bad_steps],
+        ],
+        "log_recorded": [
+            lambda: run.log_recorded(None, step=None, ts=None, seq=None),  # type: ignore[arg-type]
+            lambda: run.log_recorded({"x": 1.0}, step=-1, ts=object(), seq=-5),  # type: ignore[arg-type]
+            lambda: run.log_recorded({"x": 1.0}, step=1, ts=math.nan, seq=2**70),
+            lambda: run.log_recorded({"x": 1.0}, step="1", ts="now", seq="one"),  # type: ignore[arg-type]
+        ],
+        "on_control": [
+            lambda: run.on_control("fly", print),
+            lambda: run.on_control(None, None),  # type: ignore[arg-type]
+            lambda: run.on_control("set_lr", "not callable"),  # type: ignore[arg-type]
+        ],
+        "wait_if_paused": [lambda t=t: run.wait_if_paused(t) for t in ("soon", -1, math.nan, math.inf)],
+        "flush": [lambda t=t: run.flush(t) for t in ("soon", -1, math.nan)],
+        "close": [lambda: run.close("soon")],  # type: ignore[arg-type]
+        "finish": [lambda: run.finish("dancing", timeout="soon")],  # type: ignore[arg-type]
+        "should_stop": [lambda: run.should_stop],
+        "paused": [lambda: run.paused],
+        "delivered": [lambda: run.delivered],
+        "dropped": [lambda: run.dropped],
+    }
+
+
+def test_every_public_method_of_a_run_takes_hostile_input_without_raising_and_warns_once(
+    shared_server: LiveServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On a live server, a dead one, and after finish(): nothing raises into the loop, each problem is
+    warned about once, and only the bad calls are lost: the good points between them all arrive."""
+    monkeypatch.setattr("trainpilot.sender._warned", set())
+    public = {name for name in dir(trainpilot.Run) if not name.startswith("_")}
+    dead = f"http://127.0.0.1:{free_port()}"
+    for server in (shared_server.url, dead):
+        run = trainpilot.init(
+            project="sdk", server=server, data_dir=str(tmp_path / "client"), run_id=unique("bad")
+        )
+        calls = hostile_calls(run)
+        assert set(calls) == public  # a new public method needs hostile calls here
+        good = 0
+        with caplog.at_level(logging.WARNING, logger="trainpilot"):
+            for _ in range(2):  # twice: the second time, no new warning
+                for name, tries in calls.items():
+                    if name in ("close", "finish"):
+                        continue
+                    for call in tries:
+                        call()
+                        run.log({"good": float(good)}, step=100 + good)
+                        good += 1
+            started = time.monotonic()
+            if server == dead:
+                run.close(-1)  # no wait: what is not delivered stays in the spool
+            else:
+                run.finish("dancing", timeout="soon")  # type: ignore[arg-type]
+            assert time.monotonic() - started < 30
+            for tries in calls.values():  # and after finish(): nothing is sent, nothing raises
+                for call in tries:
+                    call()
+        messages = [r.getMessage() for r in caplog.records]
+        assert not [m for m in messages if "sender error" in m or "Traceback" in m], messages
+        repeated = [m for m, n in Counter(messages).items() if n > 1]
+        assert not repeated, repeated
+        caplog.clear()
+        if server != dead:
+            assert history(server, run.id, "good")["step"] == list(range(100, 100 + good))
+            assert run_info(server, run.id)["status"] == "finished"  # "dancing" is no status: the default

@@ -1,17 +1,26 @@
-"""The SDK's HTTP transport on its own: keep-alive connections a server let go are reopened."""
+"""The SDK's transports on their own: dropped keep-alive connections, and what a refusal says."""
 
 from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
+import orjson
 import pytest
 
+from tests.conftest import LiveServer, free_port
 from trainpilot.exceptions import TransportError
-from trainpilot.transport import HttpTransport
+from trainpilot.server.runner import ServerThread
+from trainpilot.settings import Settings
+from trainpilot.transport import EmbeddedTransport, HttpTransport
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 
 
-def one_answer_per_connection(listener: socket.socket, connections: list[int], requests: int) -> None:
+def one_answer_per_connection(
+    listener: socket.socket, connections: list[int], requests: int, answer: bytes = OK
+) -> None:
     """Answer each request on a fresh connection, then drop it unannounced (as an idle timeout does)."""
     for _ in range(requests):
         conn, _ = listener.accept()
@@ -28,7 +37,7 @@ def one_answer_per_connection(listener: socket.socket, connections: list[int], r
             )
             while len(body) < length:
                 body += conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+            conn.sendall(answer)
 
 
 def test_a_connection_the_server_dropped_is_reopened_and_the_batch_delivered() -> None:
@@ -46,16 +55,59 @@ def test_a_connection_the_server_dropped_is_reopened_and_the_batch_delivered() -
     assert len(connections) == 3
 
 
-def test_a_server_that_is_not_there_is_a_retryable_transport_error() -> None:
+def test_a_server_that_is_not_there_is_a_transport_error_without_a_status() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     transport = HttpTransport(f"http://127.0.0.1:{port}")
     with pytest.raises(TransportError) as caught:
         transport.send("r-1", [])
-    assert caught.value.retryable
+    assert caught.value.status is None and not caught.value.refused
 
 
 def test_a_url_that_is_not_http_is_refused_at_once() -> None:
     with pytest.raises(ValueError, match="http"):
         HttpTransport("ftp://example.org")
+
+
+def error_answer(status: int, code: str, message: str) -> bytes:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    head = f"HTTP/1.1 {status} Whatever\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def answered(answer: bytes) -> TransportError:
+    """The error an HTTP transport raises for a batch the server answers with `answer`."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        server = threading.Thread(target=one_answer_per_connection, args=(listener, [], 1, answer))
+        server.start()
+        transport = HttpTransport(f"http://127.0.0.1:{listener.getsockname()[1]}")
+        with pytest.raises(TransportError) as caught:
+            transport.send("r-404", [])
+        transport.close()
+        server.join(10)
+    return caught.value
+
+
+def test_an_unknown_run_is_told_by_the_status_and_code_not_by_the_message(
+    shared_server: LiveServer, tmp_path: Path
+) -> None:
+    embedded = ServerThread(Settings(port=free_port(), data_dir=str(tmp_path), log_level="warning")).start()
+    try:
+        for transport in (HttpTransport(shared_server.url), EmbeddedTransport(embedded)):
+            with pytest.raises(TransportError) as caught:
+                transport.send("never-created", [])
+            assert (caught.value.status, caught.value.code) == (404, "not_found")
+            assert caught.value.run_not_found and not caught.value.refused
+            transport.close()
+    finally:
+        embedded.stop()
+    assert answered(error_answer(404, "not_found", "gone")).run_not_found  # whatever the words
+    unavailable = answered(error_answer(503, "store_unavailable", "no run 404 can be written: disk full"))
+    assert not unavailable.run_not_found and not unavailable.refused
+    bad = answered(error_answer(422, "invalid_input", "events.0.kind: unknown"))
+    assert bad.refused and not bad.run_not_found
+    token = answered(error_answer(401, "unauthorized", "this server needs a token"))
+    assert token.token_refused and not token.refused

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -206,3 +208,44 @@ def test_images_in_event_files_become_media(server: LiveServer, tmp_path: Path) 
     assert media["name"] == "samples"
     image = httpx.get(server.url + media["url"])
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+
+
+def test_a_watcher_killed_with_sigkill_at_any_moment_loses_nothing_and_stores_nothing_twice(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """`trainpilot watch` killed with -9 over and over while the training writes, restarted each
+    time: it saves how far it read only once what it read is delivered or in its spool, so the
+    server ends with every scalar exactly once. Its sends are made to wait a second
+    (TRAINPILOT_SEND_INTERVAL_MS), so a kill finds events read but not yet handed over."""
+    logdir, steps = tmp_path / "logs", 300
+    writer = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(WRITER), "tbx", str(logdir / "r"), str(steps), "0.03"]
+    )
+    command = [sys.executable, "-m", "trainpilot.cli", "watch", str(logdir), "--server", server.url]
+    command += ["--project", "tb", "--data-dir", str(tmp_path / "client"), "--poll", "0.1"]
+    env = {**os.environ, "TRAINPILOT_SEND_INTERVAL_MS": "1000"}
+    run_id = run_id_for(logdir.resolve(), "r")
+
+    def stored() -> int:
+        return len(history(server, run_id).get("loss", {}).get("step", []))
+
+    kills = 0
+    try:
+        while writer.poll() is None:
+            watcher = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            before = stored()
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: stored() > before, timeout=10, what="progress")  # noqa: B023
+            time.sleep(0.3 + 0.2 * kills)
+            watcher.kill()
+            watcher.wait(10)
+            kills += 1
+        assert writer.returncode == 0 and kills >= 3
+        subprocess.run([*command, "--once"], env=env, check=True, capture_output=True, timeout=60)
+    finally:
+        writer.kill()
+        writer.wait(10)
+    series = history(server, run_id)
+    assert series["loss"]["step"] == list(range(steps))
+    group = history(server, run_id_for(logdir.resolve(), "r/lr/group1"))
+    assert group["lr"]["step"] == list(range(steps))

@@ -6,8 +6,9 @@ TrainpilotError
 ├── InvalidInput           input that breaks the contract; `field` names what is wrong
 ├── Conflict               a valid request the current state refuses (e.g. control of a finished run)
 ├── StoreUnavailable       the store cannot write now (disk full, read-only); nothing was stored
-└── TransportError         the SDK could not reach the server (the SDK spools and retries, never raises
-                           this into the training loop)
+└── TransportError         the SDK could not deliver to the server; its HTTP `status` and error `code`
+                           say whether to retry (the SDK spools and retries, never raises this into the
+                           training loop)
 """
 
 from __future__ import annotations
@@ -43,8 +44,26 @@ class StoreUnavailable(TrainpilotError):
 
 
 class TransportError(TrainpilotError):
-    """The SDK could not deliver a batch; `retryable` says whether trying again may help."""
+    """The SDK could not deliver a batch: the server's HTTP `status` and error `code`, or None for both
+    when no answer came (the server is away). What they say, not the message's wording, decides what
+    the sender does with the batch."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
         super().__init__(message)
-        self.retryable = retryable
+        self.status = status
+        self.code = code
+
+    @property
+    def refused(self) -> bool:
+        """The server refused what was sent (400, 413, 422): sending it again cannot help; drop it."""
+        return self.status in (400, 413, 422)
+
+    @property
+    def token_refused(self) -> bool:
+        """No token, a wrong or expired one, or a read-only one (401, 403): keep the batch for later."""
+        return self.status in (401, 403)
+
+    @property
+    def run_not_found(self) -> bool:
+        """The server does not know the run (it lost its store, or never saw the create): create it again."""
+        return self.status == 404 and self.code == "not_found"

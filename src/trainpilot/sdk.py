@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import secrets
 import sys
@@ -32,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from trainpilot.distributed import KEEPALIVE_S, Lockstep, Ranks, agreed_spec, joined, ranks
-from trainpilot.events import ACTIONS
+from trainpilot.events import ACTIONS, RUN_STATUSES
 from trainpilot.exceptions import TransportError
 from trainpilot.sender import CLOSE, Flush, Sender, warn_once
 from trainpilot.spool import Spool, orphans
@@ -43,6 +44,7 @@ log = logging.getLogger("trainpilot")
 DEFAULT_SERVER = "http://127.0.0.1:8765"
 Handler = Callable[[Any], Any]
 ALONE = Ranks()  # a run in one process: rank 0 of 1
+MAX_STEP = 2**63 - 1  # the server's bound for steps and seqs: a signed 64-bit integer
 
 
 class Run:
@@ -75,14 +77,18 @@ class Run:
         self._cond = threading.Condition()
         # every rank of a run draws seqs from its own residue class, so their events never collide
         stride = where.world_size
+        spool = Spool.for_run(data_dir, self.id, where.rank)
+        spool.claim()
         self._sender = Sender(
             transport,
-            Spool.for_run(data_dir, self.id, where.rank),
+            spool,
             spec,
             seq_base=time.time_ns() // 1000 // stride * stride + where.rank,
             seq_stride=stride,
         )
+        # what log() and the others queue with: rank 0 speaks for the run; after finish(), nothing does
         self._put: Callable[[Any], None] = self._sender.queue.put if where.rank == 0 else _discard
+        self._put_rank: Callable[[Any], None] = self._sender.queue.put  # log_rank(), from any rank
         # under torchrun every rank meets at wait_if_paused() to apply rank 0's commands together
         self._together = control and where.world_size > 1
         self._lockstep = lockstep
@@ -116,27 +122,37 @@ class Run:
         """Queue metrics for `step` (default: the previous step + 1). Returns at once; never raises."""
         try:
             snapshot = dict(data)  # the caller may reuse its dict; the sender reads this copy later
-        except (TypeError, ValueError):
+        except Exception:  # anything a user's mapping raises
             warn_once("log-arg", f"trainpilot: run.log() takes a dict of metrics, got {type(data).__name__}")
             return
         if step is None:
             step = self._next_step
-        elif type(step) is not int or step < 0:
+        elif type(step) is not int or not 0 <= step <= MAX_STEP:
             step = self._coerce_step(step)
         self._next_step = step + 1
         self._put(("metrics", step, time.time(), snapshot))
 
     def _coerce_step(self, step: Any) -> int:
-        """A step the server takes (a non-negative int): numpy/tensor ints become ints, nonsense the
+        """A step the server takes (an int in 0..2**63-1): numpy/tensor ints become ints, nonsense the
         next step. The server refuses a whole batch for one bad step, so it must not leave here."""
         try:
             value = int(step)
-        except Exception:
+        except Exception:  # NaN, inf, strings, objects whose __int__ raises
             value = -1
-        if value < 0:
-            warn_once("log-step", f"trainpilot: step {step!r} is not a non-negative integer; using the next")
+        if not 0 <= value <= MAX_STEP:
+            warn_once(
+                "log-step", f"trainpilot: step {_shown(step)} is not an integer in 0..2**63-1; using the next"
+            )
             return self._next_step
         return value
+
+    def _step(self, step: Any, default: int) -> int:
+        """`step` as given when the server takes it, `default` for None, else `_coerce_step`'s answer."""
+        if step is None:
+            return default
+        if type(step) is int and 0 <= step <= MAX_STEP:
+            return step
+        return self._coerce_step(step)
 
     def log_rank(self, data: dict[str, Any], step: int | None = None) -> None:
         """Queue this rank's own metrics as ``rank{r}/<key>``, from any rank (others' `log()` is a no-op).
@@ -146,31 +162,53 @@ class Run:
         """
         try:
             tagged = {f"rank{self.rank}/{key}": value for key, value in data.items()}
-        except (AttributeError, TypeError, ValueError):
+        except Exception:
             warn_once("log-arg", f"trainpilot: run.log_rank() takes a dict, got {type(data).__name__}")
             return
-        if step is None:
-            step = max(0, self._next_step - 1)
-        elif type(step) is not int or step < 0:
-            step = self._coerce_step(step)
-        self._sender.queue.put(("metrics", step, time.time(), tagged))
+        self._put_rank(("metrics", self._step(step, max(0, self._next_step - 1)), time.time(), tagged))
 
     def log_event(self, kind: str, data: dict[str, Any], step: int | None = None) -> None:
-        """Queue an event of another kind: ``status``, ``media``, ``log``, ``insight``."""
-        self._put((kind, step, time.time(), dict(data)))
+        """Queue an event of another kind: ``status``, ``media``, ``log``, ``insight``. Never raises: an
+        event the server cannot take (not JSON, an unknown kind) is dropped alone, with a warning."""
+        try:
+            snapshot = dict(data)
+        except Exception:
+            warn_once("event-arg", f"trainpilot: run.log_event() takes a dict, got {type(data).__name__}")
+            return
+        self._put((kind, None if step is None else self._step(step, self._next_step), time.time(), snapshot))
 
     def log_image(self, name: str, image: Any, step: int | None = None, caption: str | None = None) -> None:
         """Queue an image (PIL image, HxW[xC] or CxHxW array/tensor, or PNG/JPEG bytes) for the run.
 
         It is encoded to PNG on the sender thread, stored by the server as a file and shown by URL.
+        Never raises: one that cannot be encoded, or that the server refuses (too large), is skipped.
         """
-        step = max(0, self._next_step - 1) if step is None else step
-        self._put(("image", step, time.time(), (name, image, caption)))
+        if not isinstance(name, str) or not isinstance(caption, str | None):
+            warn_once(
+                "image-arg",
+                f"trainpilot: run.log_image() takes a str name and caption, got {type(name).__name__} "
+                f"and {type(caption).__name__}; skipped",
+            )
+            return
+        self._put(
+            ("image", self._step(step, max(0, self._next_step - 1)), time.time(), (name, image, caption))
+        )
 
     def log_recorded(self, data: dict[str, Any], *, step: int, ts: float, seq: int) -> None:
         """Queue metrics recorded elsewhere (an importer, a log tailer) with their own wall time and a
         seq that is the same every time the same record is read, so reading it twice stores it once."""
-        self._put(("metrics", step, ts, dict(data), seq))
+        try:
+            snapshot, ts, seq = dict(data), float(ts), int(seq)
+            usable = math.isfinite(ts) and 0 <= seq <= MAX_STEP
+        except Exception:
+            usable = False
+        if not usable:
+            warn_once(
+                "recorded-arg",
+                "trainpilot: run.log_recorded() takes a dict, a finite ts and a seq in 0..2**63-1; skipped",
+            )
+            return
+        self._put(("metrics", self._step(step, self._next_step), ts, snapshot, seq))
 
     # -- control --------------------------------------------------------------------------------------
 
@@ -187,10 +225,16 @@ class Run:
         """Call `handler(value)` on the training thread when `action` is applied (set_lr: the new lr).
 
         ``checkpoint`` and ``set_lr`` are refused unless a handler is registered; a handler that
-        raises rejects the command with the exception's message.
+        raises rejects the command with the exception's message. An unknown action or a handler that
+        is not callable is warned about and ignored.
         """
-        if action not in ACTIONS:
-            raise ValueError(f"unknown action {action!r}: expected one of {sorted(ACTIONS)}")
+        if not (isinstance(action, str) and action in ACTIONS and callable(handler)):
+            warn_once(
+                f"on_control:{_shown(action)}",
+                f"trainpilot: run.on_control() takes one of {sorted(ACTIONS)} and a callable, got "
+                f"{_shown(action)} and {type(handler).__name__}; ignored",
+            )
+            return
         self._handlers.setdefault(action, []).append(handler)
 
     def wait_if_paused(self, timeout: float | None = None) -> None:
@@ -198,6 +242,8 @@ class Run:
 
         Under torchrun every rank must call it at the same step: it is a collective there.
         """
+        if timeout is not None:
+            timeout = _seconds(timeout, None, "run.wait_if_paused")
         if self._together:
             self._wait_together(timeout)
             return
@@ -343,8 +389,25 @@ class Run:
         """
         if self._finished:
             return
+        if status is not None and not (isinstance(status, str) and status in RUN_STATUSES):
+            warn_once(
+                "finish-status",
+                f"trainpilot: run.finish() takes a status in {sorted(RUN_STATUSES)}, got {_shown(status)}; "
+                "using the default",
+            )
+            status = None
         self.log_event("status", {"status": status or ("stopped" if self._stop else "finished")})
         self.close(timeout)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything logged so far is delivered or in the spool on disk, where a kill -9 of
+        this process cannot lose it; True if so within `timeout`. For a program that must know what it
+        has handed over, as `trainpilot watch` before it saves how far it has read."""
+        if self._finished:  # the sender has stopped: it handed over everything queued, unless stuck
+            return not self._sender.is_alive()
+        kept = Flush(kept=True)
+        self._sender.queue.put(kept)
+        return kept.done.wait(_seconds(timeout, 30.0, "run.flush"))
 
     def close(self, timeout: float = 30.0) -> None:
         """Deliver what is queued (up to `timeout`) and stop the threads, without a final status.
@@ -354,11 +417,13 @@ class Run:
         if self._finished:
             return
         self._finished = True
+        self._put = self._put_rank = self._after_finish
         flush = Flush()
         self._sender.queue.put(flush)
-        if not flush.done.wait(timeout):
+        if not flush.done.wait(_seconds(timeout, 30.0, "run.close")):
             log.warning(
-                "trainpilot: server unreachable at finish; %s kept for the next run", self._sender.spool.path
+                "trainpilot: not everything was delivered by finish(); %s kept for the next run",
+                self._sender.spool.path,
             )
         self._sender.queue.put(CLOSE)
         self._sender.join(timeout=5)
@@ -370,6 +435,13 @@ class Run:
             self._stop = True
             self._cond.notify_all()
         atexit.unregister(self._at_exit)
+
+    def _after_finish(self, item: Any) -> None:
+        """What log() and the others do once the run is finished: the sender is gone; say so once."""
+        warn_once(
+            f"finished:{self.id}",
+            f"trainpilot: run {self.id} is finished: what is logged to it now is not sent",
+        )
 
     def _at_exit(self) -> None:
         failed = getattr(sys, "last_value", None) is not None
@@ -446,13 +518,40 @@ def init(
     def connect() -> Transport:
         return EmbeddedTransport(embedded) if embedded is not None else HttpTransport(url, token)
 
-    if where.local_rank == 0:  # one replayer per machine's data dir
+    run = Run(connect(), spec, data_dir, token, embedded, control, where, lockstep)
+    if where.local_rank == 0:  # one replayer per machine's data dir; the run has claimed its own spool
         _replay_orphans(connect, data_dir)
-    return Run(connect(), spec, data_dir, token, embedded, control, where, lockstep)
+    return run
 
 
 def _discard(item: Any) -> None:
     """`log()` on ranks other than 0 under torchrun: rank 0 speaks for the run."""
+
+
+def _seconds(value: Any, default: float | None, call: str) -> float | None:
+    """A timeout as `threading` takes it: seconds >= 0, or None for no limit (also for inf). Anything
+    else is warned about once and replaced by `default`: a bad timeout must not raise into the loop."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except Exception:
+        seconds = math.nan
+    if math.isnan(seconds):
+        warn_once(
+            f"timeout:{call}",
+            f"trainpilot: {call}() takes a timeout in seconds, got {_shown(value)}; using {default}",
+        )
+        return default
+    return None if seconds == math.inf else max(0.0, seconds)
+
+
+def _shown(value: Any) -> str:
+    """A value for a warning: short, and never an exception of its own (a user's __repr__ may raise)."""
+    try:
+        return repr(value)[:60]
+    except Exception:
+        return f"a {type(value).__name__}"
 
 
 def _start_server(data_dir: str, token: str | None, port: int | None) -> Any:

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from trainpilot.exceptions import TransportError
 from trainpilot.spool import Spool
 from trainpilot.transport import Transport
@@ -49,10 +51,12 @@ def _drain(q: queue.SimpleQueue[Any]) -> list[Any]:
 
 
 class Flush:
-    """A marker on the queue: set once everything queued before it is delivered."""
+    """A marker on the queue: set once everything queued before it is delivered, or, when `kept`,
+    delivered or written to the spool (where a kill -9 of this process cannot lose it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kept: bool = False) -> None:
         self.done = threading.Event()
+        self.kept = kept
 
 
 CLOSE = object()
@@ -132,27 +136,27 @@ class Sender(threading.Thread):
                 self._heartbeat()
             events = []
             for item in items:
-                if type(item) is tuple and item[0] == "image":
-                    self._deliver_image(item)
-                elif type(item) is tuple:
-                    try:
+                try:
+                    if type(item) is tuple and item[0] == "image":
+                        self._deliver_image(item)
+                    elif type(item) is tuple:
                         events.append(self._envelope(item))
-                    except Exception as exc:  # one bad event must not kill the thread or its batch
-                        warn_once(f"bad:{type(exc).__name__}", f"trainpilot: event dropped: {exc!r}")
-                        self.dropped += 1
-                elif item is CLOSE:
-                    closing = True
-                else:
-                    self._flushes.append(item)
+                    elif item is CLOSE:
+                        closing = True
+                    else:
+                        self._flushes.append(item)
+                except Exception as exc:  # one bad event must not kill the thread or its batch
+                    warn_once(f"bad:{type(exc).__name__}", f"trainpilot: event dropped: {exc!r}")
+                    self.dropped += 1
             try:
                 self._deliver(events)
             except Exception as exc:  # never let telemetry kill the thread the run depends on
                 warn_once(f"bug:{type(exc).__name__}", f"trainpilot: sender error {exc!r}; batch dropped")
                 self.dropped += len(events)
-            if not self.spool:
-                for flush in self._flushes:
+            for flush in self._flushes:  # this pass sent or spooled everything queued before them
+                if flush.kept or not self.spool:
                     flush.done.set()
-                self._flushes.clear()
+            self._flushes = [flush for flush in self._flushes if not flush.done.is_set()]
         self.spool.close()
 
     def _take(self) -> list[Any]:
@@ -185,13 +189,16 @@ class Sender(threading.Thread):
             kind, step, ts, data = item
             self._seq += self._seq_stride
             seq = self._seq
-        return {
+        event = {
             "seq": seq,
             "kind": kind,
             "ts": ts,
             "step": step,
             "data": clean_metrics(data) if kind == "metrics" else data,
         }
+        if kind != "metrics":  # the caller's own data: if it is not JSON, it must fail here, alone
+            orjson.dumps(event)
+        return event
 
     def _deliver(self, events: list[dict[str, Any]]) -> None:
         if events:
@@ -227,7 +234,7 @@ class Sender(threading.Thread):
             try:
                 self.transport.send(spec["id"], events)
             except TransportError as exc:
-                if not exc.retryable and len(events) > 1:
+                if exc.refused and len(events) > 1:
                     refused.append(True)
                     return
                 raise
@@ -247,26 +254,37 @@ class Sender(threading.Thread):
         return self._attempt(lambda: self.transport.upload_media(run_id, name, step, caption, body), spec, 1)
 
     def _attempt(self, deliver: Callable[[], None], spec: dict[str, Any], count: int) -> bool:
+        """Deliver (creating the run first where needed). True when done with it: delivered, or refused
+        as invalid and dropped; False when it must wait in the spool: the server is away or answers 5xx,
+        does not know the run, or refuses the token, which is no fault of the batch."""
         try:
             if not self.created or spec is not self.run_spec:
                 self.transport.create_run(spec)
                 self.created = self.created or spec is self.run_spec
             deliver()
         except TransportError as exc:
-            if exc.retryable:
-                if "404" in str(exc) or "no run" in str(exc):
-                    self.created = False
-                self._retry_at = time.monotonic() + self._backoff
-                self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+            if exc.refused:
+                self.dropped += count
+                warn_once(f"refused:{exc}", f"trainpilot: server refused a batch, dropped: {exc}")
+                return True
+            if exc.run_not_found:
+                self.created = False
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+            if exc.token_refused:
+                warn_once(
+                    "token",
+                    f"trainpilot: {self.transport.url} refused the token ({exc}). Set TRAINPILOT_TOKEN (or "
+                    f"trainpilot.init(token=...)) to the server's write token; until it is accepted, batches "
+                    f"are kept in {self.spool.path} and retried; training continues",
+                )
+            else:
                 warn_once(
                     "down",
                     f"trainpilot: server unavailable ({exc}); spooling to {self.spool.path} "
                     "and retrying; training continues",
                 )
-                return False
-            self.dropped += count
-            warn_once(f"refused:{exc}", f"trainpilot: server refused a batch, dropped: {exc}")
-            return True
+            return False
         self.sent += count
         self._heard_at = time.monotonic()
         return True
@@ -290,7 +308,7 @@ class Sender(threading.Thread):
                 return  # spool what waits in memory first; the replay goes on next pass
         if not self.spool:
             self._backoff = BACKOFF_MIN_S
-            _warned.discard("down")
+            _warned.difference_update(("down", "token"))  # the next outage or refusal is news again
             log.info("trainpilot: server reachable again; spooled events delivered")
 
 
@@ -311,6 +329,7 @@ def encode_image(image: Any) -> bytes:
         if array.ndim == 3 and array.shape[-1] == 1:
             array = array[..., 0]
         if array.dtype != np.uint8:
+            array = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # drawn black
             low, high = float(array.min()), float(array.max())
             scale = 1.0 if low >= 0 and high <= 1 else (high - low) or 1.0
             array = ((array - (0 if scale == 1.0 else low)) / scale * 255).clip(0, 255).astype(np.uint8)

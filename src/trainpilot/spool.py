@@ -2,8 +2,12 @@
 
 One file per run under ``<data_dir>/spool/``; each line is one self-contained batch (the run's
 create request and its events), so a spool left behind by a process that died can be replayed by
-the next one. The owner holds an exclusive `flock` on its file, so two live processes never replay
-the same spool. Re-sending is safe: the server drops events whose (run, seq) it already has.
+the next one. A file has one owner at a time, the process holding its exclusive `flock`: a run's
+sender claims ``<run>.jsonl`` when the run starts, so a run resumed by a new process (same id) takes
+over what its dead predecessor left there, in order, and spools behind it; if a live process holds
+that file, the sender takes the next free name (``<run>~2.jsonl``...). Files no live process holds are
+orphans, which the next process on the data dir replays. Re-sending is safe: the server drops events
+whose (run, seq) it already has.
 
 A spool has a disk budget (`TRAINPILOT_SPOOL_MAX_MB`, default 1024 MiB a run). Past it, the oldest
 unsent batches are dropped — counted and logged, never a crash — and the newest half of the budget
@@ -33,13 +37,13 @@ def budget() -> int:
 
 
 class Spool:
-    def __init__(self, path: Path, max_bytes: int | None = None) -> None:
+    def __init__(self, path: Path, max_bytes: int | None = None, *, own: bool = False) -> None:
         self.path = path
+        self._own = own  # a run's own spool moves to a free name when a live process holds this one
         self.max_bytes = max_bytes or budget()
         self._file: IO[bytes] | None = None
-        self._read_offset = 0
-        self._size = 0
-        self.pending_batches = 0
+        self._read_offset = 0  # everything before it is delivered
+        self._size = 0  # of the file; what lies between the two is still to send
         self.dropped_batches = 0
         self.dropped_events = 0
         self._warned_at = -math.inf
@@ -48,20 +52,29 @@ class Spool:
     def for_run(cls, data_dir: str | os.PathLike[str], run_id: str, rank: int = 0) -> Spool:
         """The run's spool; under torchrun each rank has its own (one file, one owner)."""
         name = f"{run_id}.jsonl" if rank == 0 else f"{run_id}.rank{rank}.jsonl"
-        return cls(Path(data_dir) / "spool" / name)
+        return cls(Path(data_dir) / "spool" / name, own=True)
+
+    def claim(self) -> None:
+        """Take the file now, at the run's start: before the next process's orphan replayer could, and
+        with whatever an earlier process of this run left in it pending, to be sent first."""
+        try:
+            self._open()
+        except OSError as exc:
+            log.warning("trainpilot: cannot open the spool %s (%s); training continues", self.path, exc)
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(self.path, "a+b")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                f.close()
-                raise
+            f, first, n = _locked(self.path), self.path, 1
+            while f is None and self._own:
+                n += 1
+                self.path = first.with_name(f"{first.stem}~{n}.jsonl")
+                f = _locked(self.path)
+            if f is None:
+                raise BlockingIOError(f"{self.path} is held by a live process")
             size = f.seek(0, os.SEEK_END)
             if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
                 f.write(b"\n")  # a line cut short by a crash must not swallow the next batch
+                f.flush()
                 size += 1
             self._file, self._size = f, size
         return self._file
@@ -78,7 +91,6 @@ class Spool:
         f.write(line)
         f.flush()
         self._size += len(line)
-        self.pending_batches += 1
         if self._size > self.max_bytes:
             self._drop_oldest()
 
@@ -101,7 +113,6 @@ class Spool:
             rewrite.write(tail)
             rewrite.truncate(len(tail))
         self._size, self._read_offset = len(tail), 0
-        self.pending_batches = max(0, self.pending_batches - batches)
         self.dropped_batches += batches
         self.dropped_events += events
         if batches and time.monotonic() - self._warned_at > 60:  # once a minute, not once a batch
@@ -116,39 +127,61 @@ class Spool:
             )
 
     def __bool__(self) -> bool:
-        return self.pending_batches > 0
+        """Whether anything is left to send: bytes, not a count, so a spool another process left is
+        pending as soon as it is opened, however many batches it holds."""
+        return self._read_offset < self._size
 
     def pending(self) -> Iterator[tuple[dict[str, Any], int]]:
-        """Unsent batches in order, each with the offset to `commit` once it is delivered."""
+        """Unsent batches in order, each with the offset to `commit` once it is delivered.
+
+        A line that does not decode (one cut short by a crash) is passed over for good once everything
+        before it is committed, so it never keeps the spool from emptying.
+        """
         self._open()
         end = self._read_offset
         with open(self.path, "rb") as reader:
             reader.seek(end)
             for line in reader:
-                end += len(line)
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    batch = orjson.loads(line)
-                    if isinstance(batch, dict):
-                        yield batch, end
+                start, end = end, end + len(line)
+                batch = _decode(line)
+                if batch is not None:
+                    yield batch, end
+                elif self._read_offset == start:
+                    self.commit(end)
 
     def commit(self, offset: int) -> None:
         """Everything up to `offset` was delivered; an empty spool is truncated."""
         self._read_offset = offset
-        self.pending_batches = max(0, self.pending_batches - 1)
-        f = self._open()
-        if offset >= f.seek(0, os.SEEK_END):
-            f.truncate(0)
+        if offset >= self._size:
+            self._open().truncate(0)
             self._read_offset = self._size = 0
-            self.pending_batches = 0
 
     def close(self) -> None:
         if self._file is not None:
-            empty = self._file.seek(0, os.SEEK_END) == 0
+            if self._file.seek(0, os.SEEK_END) == 0:
+                with contextlib.suppress(OSError):
+                    self.path.unlink()  # still locked: whoever opened it meanwhile finds it gone (_locked)
             self._file.close()
             self._file = None
-            if empty:
-                with contextlib.suppress(OSError):
-                    self.path.unlink()
+
+
+def _locked(path: Path) -> IO[bytes] | None:
+    """`path` opened for appending under our exclusive lock; None while a live process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        f = open(path, "a+b")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return None
+        except OSError:
+            f.close()
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        f.close()  # its owner emptied and removed it between our open and our lock: open the new one
 
 
 def orphans(data_dir: str | os.PathLike[str]) -> Iterator[Spool]:
@@ -159,21 +192,27 @@ def orphans(data_dir: str | os.PathLike[str]) -> Iterator[Spool]:
     for path in sorted(folder.glob("*.jsonl")):
         spool = Spool(path)
         try:
-            f = spool._open()
-        except (BlockingIOError, OSError):
+            spool._open()
+        except OSError:  # BlockingIOError: a live process holds it
             continue
-        spool.pending_batches = sum(1 for _ in f)
-        f.seek(0)
         yield spool
+
+
+def _decode(line: bytes) -> dict[str, Any] | None:
+    """One spool line's batch; None for a line that is not one (cut short, or damaged on disk)."""
+    with contextlib.suppress(orjson.JSONDecodeError):
+        batch = orjson.loads(line)
+        if isinstance(batch, dict):
+            return batch
+    return None
 
 
 def _count(lines: bytes) -> tuple[int, int]:
     """Batches, and the events in them, in a run of spool lines."""
     batches = events = 0
     for line in lines.splitlines():
-        with contextlib.suppress(orjson.JSONDecodeError):
-            batch = orjson.loads(line)
-            if isinstance(batch, dict):
-                batches += 1
-                events += len(batch.get("events") or []) or (1 if "media" in batch else 0)
+        batch = _decode(line)
+        if batch is not None:
+            batches += 1
+            events += len(batch.get("events") or []) or (1 if "media" in batch else 0)
     return batches, events

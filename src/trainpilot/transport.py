@@ -1,8 +1,9 @@
 """How the SDK's batches reach a server: over HTTP, or straight into an in-process server.
 
-One seam: `create_run` and `send` either succeed or raise `TransportError`, whose
-`retryable` says whether the sender should spool and try again (server away, 5xx, unknown run)
-or give the batch up (the server refused it as invalid).
+One seam: `create_run` and `send` either succeed or raise `TransportError` with the server's
+HTTP status and error code (both None when no answer came), whatever the transport: the embedded
+one gives an exception the status and code the HTTP server would answer it with. The sender
+decides from them alone whether to spool and try again or give the batch up.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from trainpilot.exceptions import NotFound, StoreUnavailable, TransportError
+from trainpilot.exceptions import TransportError
 
 if TYPE_CHECKING:
     from trainpilot.server.runner import ServerThread
@@ -112,29 +113,36 @@ class HttpTransport:
         if status < 400:
             return answer
         try:
-            message = orjson.loads(answer)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = answer[:200].decode(errors="replace")
-        retryable = status >= 500 or status in (404, 408, 429)
-        raise TransportError(f"{path}: HTTP {status}: {message}", retryable=retryable)
+            error = orjson.loads(answer)["error"]
+            message, code = str(error["message"]), error.get("code")
+        except (ValueError, KeyError, TypeError, AttributeError):  # not our server's JSON error
+            message, code = answer[:200].decode(errors="replace"), None
+        raise TransportError(
+            f"{path}: HTTP {status}: {message}", status=status, code=code if isinstance(code, str) else None
+        )
 
     def create_run(self, spec: dict[str, Any]) -> dict[str, Any]:
         run: dict[str, Any] = orjson.loads(self._post("/api/runs", spec))
         return run
 
     def send(self, run_id: str, events: list[dict[str, Any]]) -> None:
-        self._post(f"/api/runs/{run_id}/events", {"events": events})
+        self._post(f"/api/runs/{_quoted(run_id)}/events", {"events": events})
 
     def upload_media(
         self, run_id: str, name: str, step: int | None, caption: str | None, body: bytes
     ) -> None:
         params = {k: v for k, v in (("name", name), ("step", step), ("caption", caption)) if v is not None}
-        self._post(f"/api/runs/{run_id}/media", body, params)
+        self._post(f"/api/runs/{_quoted(run_id)}/media", body, params)
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _quoted(run_id: str) -> str:
+    """A run id as one path segment: ids may hold spaces, '?', '#' or '%' (anything printable but '/')."""
+    return urllib.parse.quote(run_id, safe="")
 
 
 class EmbeddedTransport:
@@ -151,10 +159,13 @@ class EmbeddedTransport:
             raise TransportError("the embedded server is not running")
         try:
             return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
-        except (NotFound, StoreUnavailable, TimeoutError) as exc:
-            raise TransportError(str(exc)) from exc
-        except Exception as exc:  # invalid input: sending it again would not help
-            raise TransportError(str(exc), retryable=False) from exc
+        except TimeoutError as exc:
+            raise TransportError(f"the embedded server did not answer in 30 s: {exc!r}") from exc
+        except Exception as exc:
+            from trainpilot.server.errors import classify
+
+            status, code, message, _ = classify(exc) or (500, "error", repr(exc), None)
+            raise TransportError(message, status=status, code=code) from exc
 
     def create_run(self, spec: dict[str, Any]) -> dict[str, Any]:
         run, _ = self._call(

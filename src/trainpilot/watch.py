@@ -10,7 +10,9 @@ once it is complete), and sends each scalar as a metrics event of a trainpilot r
   plugin (TF2); both are read, and the plugin of a tag is remembered from its first record.
 - Every record gets a seq from (a hash of the file's path, record number), so re-reading a file after
   a restart stores nothing twice; the watcher also remembers how far it read, in ``<data_dir>/watch/``,
-  so it need not re-read at all.
+  so it need not re-read at all. It saves that position only once everything read before it is
+  delivered or in the spool (`Run.flush`): killed with -9 at any moment, it re-reads what it had not
+  handed over and loses nothing.
 - Images (legacy image summaries and the TF2 images plugin) go to the run as media; like every
   image they are best-effort on a restart: a re-read file sends its images again.
 - Files are found only inside LOGDIR: symlinks that lead outside it are not followed.
@@ -200,10 +202,14 @@ class Watcher:
             except Exception as exc:  # a corrupt file must not stop the others
                 log.warning("skipping the rest of %s: %s", tailed.path, exc)
                 tailed.loader = _Exhausted()
-        if sent:
+        if sent and self._handed_over():
             self._save_state()
         self.sent += sent
         return sent
+
+    def _handed_over(self) -> bool:
+        """Whether every run has delivered or spooled what was read: only then may the position be saved."""
+        return all(run.flush() for run in self.runs.values())
 
     def _read(self, tailed: TailedFile) -> int:
         sent = 0
@@ -234,9 +240,10 @@ class Watcher:
 
     def close(self) -> None:
         """Deliver what was read and stop; the runs stay open for the next watcher."""
+        handed_over = self._handed_over()
         for run in self.runs.values():
             run.close(timeout=30)
-        if self.files:
+        if self.files and handed_over:
             self._save_state()
 
 
