@@ -88,10 +88,12 @@ class RunAnalysis:
             elif quantity == "acc" and split == "val":
                 value = self._fraction(key, value)
                 self.quality.observe(value, accuracy=True)
-                found += self.accuracy.observe_val(step, key, value, self.quality, self.classes, self._trained())
+                found += self.accuracy.observe_val(
+                    step, key, value, self.quality, self.classes, self._trained(), self.regularised
+                )
             elif quantity == "acc":
                 value = self._fraction(key, value)
-                self.accuracy.observe_train(value)
+                found += self.accuracy.observe_train(step, key, value, self.classes)
                 if len(self.early_acc) < 5:
                     self.early_acc.append(value)
             elif layer is not None or quantity == "grad_norm":
@@ -159,7 +161,8 @@ class RunAnalysis:
             dense = False
         score = self.quality.above_chance(self.classes)
         fitted = score is not None and score >= self.t.fitted_quality
-        return Context(self.lr, self.peak_lr, self.classes, dense, fitted, score, self.regularised)
+        ordered = self.accuracy.class_ordered(self.classes)
+        return Context(self.lr, self.peak_lr, self.classes, dense, fitted, score, self.regularised, ordered)
 
     def _train_loss(self, step: int, key: str, value: float, component: bool) -> list[Finding]:
         tracker = self.losses.get(key)

@@ -30,12 +30,15 @@ NATURAL: dict[str, str] = {
     "input_bottleneck": "warning",
     "noisy_labels": "warning",
     "class_weakness": "warning",
+    "unshuffled_data": "warning",
 }
 
 _CURVE = frozenset(
     {"loss_spike", "oscillation", "plateau", "underfitting", "stuck_at_chance", "lr_too_low", "overfitting"}
 )
-_AFTERMATH = frozenset({"noisy_labels", "class_weakness", "exploding_gradient", "vanishing_gradient", "dying_relu"})
+_AFTERMATH = frozenset(
+    {"noisy_labels", "class_weakness", "exploding_gradient", "vanishing_gradient", "dying_relu", "bad_initial_loss"}
+)
 # kind -> the kinds it explains: once it is said, they are not said for the run any more
 CAUSES: dict[str, frozenset[str]] = {
     "divergence": _CURVE | _AFTERMATH | {"lr_too_high"},
@@ -47,6 +50,7 @@ CAUSES: dict[str, frozenset[str]] = {
     "lr_too_low": frozenset({"plateau", "underfitting", "stuck_at_chance"}),
     "underfitting": frozenset({"plateau"}),
     "oscillation": frozenset({"loss_spike"}),
+    "unshuffled_data": _CURVE | {"lr_too_high", "divergence", "noisy_labels", "class_weakness"},
 }
 
 

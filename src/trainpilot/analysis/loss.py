@@ -30,6 +30,7 @@ class Context:
     fitted: bool = False  # a validation score says the model fits (then a high loss is not underfitting)
     score: float | None = None  # the best validation score so far, 0 at chance and 1 perfect
     regularised: bool = False  # mixup, cutmix or label smoothing: the training loss has a high floor
+    class_ordered: bool = False  # training accuracy below chance: batches of one class (unshuffled data)
 
 
 @dataclass
@@ -59,7 +60,7 @@ class LossTracker:
     def observe(self, step: int, value: float, ctx: Context) -> list[Finding]:
         out: list[Finding] = []
         self.n += 1
-        if self.n <= 5:
+        if self.n <= (5 if ctx.dense else 1):  # per-epoch losses: the first epoch is the start
             self.start_sum += value
             self.start = self.start_sum / self.n
         alpha = 0.1 if ctx.dense else 0.5
@@ -77,8 +78,8 @@ class LossTracker:
             self.best, self.best_step, self.best_n = self.ema, step, self.n
         self.history.append((step, self.ema))
         out += self._diverging(step, value, ctx, warmup)
-        if self.n == 5:
-            out += self._initial(step, ctx.classes)
+        if self.n == (5 if ctx.dense else 1):
+            out += self._initial(step, ctx)
         if self.cross_entropy(ctx.classes):
             out += self._chance(step, ctx)
         minimum = 2 * self.t.plateau_min if ctx.dense else 6
@@ -139,7 +140,13 @@ class LossTracker:
             and self.ema > self.start
         )
         # climbing well above its start before it ever made progress: caught within a few dozen steps
-        early_rise = self.n > 10 and rising and self.ema > self.t.early_rise * self.start and self.best > 0.8 * self.start
+        early_rise = (
+            self.n > warmup
+            and rising
+            and self.ema > self.t.early_rise * self.start
+            and self.best > 0.8 * self.start
+            and not ctx.class_ordered  # class-ordered batches make the loss climb too, for another reason
+        )
         if not (exploded or diverged or early_rise):
             return []
         early = self.best_n <= 10 * warmup or self.best > 0.8 * self.start
@@ -179,12 +186,31 @@ class LossTracker:
             )
         ]
 
-    def _initial(self, step: int, classes: int | None) -> list[Finding]:
-        """A cross-entropy that starts far above ln(classes): unnormalised inputs or a bad initialisation."""
+    def _initial(self, step: int, ctx: Context) -> list[Finding]:
+        """A cross-entropy that starts far above ln(classes): unnormalised inputs or a bad initialisation.
+
+        A loss logged per epoch starts with the first epoch's mean, which an untrained classifier keeps
+        below ln(C) as it learns; one far above it rose during that epoch: the learning rate."""
         assert self.start is not None
+        classes = ctx.classes
         if self.component or not classes:
             return []
         chance = math.log(classes)
+        if not ctx.dense and ctx.lr is not None and self.start > self.t.start_ratio * chance / 1.5:
+            return [
+                Finding(
+                    "lr_too_high",
+                    "critical",
+                    step,
+                    0,
+                    {"metric": self.key, "first_epoch_mean": r4(self.start), "ln_classes": r4(chance), "lr": ctx.lr},
+                    f"{self.key} averaged {self.start:.4g} over the first epoch, {self.start / chance:.1f}x the "
+                    f"ln({classes}) = {chance:.3g} of an untrained model: the loss rose while it trained "
+                    f"(lr={ctx.lr:.3g})",
+                    f"lower the learning rate around 10x (to {ctx.lr / 10:.2g}), add warm-up; if the inputs are "
+                    "not normalised, normalise them",
+                )
+            ]
         if self.start <= self.t.start_ratio * chance:
             return []
         return [

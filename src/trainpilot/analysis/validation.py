@@ -145,18 +145,51 @@ class AccuracyTracker:
     """Training accuracy (smoothed) against validation accuracy: labels it cannot fit, chance level."""
 
     t: Thresholds
-    train: float | None = None  # smoothed per-batch training accuracy
+    train: float | None = None  # smoothed per-batch training accuracy (as is when logged per epoch)
+    train_points: int = 0
+    val_points: int = 0
+    below_chance: int = 0  # training points in a row well below chance
     apart: int = 0  # evaluations in a row with validation far above a flat training accuracy
     chance_run: int = 0  # evaluations in a row at chance
     memorising: int = 0  # evaluations in a row with training accuracy near 1 far above validation
 
-    def observe_train(self, value: float) -> None:
-        self.train = value if self.train is None else 0.9 * self.train + 0.1 * value
+    def observe_train(self, step: int, key: str, value: float, classes: int | None) -> list[Finding]:
+        self.train_points += 1
+        per_epoch = self.val_points >= 2 and self.train_points <= 1.5 * self.val_points
+        alpha = 1.0 if per_epoch else 0.1
+        self.train = value if self.train is None else (1 - alpha) * self.train + alpha * value
+        return self._class_ordered(step, key, classes)
+
+    def class_ordered(self, classes: int | None) -> bool:
+        return bool(classes) and self.below_chance >= 5
+
+    def _class_ordered(self, step: int, key: str, classes: int | None) -> list[Finding]:
+        """Training accuracy far below chance for many batches: a random model on shuffled data scores
+        1/C, so each batch must hold one class the model is not predicting: data read in class order."""
+        if not classes or self.train is None:
+            return []
+        self.below_chance = self.below_chance + 1 if self.train < 0.5 / classes else 0
+        if self.below_chance != 2 * self.t.persist:
+            return []
+        return [
+            Finding(
+                "unshuffled_data",
+                "warning",
+                step,
+                step - 2 * self.t.persist,
+                {"metric": key, "train_acc": r4(self.train), "chance": r4(1 / classes), "classes": classes},
+                f"{key} stays at {self.train:.2f}, far below chance (1/{classes} = {1 / classes:.2f}): each "
+                "batch holds a single class the model is not predicting, so the data is read in class order",
+                "shuffle the training data (DataLoader(shuffle=True), or a sampler that mixes classes)",
+            )
+        ]
 
     def observe_val(
-        self, step: int, key: str, value: float, quality: Quality, classes: int | None, trained: bool
+        self, step: int, key: str, value: float, quality: Quality, classes: int | None, trained: bool,
+        regularised: bool = False,
     ) -> list[Finding]:
         """One validation accuracy; `trained`: the training loss has had enough steps to judge chance."""
+        self.val_points += 1
         out = self._memorising(step, key, value, quality)
         if classes and trained:
             at_chance = value <= self.t.chance_acc / classes
@@ -172,7 +205,8 @@ class AccuracyTracker:
                 )
         # A smoothed training accuracy lags a model that learns fast, so the gap must hold for three
         # evaluations: a lag closes as learning slows, labels the model cannot fit keep it open.
-        apart = self.train is not None and value >= 0.5 and value - self.train >= self.t.noisy_gap
+        # mixup, cutmix and label smoothing score training batches against mixed targets: a gap by design
+        apart = not regularised and self.train is not None and value >= 0.5 and value - self.train >= self.t.noisy_gap
         self.apart = self.apart + 1 if apart and quality.evals >= 3 else 0
         if self.apart >= 3:
             assert self.train is not None
