@@ -111,7 +111,7 @@ class RunAnalysis:
                 self.quality.observe(self._fraction(key, value), accuracy=False)
         if class_scores:
             found += self.per_class.observe(step, class_scores, self.quality.stalled())
-        return [self._capped(f) for f in found if self._news(f)]
+        return [f for f in map(self._capped, found) if self._news(f)]
 
     def insights(self, event: Event) -> list[NewEvent]:
         """The insight events found in one stored event of the run: none unless metrics at a step."""
@@ -260,7 +260,8 @@ class RunAnalysis:
         if times >= REPEATABLE.get(finding.kind, 1) or (times and step - last < 100):
             return False
         self.said[finding.kind] = (times + 1, step)
-        self.explained |= CAUSES.get(finding.kind, frozenset())
+        if finding.severity != "info":  # a hint explains nothing away
+            self.explained |= CAUSES.get(finding.kind, frozenset())
         return True
 
     def _capped(self, finding: Finding) -> Finding:

@@ -40,7 +40,19 @@ STRONG = ("warning", "critical")
 FAMILY = {"lr_too_high": "divergence"}
 
 # threshold -> (the kinds it decides, candidates from the most sensitive to the most conservative)
-TUNABLE: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {}
+TUNABLE: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
+    "divergence_ratio": (("divergence", "lr_too_high"), (2.0, 3.0, 5.0)),
+    "spike_floor": (("loss_spike",), (0.5, 1.0, 2.0)),
+    "val_swing": (("oscillation",), (0.3, 0.5, 0.8)),
+    "chance_tolerance": (("stuck_at_chance",), (0.05, 0.03, 0.02)),
+    "slow_move": (("lr_too_low",), (0.1, 0.05, 0.02)),
+    "underfit_level": (("underfitting",), (0.4, 0.5, 0.6)),
+    "memorise_gap": (("overfitting",), (0.15, 0.25, 0.35)),
+    "grad_explode_ratio": (("exploding_gradient",), (10.0, 20.0, 50.0)),
+    "input_share": (("input_bottleneck",), (0.3, 0.4, 0.5)),
+    "noisy_gap": (("noisy_labels",), (0.15, 0.25, 0.35)),
+    "weak_class_gap": (("class_weakness",), (0.2, 0.3, 0.4)),
+}
 
 Found = tuple[str, str, int]  # kind, natural severity, step
 
