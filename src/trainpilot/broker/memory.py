@@ -23,7 +23,7 @@ from trainpilot.broker.subscriber import (
     encoded,
     events_message,
     resume,
-    resync_messages,
+    resync_message,
     step,
 )
 from trainpilot.events import Event
@@ -200,8 +200,7 @@ class MemoryBroker:
 
         async def notify() -> None:
             with contextlib.suppress(Exception):
-                for message in resync_messages(sub.format, sub.cursor):
-                    await sub.send(message)
+                await sub.send(resync_message(sub.format, sub.cursor))
             sub.finish("resync")
 
         self._background(notify())
