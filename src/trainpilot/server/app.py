@@ -72,7 +72,11 @@ def create_app(settings: Settings) -> Any:
         store = open_store(settings.store_url)
         await store.open()
         broker = open_broker(
-            settings.broker, store, ring_size=settings.ring_size, heartbeat_s=settings.heartbeat_s
+            settings.broker,
+            store,
+            ring_size=settings.ring_size,
+            heartbeat_s=settings.heartbeat_s,
+            stall_timeout_s=settings.stall_timeout_s,
         )
         store.on_commit = broker.publish
         await broker.start(await store.last_id())
