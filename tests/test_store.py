@@ -6,13 +6,17 @@ import asyncio
 import random
 import sqlite3
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from trainpilot.downsample import downsample
 from trainpilot.events import Event, NewEvent
 from trainpilot.exceptions import NotFound, StoreUnavailable
+from trainpilot.server.runner import ServerThread, free_port
+from trainpilot.settings import Settings
 from trainpilot.store import Store, open_store
 from trainpilot.store.sqlite import MAX_SEQ_SQL, SCHEMA
 
@@ -277,6 +281,46 @@ def test_on_commit_sees_every_stored_event_once_in_id_order(make_store: Callable
         await s.close()
 
     run(body())
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "postgres"])
+def test_a_publish_that_fails_after_a_commit_still_answers_every_request_of_the_commit(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A real server whose broker raises on every publish: concurrent ingest requests, sharing group
+    commits, each get their answer (what was stored is stored), none hangs, and writes go on."""
+    settings = Settings(port=free_port(), data_dir=str(tmp_path), store=store_url(backend, request, tmp_path))
+    server = ServerThread(settings).start()
+
+    def failing_publish(events: list[Event]) -> None:
+        raise RuntimeError("the broker failed (on purpose)")
+
+    try:
+        server.hub.store.on_commit = failing_publish
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.post("/api/runs", json={"id": "pub"}).status_code == 201
+
+            def post(writer: int) -> list[int]:
+                answers = []
+                for batch in range(5):
+                    seq = writer * 100 + batch * 10
+                    body = {
+                        "events": [
+                            {"seq": seq + i, "step": seq + i, "data": {"loss": 1.0}} for i in range(10)
+                        ]
+                    }
+                    answer = client.post("/api/runs/pub/events", json=body)
+                    answers.append(answer.status_code)
+                return answers
+
+            with ThreadPoolExecutor(8) as pool:
+                statuses = [code for codes in pool.map(post, range(8)) for code in codes]
+            assert statuses == [200] * 40
+            history = client.get("/api/metrics/history", params={"run_id": "pub", "keys": "loss"}).json()
+            assert history["series"]["loss"]["total"] == 400
+            assert client.get("/api/system/health").json()["status"] == "ok"
+    finally:
+        server.stop()
 
 
 def test_the_writer_survives_a_write_it_cannot_encode(make_durable_store: Callable[[], Store]) -> None:

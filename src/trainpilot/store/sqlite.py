@@ -28,7 +28,7 @@ import orjson
 from trainpilot.downsample import bucket_width
 from trainpilot.events import Event, NewEvent, Point, Run
 from trainpilot.exceptions import NotFound, StoreUnavailable
-from trainpilot.store import RUN_COLUMNS, CommitListener, Series, step_range
+from trainpilot.store import RUN_COLUMNS, CommitListener, Series, notify, step_range
 from trainpilot.store.rules import apply_to_run
 
 log = logging.getLogger("trainpilot.store")
@@ -246,8 +246,7 @@ class SQLiteStore:
     def _deliver(
         self, committed: list[Event], results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
     ) -> None:
-        if committed and self.on_commit is not None:
-            self.on_commit(committed)
+        notify(self.on_commit, committed)
         for fut, value, exc in results:
             if fut.done():
                 continue
