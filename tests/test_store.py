@@ -18,7 +18,7 @@ from trainpilot.exceptions import NotFound, StoreUnavailable
 from trainpilot.server.runner import ServerThread, free_port
 from trainpilot.settings import Settings
 from trainpilot.store import Store, open_store
-from trainpilot.store.sqlite import MAX_SEQ_SQL, SCHEMA
+from trainpilot.store.sqlite import MAX_SEQ_SQL, SCHEMA, read_query
 
 
 def metrics(run_id: str, step: int, seq: int | None, **values: float | None) -> NewEvent:
@@ -264,6 +264,17 @@ def test_a_new_runs_highest_seq_is_found_through_the_index_not_a_scan() -> None:
     conn.executescript(SCHEMA)
     plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + MAX_SEQ_SQL, ("a",)))
     assert "USING COVERING INDEX events_run_seq" in plan, plan
+
+
+def test_one_runs_events_are_read_through_the_index_not_a_scan() -> None:
+    """A server rebuilding a run's analysis after a restart reads that run alone, however many
+    other runs' events the database holds."""
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(SCHEMA)
+    sql, args = read_query(0, "a", frozenset({"metrics", "insight"}), 500)
+    plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+    assert "USING INDEX events_run_id (run_id=? AND id>?)" in plan, plan
+    conn.close()
 
 
 def test_on_commit_sees_every_stored_event_once_in_id_order(make_store: Callable[[], Store]) -> None:
