@@ -82,7 +82,7 @@ def create_app(settings: Settings) -> Any:
         await broker.start(await store.last_id())
         hub = Hub(settings, store, broker)
         if settings.llm_url and settings.llm_model:
-            hub.explainer = Explainer(settings, store)
+            hub.analysis.explainer = Explainer(settings, store)
         api.state.hub = hub
         api.state.registry = system.registry(hub)
         await hub.load_lost()
