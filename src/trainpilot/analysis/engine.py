@@ -1,8 +1,9 @@
 """The analysis engine: routes each run's metrics to the detectors, and says each finding once.
 
 `RunAnalysis.observe(step, metrics)` is incremental (constant work per point); feeding a whole
-history point by point gives the same findings as feeding it live. `Analyzer` keeps one per run
-for the server, which stores what it finds as ``insight`` events.
+history point by point gives the same findings as feeding it live, which is how a server rebuilds
+a run's analysis after a restart (server/insights.py). `Analyzer` keeps one per run for the
+server, which stores what it finds as ``insight`` events.
 """
 
 from __future__ import annotations
@@ -106,6 +107,15 @@ class RunAnalysis:
             found += weak_classes(self.per_class, step, self.t)
         return [f for f in found if f.kind == "nan_inf" or self._first_time(f)]
 
+    def insights(self, event: Event) -> list[NewEvent]:
+        """The insight events found in one stored event of the run: none unless metrics at a step."""
+        if event.kind != "metrics" or event.step is None:
+            return []
+        return [
+            NewEvent(event.run_id, "insight", f.as_data(), ts=event.ts, step=f.step)
+            for f in self.observe(event.step, event.data)
+        ]
+
     def _slow_start(self, step: int, tracker: LossTracker) -> list[Finding]:
         """A loss that has hardly moved while gradients flow normally: the step size is the problem.
 
@@ -203,10 +213,7 @@ class Analyzer:
             analysis = self.runs.get(event.run_id)
             if analysis is None:
                 analysis = self.runs[event.run_id] = RunAnalysis(self.thresholds)
-            for finding in analysis.observe(event.step, event.data):
-                out.append(
-                    NewEvent(event.run_id, "insight", finding.as_data(), ts=event.ts, step=finding.step)
-                )
+            out += analysis.insights(event)
         return out
 
 
