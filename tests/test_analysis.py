@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import httpx
 import pytest
 
 import trainpilot
-from tests.conftest import free_port
+from tests.conftest import LiveServer, create_run, free_port, wait_until
 from trainpilot.analysis import Analyzer, analyze_events
 from trainpilot.analysis.names import role
 from trainpilot.events import Event
@@ -254,3 +257,81 @@ with SummaryWriter({str(tmp_path / "tb" / "exp1")!r}) as w:
         [sys.executable, "-m", "trainpilot.cli", "analyze", "no-such-run"], capture_output=True, text=True
     )
     assert missing.returncode == 1 and "--server" in missing.stderr
+
+
+def restart_series(start: int, stop: int) -> list[dict[str, Any]]:
+    """A loss that falls, then from step 150 climbs into a divergence; NaN gradient norms at 50 and 250."""
+    events: list[dict[str, Any]] = []
+    for step in range(start, stop):
+        loss = 2.0 * 0.99**step if step < 150 else 2.0 * 0.99**149 * 1.04 ** (step - 149)
+        grad: float | str = "nan" if step in (50, 250) else 1.0
+        events.append({"seq": step, "step": step, "data": {"train/loss": loss, "lr": 0.1, "grad_norm": grad}})
+    return events
+
+
+def stream(client: httpx.Client, run_id: str, start: int, stop: int) -> None:
+    for first in range(start, stop, 10):
+        batch = {"events": restart_series(first, min(first + 10, stop))}
+        assert client.post(f"/api/runs/{run_id}/events", json=batch).status_code == 200
+
+
+def findings_of(url: str, run_id: str, expected: int) -> list[tuple[str, int, int]]:
+    """The run's findings as (kind, step, start_step), once the server has stored `expected` of them."""
+
+    def read() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = httpx.get(f"{url}/api/runs/{run_id}/insights").json()["insights"]
+        return found
+
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: len(read()) >= expected, timeout=10, what="the findings")
+    time.sleep(0.5)  # time for a finding too many to arrive, too
+    return sorted((i["kind"], i["step"], i["start_step"]) for i in read())
+
+
+def reference_findings() -> list[tuple[str, int, int]]:
+    """What a server that never restarted finds: the offline analysis of the same points."""
+    series = restart_series(0, 300)
+    for event in series:
+        event["data"] = {k: float(v) for k, v in event["data"].items()}
+    return sorted((f.kind, f.step or 0, f.start_step or 0) for f in analyze_events(series))
+
+
+def findings_through_a_restart(
+    tmp_path: Path, at: int, while_down: Callable[[], None]
+) -> list[tuple[str, int, int]]:
+    """Stream the series to a server, kill it with -9 after step `at - 1`, call `while_down`, start it
+    again on the same data and stream the rest: the findings it then holds."""
+    live = LiveServer(tmp_path / "data").start()
+    try:
+        with live.client() as client:
+            create_run(client, "restarted")
+            stream(client, "restarted", 0, at)
+        live.stop(kill=True)
+        while_down()
+        live.start()
+        with live.client() as client:
+            stream(client, "restarted", at, 300)
+        return findings_of(live.url, "restarted", len(reference_findings()))
+    finally:
+        live.stop()
+
+
+def test_a_server_restart_mid_run_neither_repeats_nor_misses_a_finding(tmp_path: Path) -> None:
+    """Killed at step 170, after a one-shot finding (NaN at 50) and while the loss has been climbing
+    for 20 steps, the server rebuilds the run's analysis from the store: the divergence that started
+    before the restart is found where it would have been, and the second NaN is not reported again."""
+    expected = reference_findings()
+    assert {"nan_inf", "divergence"} <= {kind for kind, _, _ in expected}
+    assert findings_through_a_restart(tmp_path, 171, lambda: None) == expected
+
+
+def test_a_finding_whose_insight_a_crash_lost_is_raised_once_after_the_restart(tmp_path: Path) -> None:
+    """The server died after storing the batch that diverged but before storing its insights: the
+    rebuild finds what the stored history implies and the store does not hold, and raises it."""
+
+    def lose_the_divergence() -> None:
+        with contextlib.closing(sqlite3.connect(tmp_path / "data" / "trainpilot.db")) as db, db:
+            found = "kind = 'insight' AND data ->> 'kind' IN ('divergence', 'lr_too_high')"
+            assert db.execute(f"DELETE FROM events WHERE {found}").rowcount == 2
+
+    assert findings_through_a_restart(tmp_path, 200, lose_the_divergence) == reference_findings()

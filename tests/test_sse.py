@@ -15,6 +15,7 @@ from tests.conftest import (
     metrics_batch,
     sse_events,
     wait_for_subscribers,
+    wait_until,
 )
 from trainpilot.server.sse import parse_filter
 from trainpilot.sse_client import parse
@@ -126,6 +127,38 @@ def test_a_stalled_subscriber_is_cut_off_with_resync_while_a_healthy_one_gets_ev
             stalled.close()
             assert b"event: resync" in received
             assert info_counter(client, "trainpilot_broker_resyncs_total") >= 1
+    finally:
+        live.stop()
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_a_subscriber_that_stops_reading_during_replay_is_dropped_after_the_stall_timeout(
+    tmp_path: Path, request: pytest.FixtureRequest, broker: str
+) -> None:
+    """Catching up from the store from an old cursor, before it reaches the ring, as a live one is."""
+    url = "memory://" if broker == "memory" else request.getfixturevalue("redis").url
+    live = LiveServer(tmp_path / "d", ring_size="64", stall_timeout_s="1", broker=url).start()
+    try:
+        with live.client() as client:
+            create_run(client, "replay-stall")
+            wide = {f"layer{k:03d}/grad_norm/some/long/name": float(k) for k in range(150)}
+            for start in range(0, 600, 20):
+                batch = {"events": [{"seq": start + i, "step": start + i, "data": wide} for i in range(20)]}
+                assert client.post("/api/runs/replay-stall/events", json=batch).status_code == 200
+            with socket.socket() as stalled:
+                stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                stalled.connect(("127.0.0.1", live.port))
+                path = b"/api/stream/metrics?run_id=replay-stall&after=0"
+                stalled.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                stalled.recv(256)  # the response head; then it stops reading, in the replay's first page
+                wait_until(
+                    lambda: info_counter(client, "trainpilot_broker_stalled_total") >= 1,
+                    timeout=20,
+                    what="the replaying subscriber to be dropped as stalled",
+                )
+            params = {"run_id": "replay-stall", "after": "0", "kinds": "metrics"}
+            healthy = sse_events(live.url, params, count=600, timeout=20)
+        assert [e.data["step"] for e in healthy] == list(range(600))  # type: ignore[index]
     finally:
         live.stop()
 

@@ -6,15 +6,19 @@ import asyncio
 import random
 import sqlite3
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from trainpilot.downsample import downsample
 from trainpilot.events import Event, NewEvent
 from trainpilot.exceptions import NotFound, StoreUnavailable
+from trainpilot.server.runner import ServerThread, free_port
+from trainpilot.settings import Settings
 from trainpilot.store import Store, open_store
-from trainpilot.store.sqlite import MAX_SEQ_SQL, SCHEMA
+from trainpilot.store.sqlite import MAX_SEQ_SQL, SCHEMA, read_query
 
 
 def metrics(run_id: str, step: int, seq: int | None, **values: float | None) -> NewEvent:
@@ -262,6 +266,17 @@ def test_a_new_runs_highest_seq_is_found_through_the_index_not_a_scan() -> None:
     assert "USING COVERING INDEX events_run_seq" in plan, plan
 
 
+def test_one_runs_events_are_read_through_the_index_not_a_scan() -> None:
+    """A server rebuilding a run's analysis after a restart reads that run alone, however many
+    other runs' events the database holds."""
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(SCHEMA)
+    sql, args = read_query(0, "a", frozenset({"metrics", "insight"}), 500)
+    plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+    assert "USING INDEX events_run_id (run_id=? AND id>?)" in plan, plan
+    conn.close()
+
+
 def test_on_commit_sees_every_stored_event_once_in_id_order(make_store: Callable[[], Store]) -> None:
     async def body() -> None:
         s = await opened(make_store)
@@ -277,6 +292,46 @@ def test_on_commit_sees_every_stored_event_once_in_id_order(make_store: Callable
         await s.close()
 
     run(body())
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "postgres"])
+def test_a_publish_that_fails_after_a_commit_still_answers_every_request_of_the_commit(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A real server whose broker raises on every publish: concurrent ingest requests, sharing group
+    commits, each get their answer (what was stored is stored), none hangs, and writes go on."""
+    settings = Settings(port=free_port(), data_dir=str(tmp_path), store=store_url(backend, request, tmp_path))
+    server = ServerThread(settings).start()
+
+    def failing_publish(events: list[Event]) -> None:
+        raise RuntimeError("the broker failed (on purpose)")
+
+    try:
+        server.hub.store.on_commit = failing_publish
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.post("/api/runs", json={"id": "pub"}).status_code == 201
+
+            def post(writer: int) -> list[int]:
+                answers = []
+                for batch in range(5):
+                    seq = writer * 100 + batch * 10
+                    body = {
+                        "events": [
+                            {"seq": seq + i, "step": seq + i, "data": {"loss": 1.0}} for i in range(10)
+                        ]
+                    }
+                    answer = client.post("/api/runs/pub/events", json=body)
+                    answers.append(answer.status_code)
+                return answers
+
+            with ThreadPoolExecutor(8) as pool:
+                statuses = [code for codes in pool.map(post, range(8)) for code in codes]
+            assert statuses == [200] * 40
+            history = client.get("/api/metrics/history", params={"run_id": "pub", "keys": "loss"}).json()
+            assert history["series"]["loss"]["total"] == 400
+            assert client.get("/api/system/health").json()["status"] == "ok"
+    finally:
+        server.stop()
 
 
 def test_the_writer_survives_a_write_it_cannot_encode(make_durable_store: Callable[[], Store]) -> None:

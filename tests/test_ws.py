@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import LiveServer, create_run, metrics_batch
@@ -189,6 +190,37 @@ def test_events_ingested_over_the_socket_reach_its_own_subscription(shared_serve
         answer = sock.ask({"op": "ingest", "run_id": run_id, **metrics_batch(0, 4)})
         events = sock.wait_events(4)
     assert [e["step"] for e in events] == [0, 1, 2, 3] and events[-1]["id"] == answer["last_id"]
+
+
+def test_an_answer_due_after_a_resync_closed_the_socket_ends_it_quietly(tmp_path: Path) -> None:
+    """The ingest that cuts its own socket's subscriber off (a batch larger than the ring) is answered
+    only after the broker sent `resync` and closed the socket: a NaN makes the server store an insight
+    first. The answer is dropped, not raised; the client resumes from the resync id with no gap."""
+    live = LiveServer(tmp_path / "d", ring_size="64").start()
+    try:
+        with live.client() as client, open_socket(live) as ws:
+            create_run(client, "cut")
+            sock = Socket(ws)
+            assert sock.ask({"op": "subscribe", "run_id": "cut"})["op"] == "subscribed"
+            batch = metrics_batch(0, 200)
+            batch["events"][-1]["data"]["train/loss"] = "nan"  # type: ignore[index]
+            sock.send({"op": "ingest", "run_id": "cut", "ref": 1, **batch})
+            resync = sock.reply()
+            assert resync["op"] == "resync", resync
+            with pytest.raises(ConnectionClosed):
+                sock.reply()
+            assert ws.close_code == 4000
+        with open_socket(live) as ws:
+            sock = Socket(ws)
+            sock.ask({"op": "subscribe", "run_id": "cut", "after": resync["last_id"]})
+            events = sock.wait_events(201)
+        assert [e["step"] for e in events if e["kind"] == "metrics"] == list(range(200))
+        assert [e["data"]["kind"] for e in events if e["kind"] == "insight"] == ["nan_inf"]
+        assert httpx.get(live.url + "/api/system/health").json()["status"] == "ok"
+    finally:
+        live.stop()
+    log = live.log.read_text()
+    assert "Traceback" not in log and "Exception" not in log, log
 
 
 def test_control_over_the_socket_returns_the_command_id_of_the_streamed_event(

@@ -31,6 +31,7 @@ class Settings:
     log_level: str = "info"
     ring_size: int = 16384
     heartbeat_s: float = 15.0
+    stall_timeout_s: float = 30.0  # a subscriber whose socket takes nothing for this long is dropped
     run_timeout_s: float = 60.0  # a live run not heard from for this long is marked lost
     max_body_bytes: int = 32 * 2**20
     llm_url: str = ""  # an OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1 (Ollama)

@@ -40,7 +40,9 @@ def _items(config: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]
             yield from _items(value, f"{prefix}{key}.")
 
 
-REGULARISERS = frozenset({"mixup", "cutmix", "label_smoothing", "smoothing", "label_smoothing_factor", "mix_up", "cut_mix"})
+REGULARISERS = frozenset(
+    {"mixup", "cutmix", "label_smoothing", "smoothing", "label_smoothing_factor", "mix_up", "cut_mix"}
+)
 
 
 def regularised(config: dict[str, Any]) -> bool:
@@ -109,7 +111,10 @@ class PerClass:
                 "warning",
                 step,
                 step,
-                {"weak": {k: v for k, (v, _) in weak.items()}, "others_mean": {k: m for k, (_, m) in weak.items()}},
+                {
+                    "weak": {k: v for k, (v, _) in weak.items()},
+                    "others_mean": {k: m for k, (_, m) in weak.items()},
+                },
                 f"class(es) {names} stay far below the other classes' validation accuracy "
                 f"({', '.join(f'{k}: {v:.2f} vs {m:.2f}' for k, (v, m) in sorted(weak.items()))})",
                 "look at their confusion-matrix rows and their share of the training set: add or relabel "

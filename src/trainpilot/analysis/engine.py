@@ -2,9 +2,10 @@
 
 `RunAnalysis.observe(step, metrics)` is incremental (constant work per point); feeding a whole
 history point by point gives the same findings as feeding it live, which is how a server rebuilds
-a run's analysis after a restart. `Analyzer` keeps one per run for the server, which stores what it
-finds as ``insight`` events. A finding is said once per run (a spike up to five times), not at all
-once a finding that explains it was said (`CAUSES`), and no louder than the policy allows.
+a run's analysis after a restart (server/insights.py). `Analyzer` keeps one per run for the
+server, which stores what it finds as ``insight`` events. A finding is said once per run (a spike
+up to five times), not at all once a finding that explains it was said (`CAUSES`), and no louder
+than the policy allows.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from trainpilot.analysis.classes import PerClass, classes_from_config, classes_from_start, optimiser, regularised
+from trainpilot.analysis.classes import (
+    PerClass,
+    classes_from_config,
+    classes_from_start,
+    optimiser,
+    regularised,
+)
 from trainpilot.analysis.findings import CAUSES, Finding, Thresholds
 from trainpilot.analysis.gradients import GradTracker
 from trainpilot.analysis.loss import Context, LossTracker
@@ -65,7 +72,11 @@ class RunAnalysis:
 
     @property
     def classes(self) -> int | None:
-        return self.stated_classes or (len(self.per_class.latest) if len(self.per_class.latest) >= 3 else None) or self.inferred_classes
+        return (
+            self.stated_classes
+            or (len(self.per_class.latest) if len(self.per_class.latest) >= 3 else None)
+            or self.inferred_classes
+        )
 
     def observe(self, step: int, metrics: Mapping[str, float | None]) -> list[Finding]:
         found = self._non_finite(step, metrics)
@@ -212,8 +223,8 @@ class RunAnalysis:
                 },
                 f"{tracker.key} moved {100 * moved:.1f} % in {tracker.n} points{lr}"
                 + (" while gradients flow normally" if self.grads.known() else ""),
-                "raise the learning rate (try 10x); if it is in the usual range, check that the layers you mean "
-                "to train are not frozen, that the model is big enough and the loss fits the task",
+                "raise the learning rate (try 10x); if it is in the usual range, check that the layers you "
+                "mean to train are not frozen, that the model is big enough and the loss fits the task",
             )
         ]
 
@@ -231,7 +242,9 @@ class RunAnalysis:
     def _non_finite(self, step: int, metrics: Mapping[str, float | None]) -> list[Finding]:
         """NaN/Inf, said once per metric. A non-finite gradient norm with a finite loss is what mixed
         precision's loss scaler produces (and skips): a warning, not an alarm."""
-        bad = [k for k, v in metrics.items() if (v is None or not math.isfinite(v)) and k not in self.non_finite]
+        bad = [
+            k for k, v in metrics.items() if (v is None or not math.isfinite(v)) and k not in self.non_finite
+        ]
         if not bad:
             return []
         self.non_finite.update(bad)
@@ -245,7 +258,12 @@ class RunAnalysis:
                 {"metrics": bad},
                 f"non-finite value (NaN or Inf) in {', '.join(bad)} at step {step}",
                 "lower the learning rate, clip gradients, or check the input data and the loss for log(0) or "
-                "division by zero" + ("; with mixed precision, skipped steps show as an infinite gradient norm" if only_grads else ""),
+                "division by zero"
+                + (
+                    "; with mixed precision, skipped steps show as an infinite gradient norm"
+                    if only_grads
+                    else ""
+                ),
             )
         ]
 
@@ -268,7 +286,15 @@ class RunAnalysis:
         cap = self.policy.get(finding.kind, finding.severity)
         if SEVERITY[cap] >= SEVERITY[finding.severity]:
             return finding
-        return Finding(finding.kind, cap, finding.step, finding.start_step, finding.evidence, finding.message, finding.suggestion)
+        return Finding(
+            finding.kind,
+            cap,
+            finding.step,
+            finding.start_step,
+            finding.evidence,
+            finding.message,
+            finding.suggestion,
+        )
 
 
 class Analyzer:
@@ -277,11 +303,6 @@ class Analyzer:
     def __init__(self, thresholds: Thresholds | None = None) -> None:
         self.thresholds = thresholds or Thresholds()
         self.runs: dict[str, RunAnalysis] = {}
-        self.configs: dict[str, dict[str, Any]] = {}
-
-    def configure(self, run_id: str, config: Mapping[str, Any]) -> None:
-        """The run's config (its class count, say), for the analysis its first metrics start."""
-        self.configs[run_id] = dict(config)
 
     def observe(self, events: Iterable[Event]) -> list[NewEvent]:
         out = []
@@ -290,8 +311,7 @@ class Analyzer:
                 continue
             analysis = self.runs.get(event.run_id)
             if analysis is None:
-                config = self.configs.pop(event.run_id, None)
-                analysis = self.runs[event.run_id] = RunAnalysis(self.thresholds, config)
+                analysis = self.runs[event.run_id] = RunAnalysis(self.thresholds)
             out += analysis.insights(event)
         return out
 
@@ -310,7 +330,9 @@ def analyze_events(
         key=lambda e: e["step"],
     )
     for event in ordered:
-        data = {k: number for k, v in (event.get("data") or {}).items() if (number := _number(v)) is not _SKIP}
+        data = {
+            k: number for k, v in (event.get("data") or {}).items() if (number := _number(v)) is not _SKIP
+        }
         found += analysis.observe(int(event["step"]), data)
     return found
 

@@ -1,4 +1,4 @@
-"""What a detector says (`Finding`), how sure it may sound (`NATURAL`, `CAUSES`), and its knobs (`Thresholds`).
+"""What a detector says (`Finding`), how sure it may sound (`NATURAL`, `CAUSES`), its knobs (`Thresholds`).
 
 A finding names a kind of problem, the step it was seen at, the numbers that show it and what to
 change. Its severity is the detector's own (`NATURAL`), capped by the severity policy (policy.py),
@@ -37,15 +37,26 @@ _CURVE = frozenset(
     {"loss_spike", "oscillation", "plateau", "underfitting", "stuck_at_chance", "lr_too_low", "overfitting"}
 )
 _AFTERMATH = frozenset(
-    {"noisy_labels", "class_weakness", "exploding_gradient", "vanishing_gradient", "dying_relu", "bad_initial_loss"}
+    {
+        "noisy_labels",
+        "class_weakness",
+        "exploding_gradient",
+        "vanishing_gradient",
+        "dying_relu",
+        "bad_initial_loss",
+    }
 )
 # kind -> the kinds it explains: once it is said, they are not said for the run any more
 CAUSES: dict[str, frozenset[str]] = {
     "divergence": _CURVE | _AFTERMATH | {"lr_too_high"},
     "lr_too_high": _CURVE | _AFTERMATH | {"divergence"},
     "exploding_gradient": _CURVE | {"noisy_labels", "class_weakness"},
-    "vanishing_gradient": frozenset({"plateau", "underfitting", "stuck_at_chance", "lr_too_low", "dying_relu"}),
-    "dying_relu": frozenset({"plateau", "underfitting", "stuck_at_chance", "lr_too_low", "vanishing_gradient"}),
+    "vanishing_gradient": frozenset(
+        {"plateau", "underfitting", "stuck_at_chance", "lr_too_low", "dying_relu"}
+    ),
+    "dying_relu": frozenset(
+        {"plateau", "underfitting", "stuck_at_chance", "lr_too_low", "vanishing_gradient"}
+    ),
     "stuck_at_chance": frozenset({"plateau", "underfitting", "lr_too_low", "class_weakness", "noisy_labels"}),
     "lr_too_low": frozenset({"plateau", "underfitting", "stuck_at_chance"}),
     "underfitting": frozenset({"plateau"}),
@@ -92,7 +103,9 @@ class Thresholds:
     input_share: float = 0.5  # where data-loading time is logged: this share of the step waits on it
     noisy_gap: float = 0.25  # validation accuracy this far above a flat training accuracy
     memorise_gap: float = 0.25  # training accuracy near 1 and this far above a stalled validation accuracy
-    fitted_quality: float = 0.6  # a validation score (accuracy above chance, IoU ...) that rules out underfitting
+    fitted_quality: float = (
+        0.6  # a validation score (accuracy above chance, IoU ...) that rules out underfitting
+    )
     weak_class_gap: float = 0.3  # a class this far below the others' mean accuracy, two evaluations running
 
 

@@ -26,7 +26,9 @@ class GradTracker:
     vanishing: int = 0
     zero: int = 0
 
-    def observe(self, step: int, key: str, which: str | None, value: float, lr: float | None, loss_rising: bool) -> list[Finding]:
+    def observe(
+        self, step: int, key: str, which: str | None, value: float, lr: float | None, loss_rising: bool
+    ) -> list[Finding]:
         out: list[Finding] = []
         if which == "first":
             self.first = value
@@ -61,7 +63,9 @@ class GradTracker:
             return False
         return not (self.first is not None and self.last and self.first / self.last < 1e-2)
 
-    def _explosion(self, step: int, key: str, value: float, lr: float | None, loss_rising: bool) -> list[Finding]:
+    def _explosion(
+        self, step: int, key: str, value: float, lr: float | None, loss_rising: bool
+    ) -> list[Finding]:
         warming_up = lr is not None and len(self.lrs) >= 10 and lr > 1.5 * self.lrs[0]
         if lr is not None:
             self.lrs.append(lr)
@@ -81,7 +85,12 @@ class GradTracker:
                 "critical",
                 step,
                 step,
-                {"metric": key, "value": r4(value), "recent_median": r4(baseline), "loss_rising": loss_rising},
+                {
+                    "metric": key,
+                    "value": r4(value),
+                    "recent_median": r4(baseline),
+                    "loss_rising": loss_rising,
+                },
                 f"gradient norm {value:.4g} is {ratio:.0f}x its recent median {baseline:.4g}"
                 + (" and the loss is rising" if loss_rising else f", for {self.t.grad_persist} points"),
                 "clip gradients (e.g. max norm 1.0), lower the learning rate, check for bad inputs or a loss "

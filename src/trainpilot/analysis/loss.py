@@ -90,7 +90,8 @@ class LossTracker:
     def _spike(self, step: int, value: float) -> list[Finding]:
         assert self.ema is not None
         if not (
-            value > self.ema + self.t.spike_sigmas * self.mad and value - self.ema > self.t.spike_floor * abs(self.ema)
+            value > self.ema + self.t.spike_sigmas * self.mad
+            and value - self.ema > self.t.spike_floor * abs(self.ema)
         ):
             return []
         self.spikes.append(step)
@@ -100,7 +101,12 @@ class LossTracker:
                 "warning",
                 step,
                 step,
-                {"metric": self.key, "value": r4(value), "smoothed": r4(self.ema), "typical_deviation": r4(self.mad)},
+                {
+                    "metric": self.key,
+                    "value": r4(value),
+                    "smoothed": r4(self.ema),
+                    "typical_deviation": r4(self.mad),
+                },
                 f"{self.key} jumped to {value:.4g} at step {step}, {value / max(self.ema, 1e-12):.1f}x its "
                 f"smoothed level {self.ema:.4g}",
                 "a bad batch or too high a learning rate: check the data at this step, clip gradients, "
@@ -169,7 +175,8 @@ class LossTracker:
                     evidence,
                     f"{self.key} blew up early ({self.start:.4g} at the start, {self.ema:.4g} now) with "
                     f"lr={ctx.lr:.3g}: the learning rate is too high",
-                    f"restart with lr around {ctx.lr / 10:.2g} (10x lower), or add warm-up and gradient clipping",
+                    f"restart with lr around {ctx.lr / 10:.2g} (10x lower), or add warm-up and gradient "
+                    "clipping",
                 )
             ]
         return [
@@ -203,12 +210,17 @@ class LossTracker:
                     "critical",
                     step,
                     0,
-                    {"metric": self.key, "first_epoch_mean": r4(self.start), "ln_classes": r4(chance), "lr": ctx.lr},
-                    f"{self.key} averaged {self.start:.4g} over the first epoch, {self.start / chance:.1f}x the "
-                    f"ln({classes}) = {chance:.3g} of an untrained model: the loss rose while it trained "
+                    {
+                        "metric": self.key,
+                        "first_epoch_mean": r4(self.start),
+                        "ln_classes": r4(chance),
+                        "lr": ctx.lr,
+                    },
+                    f"{self.key} averaged {self.start:.4g} over the first epoch, {self.start / chance:.1f}x "
+                    f"the ln({classes}) = {chance:.3g} of an untrained model: the loss rose while it trained "
                     f"(lr={ctx.lr:.3g})",
-                    f"lower the learning rate around 10x (to {ctx.lr / 10:.2g}), add warm-up; if the inputs are "
-                    "not normalised, normalise them",
+                    f"lower the learning rate around 10x (to {ctx.lr / 10:.2g}), add warm-up; if the inputs "
+                    "are not normalised, normalise them",
                 )
             ]
         if self.start <= self.t.start_ratio * chance:
@@ -238,8 +250,19 @@ class LossTracker:
         enough = self.t.chance_points if ctx.dense else self.t.chance_evals
         if self.n < enough or self.at_chance < max(enough // 2, 2):
             return []
-        return [stuck(step, self.key, f"{self.key} stays at {self.ema:.4g} ~ ln({ctx.classes}) = {chance:.4g}",
-                      {"metric": self.key, "smoothed": r4(self.ema), "ln_classes": r4(chance), "classes": ctx.classes})]
+        return [
+            stuck(
+                step,
+                self.key,
+                f"{self.key} stays at {self.ema:.4g} ~ ln({ctx.classes}) = {chance:.4g}",
+                {
+                    "metric": self.key,
+                    "smoothed": r4(self.ema),
+                    "ln_classes": r4(chance),
+                    "classes": ctx.classes,
+                },
+            )
+        ]
 
     def _plateau(self, step: int, ctx: Context) -> list[Finding]:
         """A loss that stopped improving; if it stopped high for a classifier, the model underfits."""
@@ -255,10 +278,16 @@ class LossTracker:
                 "info",
                 step,
                 old_step,
-                {"metric": self.key, "relative_gain": r4(gain), "window": window, "smoothed": r4(self.ema), "lr": ctx.lr},
+                {
+                    "metric": self.key,
+                    "relative_gain": r4(gain),
+                    "window": window,
+                    "smoothed": r4(self.ema),
+                    "lr": ctx.lr,
+                },
                 f"{self.key} improved {100 * gain:.2g} % over the last {step - old_step} steps",
-                "if it is not done: lower the learning rate (a schedule step), or raise it if it has been tiny "
-                "throughout; otherwise stop early",
+                "if it is not done: lower the learning rate (a schedule step), or raise it if it has been "
+                "tiny throughout; otherwise stop early",
             )
         ]
         out += self.underfit(step, ctx, "stopped improving")
@@ -296,7 +325,12 @@ class LossTracker:
                 "warning",
                 step,
                 self.best_step,
-                {"metric": self.key, "smoothed": r4(self.ema), "reference": r4(reference), "level": r4(level)},
+                {
+                    "metric": self.key,
+                    "smoothed": r4(self.ema),
+                    "reference": r4(reference),
+                    "level": r4(level),
+                },
                 f"{self.key} {why} at {self.ema:.4g}, {100 * level:.0f} % of {what}: "
                 "the model does not fit even its training data",
                 "a bigger model, unfreeze the backbone, train longer or with a higher learning rate, or "

@@ -143,7 +143,19 @@ def _has(seq: list[str], pattern: tuple[str, ...]) -> bool:
 
 
 CLASS_WORDS = {"class", "cls", "category", "label", "c", "per"}
-NOT_A_CLASS = {"macro", "micro", "weighted", "balanced", "mean", "avg", "top", "top5", "top3", "all", "overall"}
+NOT_A_CLASS = {
+    "macro",
+    "micro",
+    "weighted",
+    "balanced",
+    "mean",
+    "avg",
+    "top",
+    "top5",
+    "top3",
+    "all",
+    "overall",
+}
 
 
 def per_class(name: str) -> str | None:

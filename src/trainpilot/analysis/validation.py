@@ -10,6 +10,7 @@ creeps up from over-confidence while its accuracy still rises is not overfitting
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -89,7 +90,11 @@ class ValLossTracker:
             or not quality.stalled()
         ):
             return []
-        score = "" if quality.latest is None else f"; validation score {quality.latest:.4g} vs best {quality.best:.4g}"
+        score = (
+            ""
+            if quality.latest is None
+            else f"; validation score {quality.latest:.4g} vs best {quality.best:.4g}"
+        )
         return [
             Finding(
                 "overfitting",
@@ -120,9 +125,9 @@ class ValLossTracker:
         if len(values) < 6:
             return []
         level = median(values)
-        moves = [b - a for a, b in zip(values, values[1:], strict=False)]
+        moves = [b - a for a, b in itertools.pairwise(values)]
         big = [m for m in moves if abs(m) > self.t.val_swing * max(abs(level), 1e-12)]
-        reversals = sum(1 for a, b in zip(big, big[1:], strict=False) if (a > 0) != (b > 0))
+        reversals = sum(1 for a, b in itertools.pairwise(big) if (a > 0) != (b > 0))
         if reversals < 3:
             return []
         self.recent.clear()
@@ -185,7 +190,13 @@ class AccuracyTracker:
         ]
 
     def observe_val(
-        self, step: int, key: str, value: float, quality: Quality, classes: int | None, trained: bool,
+        self,
+        step: int,
+        key: str,
+        value: float,
+        quality: Quality,
+        classes: int | None,
+        trained: bool,
         regularised: bool = False,
     ) -> list[Finding]:
         """One validation accuracy; `trained`: the training loss has had enough steps to judge chance."""
@@ -206,7 +217,12 @@ class AccuracyTracker:
         # A smoothed training accuracy lags a model that learns fast, so the gap must hold for three
         # evaluations: a lag closes as learning slows, labels the model cannot fit keep it open.
         # mixup, cutmix and label smoothing score training batches against mixed targets: a gap by design
-        apart = not regularised and self.train is not None and value >= 0.5 and value - self.train >= self.t.noisy_gap
+        apart = (
+            not regularised
+            and self.train is not None
+            and value >= 0.5
+            and value - self.train >= self.t.noisy_gap
+        )
         self.apart = self.apart + 1 if apart and quality.evals >= 3 else 0
         if self.apart >= 3:
             assert self.train is not None
@@ -217,8 +233,8 @@ class AccuracyTracker:
                     step,
                     step,
                     {"val_metric": key, "val_acc": r4(value), "train_acc": r4(self.train)},
-                    f"training accuracy stays at {self.train:.2f}, far below validation accuracy {value:.2f}: "
-                    "the model cannot fit its own training labels",
+                    f"training accuracy stays at {self.train:.2f}, far below validation accuracy "
+                    f"{value:.2f}: the model cannot fit its own training labels",
                     "look for noisy or wrong training labels; if you train with mixup, cutmix, heavy "
                     "augmentation or strong label smoothing this gap is expected",
                 )
@@ -238,9 +254,15 @@ class AccuracyTracker:
                 "warning",
                 step,
                 step,
-                {"val_metric": key, "val_acc": r4(value), "best_val_acc": r4(quality.best), "train_acc": r4(self.train)},
+                {
+                    "val_metric": key,
+                    "val_acc": r4(value),
+                    "best_val_acc": r4(quality.best),
+                    "train_acc": r4(self.train),
+                },
                 f"training accuracy {self.train:.2f} against validation accuracy {value:.2f}, which stopped "
                 f"improving at {quality.best:.2f}: the model memorises its training set",
-                "more data or augmentation, weight decay or dropout, a smaller model; keep the best checkpoint",
+                "more data or augmentation, weight decay or dropout, a smaller model; keep the best "
+                "checkpoint",
             )
         ]

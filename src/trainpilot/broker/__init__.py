@@ -46,7 +46,14 @@ class Broker(Protocol):
         ...
 
 
-def open_broker(url: str, store: Store, *, ring_size: int = 16384, heartbeat_s: float = 15.0) -> Broker:
+def open_broker(
+    url: str,
+    store: Store,
+    *,
+    ring_size: int = 16384,
+    heartbeat_s: float = 15.0,
+    stall_timeout_s: float = 30.0,
+) -> Broker:
     """The broker for a URL: ``memory://`` (one server) or ``redis://host:port/db`` (replicas).
 
     Either replays from `store` what a subscriber missed.
@@ -55,9 +62,13 @@ def open_broker(url: str, store: Store, *, ring_size: int = 16384, heartbeat_s: 
     if scheme == "memory":
         from trainpilot.broker.memory import MemoryBroker
 
-        return MemoryBroker(store, ring_size=ring_size, heartbeat_s=heartbeat_s)
+        return MemoryBroker(
+            store, ring_size=ring_size, heartbeat_s=heartbeat_s, stall_timeout_s=stall_timeout_s
+        )
     if scheme in ("redis", "rediss"):
         from trainpilot.broker.redis import RedisBroker
 
-        return RedisBroker(url, store, ring_size=ring_size, heartbeat_s=heartbeat_s)
+        return RedisBroker(
+            url, store, ring_size=ring_size, heartbeat_s=heartbeat_s, stall_timeout_s=stall_timeout_s
+        )
     raise ConfigError(f"unknown broker {url!r}: use memory:// or redis://host:6379/0")

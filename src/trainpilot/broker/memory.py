@@ -23,7 +23,7 @@ from trainpilot.broker.subscriber import (
     encoded,
     events_message,
     resume,
-    resync_messages,
+    resync_message,
     step,
 )
 from trainpilot.events import Event
@@ -200,8 +200,7 @@ class MemoryBroker:
 
         async def notify() -> None:
             with contextlib.suppress(Exception):
-                for message in resync_messages(sub.format, sub.cursor):
-                    await sub.send(message)
+                await sub.send(resync_message(sub.format, sub.cursor))
             sub.finish("resync")
 
         self._background(notify())
@@ -232,6 +231,7 @@ class MemoryBroker:
             self._drop(sub, "closed")
 
     async def _replay(self, sub: Subscriber) -> None:
+        """The store's events after the cursor, page by page, until the ring holds the rest."""
         flt = sub.filter
         run_id = next(iter(flt.run_ids)) if flt.run_ids is not None and len(flt.run_ids) == 1 else None
         while sub.cursor < self._floor and not sub.done.done():
@@ -239,7 +239,12 @@ class MemoryBroker:
             events = await self.store.read(sub.cursor, run_id=run_id, kinds=flt.kinds, limit=REPLAY_PAGE)
             frames = [encoded(p) for e in events if (p := flt.project(e)) is not None]
             if frames:
-                await sub.send(events_message(sub.format, frames))
+                try:  # a client that stops reading here is as stalled as a live one that stops
+                    async with asyncio.timeout(self.stall_timeout_s):
+                        await sub.send(events_message(sub.format, frames))
+                except TimeoutError:
+                    self._stalled(sub)
+                    return
             last = events[-1].id if events else sub.cursor
             sub.cursor = last if len(events) == REPLAY_PAGE else max(last, floor)
 
@@ -254,5 +259,8 @@ class MemoryBroker:
                     if sub.format == "sse":
                         self._write(sub, HEARTBEAT)
                 elif now - sub.busy_since > self.stall_timeout_s:
-                    self.stats["stalled"] += 1
-                    self._drop(sub, "stalled: the client stopped reading")
+                    self._stalled(sub)
+
+    def _stalled(self, sub: Subscriber) -> None:
+        self.stats["stalled"] += 1
+        self._drop(sub, "stalled: the client stopped reading")

@@ -84,15 +84,17 @@ def encoded(event: Event) -> tuple[Event, bytes, bytes]:
     return event, payload, sse_frame(event, payload)
 
 
-def resync_messages(fmt: Format, last_id: int) -> list[dict[str, Any]]:
-    """What a subscriber that fell behind gets before it is closed: resume from the store with `last_id`."""
+def resync_message(fmt: Format, last_id: int) -> dict[str, Any]:
+    """What a subscriber that fell behind gets before it is closed: resume from the store with `last_id`.
+
+    The SSE notice ends the response. A WebSocket is closed by its endpoint (server/ws.py) once the
+    subscriber finishes with ``resync``: the endpoint also answers the socket's ops, and must know
+    that the socket is closed before it answers one.
+    """
     notice = {"last_id": last_id, "reason": "fell behind the live stream; reconnect with this id to resume"}
     if fmt == "sse":
-        return [{"type": "http.response.body", "body": sse_named("resync", notice), "more_body": False}]
-    return [
-        {"type": "websocket.send", "text": orjson.dumps({"op": "resync", **notice}).decode()},
-        {"type": "websocket.close", "code": 4000, "reason": "resync"},
-    ]
+        return {"type": "http.response.body", "body": sse_named("resync", notice), "more_body": False}
+    return {"type": "websocket.send", "text": orjson.dumps({"op": "resync", **notice}).decode()}
 
 
 def step(coro: Coroutine[Any, Any, None]) -> Any:

@@ -84,13 +84,17 @@ def create_app(settings: Settings) -> Any:
         store = open_store(settings.store_url)
         await store.open()
         broker = open_broker(
-            settings.broker, store, ring_size=settings.ring_size, heartbeat_s=settings.heartbeat_s
+            settings.broker,
+            store,
+            ring_size=settings.ring_size,
+            heartbeat_s=settings.heartbeat_s,
+            stall_timeout_s=settings.stall_timeout_s,
         )
         store.on_commit = broker.publish
         await broker.start(await store.last_id())
         hub = Hub(settings, store, broker)
         if settings.llm_url and settings.llm_model:
-            hub.explainer = Explainer(settings, store)
+            hub.analysis.explainer = Explainer(settings, store)
         api.state.hub = hub
         api.state.registry = system.registry(hub)
         await hub.load_lost()

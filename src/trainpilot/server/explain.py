@@ -41,6 +41,10 @@ class Explainer:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
+    def forget(self, run_id: str) -> None:
+        """The run ended: its count goes (a run heard from again may get up to `MAX_PER_RUN` more)."""
+        self.count.pop(run_id, None)
+
     async def _explain(self, insight: Event) -> None:
         question = (
             f"Explain this finding in at most three sentences and give the single most useful fix: "

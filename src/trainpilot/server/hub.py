@@ -2,7 +2,9 @@
 
 REST ingest, WebSocket ingest, control requests and the embedded SDK transport all call the Hub,
 so every event is validated the same way, stored once (the store assigns its id), and then
-published by the store's commit listener in id order (DESIGN.md, "One picture").
+published by the store's commit listener in id order (DESIGN.md, "One picture"). What it keeps per
+run (when it last heard from it, its analysis) lives while the run does: it goes when the run
+ends or is marked lost, so a long-lived server's memory follows its live runs, not all it saw.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainpilot.analysis import Analyzer
 from trainpilot.broker import Broker
 from trainpilot.events import ACTIONS, ACTIVE_STATUSES, Event, NewEvent, Run
 from trainpilot.exceptions import Conflict, InvalidInput
-from trainpilot.server.explain import Explainer
+from trainpilot.server.insights import LiveAnalysis
 from trainpilot.server.latency import LatencyHistogram
 from trainpilot.settings import Settings
 from trainpilot.store import Store
@@ -42,13 +43,15 @@ class Hub:
     counters: dict[str, int] = field(
         default_factory=lambda: {"events_ingested": 0, "duplicates": 0, "batches": 0, "control_requests": 0}
     )
-    analyzer: Analyzer = field(default_factory=Analyzer)
+    analysis: LiveAnalysis = field(init=False)
     ingest_latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # receipt -> durable
-    explainer: Explainer | None = None
     heard: dict[str, float] = field(default_factory=dict)  # run id -> monotonic time of its last batch
     touched: dict[str, float] = field(default_factory=dict)  # run id -> monotonic time of store.touch
     lost: set[str] = field(default_factory=set)  # runs marked lost, revived by their next batch
     since: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.analysis = LiveAnalysis(self.store)
 
     async def load_lost(self) -> None:
         self.lost = {run.id for run in await self.store.list_runs(status="lost", limit=100_000)}
@@ -63,9 +66,10 @@ class Hub:
         await self.load_lost()  # another replica may have marked one: its next batch here revives it
         contacts = await self.store.last_contact()
         now, wall, timeout = time.monotonic(), time.time(), self.settings.run_timeout_s
-        marked = []
-        for status in ("created", "running", "paused"):
+        marked, active = [], set()
+        for status in ACTIVE_STATUSES:
             for run in await self.store.list_runs(status=status, limit=100_000):
+                active.add(run.id)
                 heard_here = now - self.heard.get(run.id, self.since) <= timeout
                 if not heard_here and wall - contacts.get(run.id, -math.inf) > timeout:
                     reason = (
@@ -74,8 +78,18 @@ class Hub:
                     data = {"status": "lost", "reason": reason}
                     await self.store.append([NewEvent(run.id, "status", data, ts=time.time())])
                     self.lost.add(run.id)
+                    self.let_go(run.id)
                     marked.append(run.id)
+        # A batch to a run that had ended (a late retry) leaves state that no end will clear.
+        for run_id in [r for r, at in self.heard.items() if r not in active and now - at > timeout]:
+            self.let_go(run_id)
         return marked
+
+    def let_go(self, run_id: str) -> None:
+        """Drop what this server holds about a run; a run heard from again starts over from the store."""
+        self.heard.pop(run_id, None)
+        self.touched.pop(run_id, None)
+        self.analysis.forget(run_id)
 
     async def create_run(
         self, run_id: str, project: str, name: str, config: dict[str, Any]
@@ -83,6 +97,7 @@ class Hub:
         run, created = await self.store.create_run(check_run_id(run_id), project, name, config)
         if created:
             await self.store.append([NewEvent(run.id, "status", {"status": "created"}, ts=run.created_at)])
+            self.analysis.start(run.id, run.config)
             run = await self.store.get_run(run.id)
         return run, created
 
@@ -113,11 +128,9 @@ class Hub:
         self.counters["batches"] += 1
         self.counters["events_ingested"] += len(stored)
         self.counters["duplicates"] += len(events) - len(stored)
-        insights = self.analyzer.observe(stored)
-        if insights:
-            found = await self.store.append(insights)
-            if self.explainer is not None:
-                self.explainer.schedule(found)
+        await self.analysis.observe(run_id, stored)
+        if _ends(events):
+            self.let_go(run_id)
         return IngestResult(len(stored), len(events) - len(stored), stored[-1].id if stored else None)
 
     async def request_control(self, run_id: str, action: str, value: Any, requested_by: str) -> Event:
@@ -152,3 +165,11 @@ class Hub:
             if run.status in ACTIVE_STATUSES:
                 return run
         return runs[0] if runs else None
+
+
+def _ends(events: list[NewEvent]) -> bool:
+    """Whether the batch leaves its run ended: its last status event is not an active status."""
+    for event in reversed(events):
+        if event.kind == "status":
+            return event.data.get("status") not in ACTIVE_STATUSES
+    return False

@@ -3,7 +3,9 @@
 Messages are JSON objects with an ``op``; replies echo the client's ``ref``. Errors are messages
 (``{"op": "error", ...}``), never a dropped socket. Live events arrive as
 ``{"op": "events", "events": [...]}`` written by the broker straight to the socket, several per
-message under load; a subscriber that falls behind gets ``{"op": "resync", "last_id": N}``.
+message under load; a subscriber that falls behind gets ``{"op": "resync", "last_id": N}`` and the
+socket is closed (code 4000). An answer still due then (an op that was in flight) is dropped: the
+client reconnects with that id, and ingest is idempotent by seq.
 """
 
 from __future__ import annotations
@@ -48,9 +50,18 @@ class Connection:
         self.sub: Subscriber | None = None
         self.serving: asyncio.Task[None] | None = None
         self.received_at = 0.0  # when the message being handled arrived: ingest's receipt time
+        self.closed = False  # set as the close is sent: nothing may be sent after it
 
     async def reply(self, message: dict[str, Any]) -> None:
-        await self.send({"type": "websocket.send", "text": orjson.dumps(message).decode()})
+        if not self.closed:
+            await self.send({"type": "websocket.send", "text": orjson.dumps(message).decode()})
+
+    async def serve(self, sub: Subscriber) -> None:
+        """The subscription, until it ends; one cut off with ``resync`` closes the socket."""
+        await self.hub.broker.serve(sub)
+        if sub.done.result() == "resync" and not self.closed:
+            self.closed = True
+            await self.send({"type": "websocket.close", "code": 4000, "reason": "resync"})
 
     async def handle(self, raw: str | bytes) -> None:
         ref = None
@@ -94,7 +105,7 @@ class Connection:
         cursor = self.hub.broker.head if after is None else after
         self.sub = Subscriber(self.send, "ws", flt, cursor)
         # The reply goes out before the first events: serving starts on the next loop turn.
-        self.serving = asyncio.create_task(self.hub.broker.serve(self.sub))
+        self.serving = asyncio.create_task(self.serve(self.sub))
         return {"op": "subscribed", "after": cursor}
 
     async def op_unsubscribe(self, message: dict[str, Any]) -> dict[str, Any]:

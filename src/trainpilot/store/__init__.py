@@ -7,11 +7,14 @@ cursor, so ids must become visible in id order: one writer per SQLite store; on 
 held to commit (store/postgres.py).
 
 `on_commit` is how live fan-out learns of new events: the store calls it on the event loop, once per
-committed batch, in commit (= id) order, before `append` returns to its caller.
+committed batch, in commit (= id) order, before `append` returns to its caller. A listener that
+raises is logged, never passed on (`notify`): what committed is stored, so every `append` of that
+commit still returns it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from typing import Any, Protocol
 from trainpilot.events import Event, NewEvent, Point, Run
 from trainpilot.exceptions import ConfigError
 
+log = logging.getLogger("trainpilot.store")
 CommitListener = Callable[[list[Event]], None]
 # The run record's columns, in `Run`'s field order, in every SQL backend.
 RUN_COLUMNS = "id, project, name, status, config, created_at, updated_at, last_step, last_event_id"
@@ -29,6 +33,15 @@ STEP_MIN, STEP_MAX = -(2**63), 2**63 - 1  # steps are 64-bit integers in every b
 def step_range(start_step: int | None, end_step: int | None) -> tuple[int, int]:
     """A history request's step range, its open ends filled in."""
     return (STEP_MIN if start_step is None else start_step, STEP_MAX if end_step is None else end_step)
+
+
+def notify(listener: CommitListener | None, committed: list[Event]) -> None:
+    """Hand a commit to its listener; a failure there costs live delivery, never a caller's answer."""
+    if committed and listener is not None:
+        try:
+            listener(committed)
+        except Exception:
+            log.exception("store: on_commit failed for %d committed events", len(committed))
 
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")

@@ -10,7 +10,7 @@ from typing import Any
 from trainpilot.downsample import downsample
 from trainpilot.events import Event, NewEvent, Point, Run
 from trainpilot.exceptions import NotFound
-from trainpilot.store import CommitListener, Series
+from trainpilot.store import CommitListener, Series, notify
 from trainpilot.store.rules import apply_to_run, run_sort_key
 
 
@@ -81,8 +81,7 @@ class MemoryStore:
                         else:
                             series.append(point)
         self._events.extend(stored)
-        if stored and self.on_commit is not None:
-            self.on_commit(stored)
+        notify(self.on_commit, stored)
         return stored
 
     async def read(

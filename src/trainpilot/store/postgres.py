@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from trainpilot.downsample import bucket_width
 from trainpilot.events import Event, NewEvent, Point, Run
 from trainpilot.exceptions import ConfigError, NotFound, StoreUnavailable
-from trainpilot.store import RUN_COLUMNS, CommitListener, Series, redact_url, step_range
+from trainpilot.store import RUN_COLUMNS, CommitListener, Series, notify, redact_url, step_range
 from trainpilot.store.postgres_migrations import cannot_reach, check
 from trainpilot.store.postgres_writes import Append
 
@@ -211,11 +211,7 @@ class PostgresStore:
             )
             written = [(fut, error) for _, _, fut in encoded]
             committed = []
-        if committed and self.on_commit is not None:
-            try:
-                self.on_commit(committed)
-            except Exception:  # stored is stored: the callers still get their answers
-                log.exception("store: on_commit failed for committed events")
+        notify(self.on_commit, committed)
         for fut, outcome in outcomes + written:
             if fut.done():
                 continue
