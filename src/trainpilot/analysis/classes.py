@@ -100,7 +100,7 @@ class PerClass:
             mean = sum(others) / len(others)
             lagging = mean >= 0.5 and value < mean - self.t.weak_class_gap
             self.behind[name] = self.behind.get(name, 0) + 1 if lagging else 0
-            if self.behind[name] >= 2 and stalled:
+            if self.behind[name] >= 3 or (self.behind[name] >= 2 and stalled):
                 weak[name] = (r4(value), r4(mean))
         if not weak:
             return []

@@ -32,7 +32,16 @@ from trainpilot.events import Event, NewEvent
 
 REPEATABLE = {"loss_spike": 5}  # kinds that may recur, at most this many times, 100 steps apart
 SEVERITY = {"info": 0, "warning": 1, "critical": 2}
-QUALITY_WORDS = {"iou", "miou", "map", "map50", "f1", "auc", "ap", "precision", "recall", "top1"}
+SCORE_WORDS = {
+    "map": "map",
+    "map50": "map",
+    "miou": "miou",
+    "iou": "iou",
+    "f1": "f1",
+    "auc": "auc",
+    "ap": "ap",
+}
+SCORE_WORDS |= {"precision": "precision", "recall": "recall", "top1": "top1"}
 Route = tuple[Role, str | None, str | None, float]  # role, gradient layer, class, seconds per unit
 
 
@@ -98,7 +107,7 @@ class RunAnalysis:
                 found += tracker.observe(step, value, self._train_level(base), self.quality)
             elif quantity == "acc" and split == "val":
                 value = self._fraction(key, value)
-                self.quality.observe(value, accuracy=True)
+                self.quality.observe(key, value, "acc")
                 found += self.accuracy.observe_val(
                     step, key, value, self.quality, self.classes, self._trained(), self.regularised
                 )
@@ -118,8 +127,10 @@ class RunAnalysis:
                 if self.input_share is None:  # without data time, a slowing step is the best clue
                     pace = self.paces.setdefault(key, PaceTracker(key, self.t, quantity == "step_time"))
                     found += pace.observe(step, value)
-            elif split == "val" and set(words(key)) & QUALITY_WORDS:
-                self.quality.observe(self._fraction(key, value), accuracy=False)
+            elif split != "train" and (score := _score_kind(key)) is not None:  # YOLO's metrics/mAP50(B) ...
+                self.quality.observe(key, self._fraction(key, value), score)
+                if key == self.quality.key:
+                    found += self.accuracy.observe_score(step, key, self.quality, self._trained())
         if class_scores:
             found += self.per_class.observe(step, class_scores, self.quality.stalled())
         return [f for f in map(self._capped, found) if self._news(f)]
@@ -143,9 +154,10 @@ class RunAnalysis:
                 self.lr = value
                 self.peak_lr = max(self.peak_lr or value, value)
                 self.decayed = self.decayed or value < 0.1 * self.peak_lr
-            elif words(key) == ["epoch"] and value != self.epoch:
-                self.epoch = value
-                self.epochs_seen += 1
+            elif [w for w in words(key) if w not in ("train", "training")] == ["epoch"]:
+                if math.floor(value) != self.epoch:  # Hugging Face counts fractions of epochs
+                    self.epoch = math.floor(value)
+                    self.epochs_seen += 1
 
     def _fraction(self, key: str, value: float) -> float:
         """Accuracies and scores as fractions: timm and others log percent (``eval_top1`` = 93.4)."""
@@ -162,18 +174,23 @@ class RunAnalysis:
         return any(self._trained_on(t) for t in totals)
 
     def _trained_on(self, tracker: LossTracker) -> bool:
-        enough = self.t.chance_points if self._context(tracker).dense else self.t.slow_evals
-        return tracker.n >= enough or (self.epochs_seen >= 3 and tracker.n >= 30)
+        return self._context(tracker).trained
 
     def _context(self, tracker: LossTracker) -> Context:
-        # several points per epoch, unless the epoch counter moves with every point of this loss
-        dense = not (self.epochs_seen >= 3 and tracker.n <= 1.5 * self.epochs_seen)
-        if "epoch" in words(tracker.key):
-            dense = False
+        # several points per epoch, unless the epoch counter moves with every point of this loss, or
+        # validation does (Keras and YOLO runs log one point per epoch and no counter), or it says so
+        per_epoch = max(
+            self.epochs_seen, self.quality.evals, max((v.evals for v in self.vals.values()), default=0)
+        )
+        dense = not (per_epoch >= 2 and tracker.n <= 1.5 * per_epoch) and "epoch" not in words(tracker.key)
         score = self.quality.above_chance(self.classes)
         fitted = score is not None and score >= self.t.fitted_quality
         ordered = self.accuracy.class_ordered(self.classes)
-        return Context(self.lr, self.peak_lr, self.classes, dense, fitted, score, self.regularised, ordered)
+        enough = self.t.chance_points if dense else self.t.slow_evals
+        trained = tracker.n >= enough or (self.epochs_seen >= 3 and tracker.n >= 20)
+        return Context(
+            self.lr, self.peak_lr, self.classes, dense, fitted, score, self.regularised, ordered, trained
+        )
 
     def _train_loss(self, step: int, key: str, value: float, component: bool) -> list[Finding]:
         tracker = self.losses.get(key)
@@ -206,7 +223,8 @@ class RunAnalysis:
         lr = f" with lr={self.lr:.3g}" if self.lr is not None else ""
         # A flat loss alone does not tell a tiny step from a tiny model or a wrong loss: only a learning
         # rate far below any optimiser's usual range (SGD 1e-3..1, Adam 1e-5..1e-2) makes it the cause.
-        low = self.lr is not None and (self.lr < 1e-5 or (self.lr < 1e-3 and self.optimiser == "sgd"))
+        peak = self.peak_lr  # a schedule decays the lr late in a run: the peak says what was chosen
+        low = peak is not None and (peak < 1e-5 or (peak < 1e-3 and self.optimiser == "sgd"))
         return [
             Finding(
                 "lr_too_low",
@@ -351,3 +369,8 @@ def _number(value: Any) -> Any:
     if isinstance(value, str) and value.lower() in _MARKERS:
         return _MARKERS[value.lower()]
     return _SKIP
+
+
+def _score_kind(key: str) -> str | None:
+    """The kind of higher-is-better score a validation metric is (``metrics/mAP50(B)`` is a mAP)."""
+    return next((SCORE_WORDS[w] for w in words(key) if w in SCORE_WORDS), None)

@@ -89,6 +89,7 @@ class Thresholds:
     chance_points: int = 150  # ... for this many points (per-step) or `chance_evals` evaluations
     chance_evals: int = 4
     start_ratio: float = 3.0  # a cross-entropy starting this many times above ln(classes)
+    first_epoch_ratio: float = 1.6  # a first epoch's mean cross-entropy this many times ln(classes): it rose
     slow_move: float = 0.05  # a loss that moved less than this share of its start in `chance_points`
     slow_evals: int = 8  # ... or in this many points of a loss logged once per epoch
     overfit_rise: float = 0.10  # validation loss this share above its best ...

@@ -31,6 +31,7 @@ class Context:
     score: float | None = None  # the best validation score so far, 0 at chance and 1 perfect
     regularised: bool = False  # mixup, cutmix or label smoothing: the training loss has a high floor
     class_ordered: bool = False  # training accuracy below chance: batches of one class (unshuffled data)
+    trained: bool = False  # training went on long enough to call a curve that has not moved stuck
 
 
 @dataclass
@@ -39,8 +40,9 @@ class LossTracker:
     t: Thresholds
     component: bool = False  # a part of the loss (box_loss): no cross-entropy assumptions
     n: int = 0
-    start: float | None = None
-    start_sum: float = 0.0
+    start: float | None = None  # the mean of the first five points; a per-epoch loss's first epoch
+    head: list[float] = field(default_factory=list)
+    initial_judged: bool = False
     ema: float | None = None
     mad: float = 0.0
     best: float = math.inf
@@ -60,9 +62,11 @@ class LossTracker:
     def observe(self, step: int, value: float, ctx: Context) -> list[Finding]:
         out: list[Finding] = []
         self.n += 1
-        if self.n <= (5 if ctx.dense else 1):  # per-epoch losses: the first epoch is the start
-            self.start_sum += value
-            self.start = self.start_sum / self.n
+        if len(self.head) < 5:
+            self.head.append(value)
+        # the cadence is known after a couple of evaluations: until then, and for per-step losses,
+        # the start is the mean of the first points; a per-epoch loss starts with its first epoch
+        self.start = self.head[0] if not ctx.dense else sum(self.head) / len(self.head)
         alpha = 0.1 if ctx.dense else 0.5
         warmup = self.t.warmup if ctx.dense else 2
         if self.ema is None:
@@ -78,7 +82,8 @@ class LossTracker:
             self.best, self.best_step, self.best_n = self.ema, step, self.n
         self.history.append((step, self.ema))
         out += self._diverging(step, value, ctx, warmup)
-        if self.n == (5 if ctx.dense else 1):
+        if not self.initial_judged and self.n >= (5 if ctx.dense else 2):
+            self.initial_judged = True
             out += self._initial(step, ctx)
         if self.cross_entropy(ctx.classes):
             out += self._chance(step, ctx)
@@ -203,7 +208,7 @@ class LossTracker:
         if self.component or not classes:
             return []
         chance = math.log(classes)
-        if not ctx.dense and ctx.lr is not None and self.start > self.t.start_ratio * chance / 1.5:
+        if not ctx.dense and ctx.lr is not None and self.start > self.t.first_epoch_ratio * chance:
             return [
                 Finding(
                     "lr_too_high",
@@ -248,7 +253,7 @@ class LossTracker:
             near = False  # a validation score above chance says the model learned something
         self.at_chance = self.at_chance + 1 if near else 0
         enough = self.t.chance_points if ctx.dense else self.t.chance_evals
-        if self.n < enough or self.at_chance < max(enough // 2, 2):
+        if not ctx.trained or self.at_chance < max(enough // 2, 2):
             return []
         return [
             stuck(

@@ -20,18 +20,30 @@ from trainpilot.analysis.loss import stuck
 from trainpilot.analysis.trend import kendall_tau, median
 
 
+# which validation score speaks for the run when it logs several: accuracy first, recall last
+SCORE_RANK = ("acc", "map", "miou", "iou", "f1", "auc", "ap", "top1", "precision", "recall")
+
+
 @dataclass
 class Quality:
-    """The run's validation accuracy (or another higher-is-better score): its best and latest."""
+    """The run's validation score: its accuracy or, failing that, its best-ranked other higher-is-better
+    score (mAP, IoU, F1 ...); one metric, so that its best and latest mean something."""
 
+    key: str | None = None
+    rank: int = len(SCORE_RANK)
     best: float = -math.inf
     latest: float | None = None
     evals: int = 0
     improved_at: int = 0  # the evaluation that set the best
     accuracy: bool = False  # an accuracy (chance is 1/C), not an IoU or mAP
 
-    def observe(self, value: float, accuracy: bool) -> None:
-        self.accuracy = self.accuracy or accuracy
+    def observe(self, key: str, value: float, kind: str) -> None:
+        rank = SCORE_RANK.index(kind) if kind in SCORE_RANK else len(SCORE_RANK)
+        if key != self.key:
+            if rank >= self.rank:
+                return
+            self.key, self.rank, self.accuracy = key, rank, kind == "acc"
+            self.best, self.latest, self.evals, self.improved_at = -math.inf, None, 0, 0
         self.evals += 1
         self.latest = value
         if value > self.best + 1e-9:
@@ -84,9 +96,10 @@ class ValLossTracker:
         tau = kendall_tau(self.since_best)
         if (
             rise < self.t.overfit_rise * abs(self.best)
-            or (improvement > 0 and rise < self.t.overfit_share * improvement)
+            or rise < self.t.overfit_share * improvement
             or tau < self.t.overfit_tau
-            or train >= self.train_at_best  # training loss no longer falling: not memorising
+            or improvement < self.t.overfit_rise * abs(self.best)  # it never learnt: not overfitting
+            or train > (1 - self.t.overfit_rise) * self.train_at_best  # training no longer fits better
             or not quality.stalled()
         ):
             return []
@@ -174,7 +187,9 @@ class AccuracyTracker:
         if not classes or self.train is None:
             return []
         self.below_chance = self.below_chance + 1 if self.train < 0.5 / classes else 0
-        if self.below_chance != 2 * self.t.persist:
+        per_epoch = self.val_points >= 2 and self.train_points <= 1.5 * self.val_points
+        needed = 1 if per_epoch else 2 * self.t.persist  # an epoch's mean far below chance: one is enough
+        if self.below_chance != needed:
             return []
         return [
             Finding(
@@ -240,6 +255,19 @@ class AccuracyTracker:
                 )
             )
         return out
+
+    def observe_score(self, step: int, key: str, quality: Quality, trained: bool) -> list[Finding]:
+        """An IoU, mAP or F1 still about zero after training had time to work: nothing was learnt."""
+        if not trained or quality.accuracy or quality.evals < self.t.chance_evals or quality.best >= 0.05:
+            return []
+        return [
+            stuck(
+                step,
+                key,
+                f"{key} is still {quality.best:.3g} at best after {quality.evals} evaluations",
+                {"metric": key, "best": r4(quality.best), "evaluations": quality.evals},
+            )
+        ]
 
     def _memorising(self, step: int, key: str, value: float, quality: Quality) -> list[Finding]:
         """Training accuracy near 1 far above a validation accuracy that stopped improving."""
