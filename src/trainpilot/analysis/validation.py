@@ -19,7 +19,6 @@ from trainpilot.analysis.findings import Finding, Thresholds, r4
 from trainpilot.analysis.loss import stuck
 from trainpilot.analysis.trend import kendall_tau, median
 
-
 # which validation score speaks for the run when it logs several: accuracy first, recall last
 SCORE_RANK = ("acc", "map", "miou", "iou", "f1", "auc", "ap", "top1", "precision", "recall")
 
