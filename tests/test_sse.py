@@ -149,7 +149,7 @@ def test_a_subscriber_that_stops_reading_during_replay_is_dropped_after_the_stal
                 stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 stalled.connect(("127.0.0.1", live.port))
                 path = b"/api/stream/metrics?run_id=replay-stall&after=0"
-                stalled.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                stalled.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 stalled.recv(256)  # the response head; then it stops reading, in the replay's first page
                 wait_until(
                     lambda: info_counter(client, "trainpilot_broker_stalled_total") >= 1,
