@@ -198,6 +198,17 @@ def healthy(base: Case, variant: str) -> Case:
     return dataclasses.replace(_scaled(base, HEALTHY.get(variant, {})), variant=variant, label="healthy")
 
 
+def harmless(case: Case, reason: str) -> Case:
+    """A fault that was recorded and did not manifest: kept, but labelled healthy, with the reason."""
+    return dataclasses.replace(
+        case,
+        label="healthy",
+        expect=[],
+        variant=f"{case.label}_harmless",
+        extra={**case.extra, "note": f"recorded as {case.label}; relabelled healthy: {reason}"},
+    )
+
+
 def faulty(base: Case, fault: str, variant: str = "", **override: Any) -> Case:
     """`base` with fault `fault` applied (settings, then `override`), its expect list and onset."""
     spec = FAULTS[fault]

@@ -32,7 +32,7 @@ from corpus.world.cases import Case
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
-WRITERS = ("reference", "custom", "lightning", "hf", "timm", "keras", "yolo", "ultralytics")
+WRITERS = ("reference", "custom", "lightning", "hf", "timm", "keras", "yolo")
 
 
 def writer_module(writer: str) -> Any:
@@ -54,6 +54,7 @@ def entry(case: Case, source: str) -> dict[str, Any]:
         "config": case.config(),
         "evidence": {},
         "source": source,
+        **({"note": case.extra["note"]} if "note" in case.extra else {}),
     }
 
 
@@ -108,7 +109,10 @@ def main() -> None:
     parser.add_argument("--writer", nargs="+", default=list(WRITERS))
     parser.add_argument("--only", nargs="+", default=[], help="record runs whose name contains any of these")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--prune", action="store_true", help="delete runs no longer among the cases, then stop")
+    parser.add_argument("--missing", action="store_true", help="record only runs that have no file yet")
+    parser.add_argument(
+        "--prune", action="store_true", help="delete runs no longer among the cases, then stop"
+    )
     args = parser.parse_args()
     if args.prune:
         for writer in args.writer:
@@ -123,7 +127,12 @@ def main() -> None:
             continue
         if len(set(names)) != len(names):
             raise SystemExit(f"{writer}: two cases share a run name")
-        jobs += [(writer, i) for i, n in enumerate(names) if not args.only or any(o in n for o in args.only)]
+        for i, n in enumerate(names):
+            if args.only and not any(o in n for o in args.only):
+                continue
+            if args.missing and (RUNS / writer / f"{n}.jsonl.gz").exists():
+                continue
+            jobs.append((writer, i))
     print(f"recording {len(jobs)} runs with {args.jobs} jobs", flush=True)
     started = time.perf_counter()
     done: dict[str, list[dict[str, Any]]] = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from corpus.world import runio
-from corpus.world.cases import FAULTS, TRAIN_SIZE, Case
+from corpus.world.cases import FAULTS, TRAIN_SIZE, Case, harmless
 
 WRITER = "reference"
 
@@ -105,4 +105,7 @@ def cases() -> list[Case]:
         if label == "overfit":
             case.fault = {"train_count": int(TRAIN_SIZE["digits"] * 0.03)}
         out.append(case)
+    # with batch norm and weight decay the reference CNN did not overfit 43 digits: validation loss
+    # was still at its best after 60 epochs (check.py's evidence), so the run is kept as healthy
+    out[13] = harmless(out[13], "validation loss still at its best after 60 epochs on 43 images")
     return out

@@ -111,7 +111,7 @@ def record(case: Case, work: Path) -> list[runio.Event]:
 
 def cases() -> list[Case]:
     def c(model: str, **kw: Any) -> Case:
-        base = {"optimizer": "sgd", "lr": 0.01, "schedule": "linear", "epochs": 15, "weight_decay": 5e-4}
+        base = {"optimizer": "sgd", "lr": 0.01, "schedule": "linear", "epochs": 10, "weight_decay": 5e-4}
         return Case(WRITER, "detect", model, **{**base, **kw})
 
     out = [
@@ -119,16 +119,13 @@ def cases() -> list[Case]:
         healthy(c("resnet"), "base"),
         healthy(c("cnn", schedule="cosine"), "cosine"),
         healthy(c("cnn", optimizer="adam", lr=1e-3), "adam"),
-        healthy(c("resnet", optimizer="adam", lr=1e-3, schedule="cosine"), "adam"),
         healthy(c("cnn"), "batch16"),
-        healthy(c("cnn", width=24), "long"),
         healthy(c("resnet", extra={"warmup": False}), "no_warmup"),
         faulty(c("cnn"), "lr_high"),
         faulty(c("resnet", optimizer="adam", lr=1e-3), "lr_high"),
         faulty(c("cnn"), "lr_low"),
         faulty(c("resnet"), "no_zero_grad"),
         faulty(c("cnn"), "corrupt_nan"),
-        faulty(c("resnet"), "corrupt_huge"),
         faulty(c("cnn", norm=False), "unnormalised"),
         faulty(c("cnn"), "tiny_model"),
         faulty(c("resnet"), "frozen_backbone"),
