@@ -36,8 +36,8 @@ TRAIN_LOSS = [
     "loss_train",
     "train_loss_step",
     "train_loss_epoch",
+    "loss",  # before train_loss: timm logs both, per step and per epoch
     "train_loss",
-    "loss",
     "train/epoch_loss",
     "train/total_loss",
 ]
@@ -202,6 +202,9 @@ def basics(entry: dict[str, Any], c: Curves) -> dict[str, Any]:
     ev: dict[str, Any] = {"train_loss": name, "points": len(loss)}
     bad = [s for s, v in zip(steps, loss, strict=True) if not math.isfinite(v)]
     ev["nan_step"] = bad[0] if bad else None
+    # Hugging Face leaves a NaN loss out of its logged mean: the gradient norm or evaluation shows it
+    any_bad = [e["step"] for e in c.events if any(not math.isfinite(float(v)) for v in e["data"].values())]
+    ev["any_nan_step"] = any_bad[0] if any_bad else None
     ev["loss_start"] = r(head(loss, 0.05))
     ev["loss_end"] = r(tail(loss))
     ev["loss_min"] = r(min(finite(loss), default=math.nan))
@@ -227,9 +230,12 @@ def good_final(entry: dict[str, Any], ev: dict[str, Any]) -> bool | None:
     return v >= goal
 
 
-def judge(entry: dict[str, Any], events: list[dict[str, Any]]) -> Verdict:
+def judge(entry: dict[str, Any], events: list[dict[str, Any]], twin: float | None = None) -> Verdict:
+    """`twin`: the median final validation metric of the healthy runs of the same writer and data set."""
     c = Curves(events)
     ev = basics(entry, c)
+    if twin is not None:
+        ev["healthy_twin_final"] = r(twin)
     label = entry["label"]
     fn = JUDGES.get(label)
     if fn is None:
@@ -264,6 +270,16 @@ def diverged(ev: dict[str, Any], k: float = 3.0) -> bool:
 def far_from_good(entry: dict[str, Any], ev: dict[str, Any]) -> bool:
     good = good_final(entry, ev)
     return good is False
+
+
+def far_below_twin(ev: dict[str, Any]) -> bool:
+    """The final metric at most 60 % of the healthy runs' (higher is better) or 1.7x (lower)."""
+    twin, final = ev.get("healthy_twin_final"), ev.get("val_final")
+    if twin is None or final is None:
+        return False
+    if ev.get("higher_is_better", True):
+        return float(final) <= 0.6 * float(twin)
+    return float(final) >= 1.7 * float(twin)
 
 
 def at_chance(entry: dict[str, Any], ev: dict[str, Any]) -> bool:
@@ -330,7 +346,7 @@ def j_underfit(entry: dict[str, Any], c: Curves, ev: dict[str, Any]) -> tuple[bo
     ev["final_good"] = good_final(entry, ev)
     if ev["nan_step"] is not None:
         return False, "non-finite loss"
-    if ev["final_good"] is False:
+    if ev["final_good"] is False or far_below_twin(ev):
         return True, ""
     return False, f"the final validation metric {ev.get('val_final')} is good"
 
@@ -359,9 +375,12 @@ def j_label_noise(entry: dict[str, Any], c: Curves, ev: dict[str, Any]) -> tuple
         rise = vl[2][-1] / max(1e-12, min(finite(vl[2]), default=1))
         ev["val_loss_final_over_min"] = r(rise)
     ev["final_good"] = good_final(entry, ev)
-    if (math.isfinite(gap) and gap >= 0.1) or ev.get("val_loss_final_over_min", 1) >= 1.2:
+    # or: validation is good while the training loss cannot go below half its start (wrong targets)
+    ev["train_loss_end_over_start"] = r(float(ev["loss_end"]) / max(1e-12, float(ev["loss_start"])))
+    unfittable = ev["final_good"] is True and float(ev["train_loss_end_over_start"]) >= 0.5
+    if (math.isfinite(gap) and gap >= 0.1) or ev.get("val_loss_final_over_min", 1) >= 1.2 or unfittable:
         return True, ""
-    return False, "train accuracy is not below validation, nor did validation loss rise"
+    return False, "train accuracy is not below validation, validation loss did not rise, the loss fell"
 
 
 CLASS_NAMES = {
@@ -439,7 +458,8 @@ def j_corrupt(entry: dict[str, Any], c: Curves, ev: dict[str, Any]) -> tuple[boo
     ev["max_after_onset"] = r(
         max(around, key=lambda v: math.inf if not math.isfinite(v) else v, default=math.nan)
     )
-    if ev["nan_step"] is not None and onset <= ev["nan_step"] <= onset + 10:
+    first_nan = ev["any_nan_step"]
+    if first_nan is not None and onset <= first_nan <= onset + 30:  # the next log (every 1-25 steps)
         return True, ""
     if around and float(ev["max_after_onset"]) >= 5 * before:
         return True, ""
@@ -483,9 +503,14 @@ def j_overfit(entry: dict[str, Any], c: Curves, ev: dict[str, Any]) -> tuple[boo
     ev["val_loss_final_over_best"] = r(v[-1] / max(1e-12, v[best]))
     ev["val_rises_in_a_row"] = longest
     ev["train_loss_end_over_at_best"] = r(float(ev["loss_end"]) / max(1e-12, at_best))
-    if ev["val_loss_final_over_best"] >= 1.2 and longest >= 2 and ev["train_loss_end_over_at_best"] < 0.9:
+    if ev["val_loss_final_over_best"] >= 1.1 and longest >= 3 and ev["train_loss_end_over_at_best"] < 0.9:
         return True, ""
-    return False, "validation loss did not rise while the training loss fell"
+    name = c.first(TRAIN_ACC)  # or memorised: train accuracy far above validation accuracy
+    if name and "val_final" in ev:
+        ev["train_minus_val_acc"] = r(tail(c.get(name)[1], 0.2) - float(ev["val_final"]))
+        if float(ev["train_minus_val_acc"]) >= 0.3 and float(ev["loss_end"]) < 0.1 * float(ev["loss_start"]):
+            return True, ""
+    return False, "validation loss did not rise while the training loss fell, nor a 0.3 accuracy gap"
 
 
 def j_exploding(entry: dict[str, Any], c: Curves, ev: dict[str, Any]) -> tuple[bool, str]:
@@ -556,6 +581,7 @@ def main() -> int:
     parser.add_argument("--writer", nargs="+")
     parser.add_argument("--verbose", action="store_true", help="print the evidence of every run")
     parser.add_argument("--table", action="store_true", help="print the README's tables of runs, then stop")
+    parser.add_argument("--update", action="store_true", help="write each run's evidence into its manifest")
     args = parser.parse_args()
     if args.table:
         print(tables())
@@ -565,6 +591,13 @@ def main() -> int:
         spec = json.loads(manifest.read_text())
         if args.writer and spec["writer"] not in args.writer:
             continue
+        twins: dict[str, list[float]] = {}  # healthy runs' final metric per data set: the fault's twin
+        for entry in spec["runs"]:
+            path = manifest.parent / entry["file"]
+            if entry["label"] == "healthy" and path.exists():
+                final = judge(entry, load(path)).evidence.get("val_final")
+                if final is not None:
+                    twins.setdefault(entry["dataset"], []).append(float(final))
         for entry in spec["runs"]:
             total += 1
             path = manifest.parent / entry["file"]
@@ -572,7 +605,8 @@ def main() -> int:
                 print(f"FAIL {spec['writer']}/{entry['file']}: listed in the manifest but missing")
                 failures += 1
                 continue
-            verdict = judge(entry, load(path))
+            twin = twins.get(entry["dataset"])
+            verdict = judge(entry, load(path), statistics.median(twins[entry["dataset"]]) if twin else None)
             mark = "ok  " if verdict.ok else "FAIL"
             print(
                 f"{mark} {spec['writer']}/{entry['file']} [{entry['label']}]: {verdict.headline}"
@@ -581,6 +615,9 @@ def main() -> int:
             if args.verbose:
                 print("     " + json.dumps(verdict.evidence))
             failures += not verdict.ok
+            entry["evidence"] = verdict.evidence
+        if args.update:
+            manifest.write_text(json.dumps(spec, indent=1) + "\n")
     print(f"{total - failures}/{total} labels supported by their runs' numbers")
     return 1 if failures or not total else 0
 

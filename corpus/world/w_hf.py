@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import PretrainedConfig, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from corpus.world import loop, pipeline, runio, tasks
 from corpus.world.cases import Case, faulty, healthy
@@ -32,6 +32,8 @@ class Wrapped(nn.Module):
     def __init__(self, net: nn.Module, data: Data, opts: dict[str, Any]) -> None:
         super().__init__()
         self.net, self.task, self.opts = net, data.task, opts
+        # the Trainer reads model.config (label smoothing checks its problem_type)
+        self.config = PretrainedConfig(problem_type="single_label_classification")
 
     def forward(self, pixel_values: torch.Tensor, labels: Any = None) -> dict[str, Any]:
         logits = self.net(pixel_values)
@@ -145,13 +147,13 @@ def cases() -> list[Case]:
         healthy(c("textures", "vit", width=24), "label_smoothing"),
         healthy(c("shapes", "resnet", schedule="cosine", extra={"warmup_steps": 30}), "cosine_warmup"),
         healthy(c("digits", "mlp", schedule="constant"), "constant_lr"),
-        healthy(c("shapes", "cnn"), "mixup"),
+        healthy(c("textures", "cnn"), "mixup"),
         healthy(c("digits", "resnet", optimizer="sgd", lr=0.05), "sgd"),
         healthy(seg, "base"),
         healthy(kp, "base"),
         faulty(c("digits", "cnn"), "lr_high"),
         faulty(c("textures", "cnn"), "lr_low"),
-        faulty(c("shapes", "cnn"), "label_noise"),
+        faulty(c("digits", "cnn"), "label_noise"),
         faulty(c("digits", "cnn", extra={"per_class": True}), "rare_class"),
         faulty(c("textures", "resnet"), "corrupt_nan"),
         faulty(c("digits", "mlp"), "unnormalised"),

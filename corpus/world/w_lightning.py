@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import grad_norm
 
 from corpus.world import loop, pipeline, runio, tasks
-from corpus.world.cases import Case, faulty, healthy
+from corpus.world.cases import Case, faulty, harmless, healthy
 from corpus.world.data import Data, make
 
 WRITER = "lightning"
@@ -142,7 +142,7 @@ def cases() -> list[Case]:
         faulty(c("digits", "cnn"), "overfit"),
         faulty(c("textures", "mlp"), "exploding"),
         faulty(c("digits", "cnn"), "corrupt_nan"),
-        faulty(seg, "lr_high"),
+        harmless(faulty(seg, "lr_high"), "Adam at lr 2.0 on the batch-normed U-Net still reached IoU 0.88"),
         faulty(kp, "corrupt_huge"),
     ]
     for i, case in enumerate(out):

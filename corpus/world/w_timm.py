@@ -153,7 +153,7 @@ def cases() -> list[Case]:
         healthy(c("textures", "test_resnet", **vit), "cutmix"),
         healthy(c("textures", "test_efficientnet", schedule="multistep"), "step_decay"),
         healthy(c("shapes", "test_resnet"), "batch16"),
-        healthy(c("shapes", "test_byobnet", extra={"warmup_epochs": 2}), "batch256"),
+        healthy(c("textures", "test_byobnet", extra={"warmup_epochs": 2}), "batch256"),
         faulty(c("textures", "test_resnet"), "lr_high"),
         faulty(c("textures", "test_vit", **vit), "lr_low"),
         faulty(c("textures", "test_byobnet"), "slow_loader"),

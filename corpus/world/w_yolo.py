@@ -63,12 +63,14 @@ def groups(model: nn.Module, case: Case) -> tuple[torch.optim.Optimizer, None]:
             g_bn.append(m.weight)
         elif hasattr(m, "weight") and isinstance(m.weight, nn.Parameter) and m.weight.requires_grad:
             g_w.append(m.weight)
+    found = [(g, wd) for g, wd in ((g_bn, 0.0), (g_w, case.weight_decay), (g_b, 0.0)) if g]  # frozen: fewer
+    first, rest = found[0], found[1:]
     if case.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(g_bn, lr=case.lr, momentum=0.937, nesterov=True)
+        opt: torch.optim.Optimizer = torch.optim.SGD(first[0], lr=case.lr, momentum=0.937, nesterov=True)
     else:
-        opt = torch.optim.Adam(g_bn, lr=case.lr, betas=(0.937, 0.999))
-    opt.add_param_group({"params": g_w, "weight_decay": case.weight_decay})
-    opt.add_param_group({"params": g_b, "weight_decay": 0.0})
+        opt = torch.optim.Adam(first[0], lr=case.lr, betas=(0.937, 0.999))
+    for g, wd in rest:
+        opt.add_param_group({"params": g, "weight_decay": wd})
     return opt, None
 
 
