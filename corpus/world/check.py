@@ -463,7 +463,17 @@ def j_corrupt(entry: dict[str, Any], c: Curves, ev: dict[str, Any]) -> tuple[boo
         return True, ""
     if around and float(ev["max_after_onset"]) >= 5 * before:
         return True, ""
-    return False, "no NaN or 5x spike within 10 steps of the corrupted batch"
+    # logged every N steps (or per epoch), the spike itself may fall between two points; the damage
+    # it did shows in the next evaluation: the validation metric collapsed to half its best before
+    if "val_metric" in ev and ev.get("higher_is_better"):
+        vs, vv = c.get(ev["val_metric"])
+        best_before = max((v for s, v in zip(vs, vv, strict=True) if s <= onset), default=math.nan)
+        after = [v for s, v in zip(vs, vv, strict=True) if s > onset]
+        ev["val_best_before_onset"] = r(best_before)
+        ev["val_first_after_onset"] = r(after[0]) if after else None
+        if after and math.isfinite(best_before) and after[0] <= 0.5 * best_before:
+            return True, ""
+    return False, "no NaN or 5x spike within 10 steps of the corrupted batch, no collapse after it"
 
 
 def j_vanish(entry: dict[str, Any], c: Curves, ev: dict[str, Any]) -> tuple[bool, str]:

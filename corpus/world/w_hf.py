@@ -20,7 +20,7 @@ from torch import nn
 from transformers import PretrainedConfig, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from corpus.world import loop, pipeline, runio, tasks
-from corpus.world.cases import Case, faulty, healthy
+from corpus.world.cases import Case, faulty, harmless, healthy
 from corpus.world.data import Data, make
 
 WRITER = "hf"
@@ -161,6 +161,12 @@ def cases() -> list[Case]:
         faulty(c("digits", "cnn"), "wrong_loss"),
         faulty(c("textures", "cnn"), "overfit"),
         faulty(c("shapes", "resnet"), "frozen_backbone"),
+        faulty(c("textures", "cnn"), "dying_relu"),
+        harmless(
+            faulty(c("digits", "mlp"), "exploding"),
+            "the Trainer's default clipping at 1.0 and AdamW trained the deep MLP with weights x2.5 to 0.97",
+        ),
+        faulty(c("textures", "cnn"), "corrupt_huge"),
     ]
     for i, case in enumerate(out):
         case.seed = 300 + i

@@ -151,6 +151,7 @@ def cases() -> list[Case]:
         faulty(c("textures", "mlp"), "overfit"),
         faulty(c("digits", "mlp"), "sigmoid_deep"),
         faulty(kp, "lr_high"),
+        faulty(c("textures", "cnn"), "dying_relu"),
     ]
     for i, case in enumerate(out):
         case.seed = 500 + i

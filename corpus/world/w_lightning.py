@@ -144,6 +144,7 @@ def cases() -> list[Case]:
         faulty(c("digits", "cnn"), "corrupt_nan"),
         harmless(faulty(seg, "lr_high"), "Adam at lr 2.0 on the batch-normed U-Net still reached IoU 0.88"),
         faulty(kp, "corrupt_huge"),
+        faulty(c("textures", "cnn"), "dying_relu"),
     ]
     for i, case in enumerate(out):
         case.seed = 200 + i

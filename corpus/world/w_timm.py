@@ -162,6 +162,7 @@ def cases() -> list[Case]:
         faulty(c("shapes", "test_efficientnet"), "corrupt_nan"),
         faulty(c("textures", "test_byobnet"), "frozen_backbone"),
         faulty(c("textures", "test_efficientnet", **vit), "no_zero_grad"),
+        faulty(c("textures", "test_resnet"), "corrupt_huge"),
     ]
     for i, case in enumerate(out):
         case.seed = 400 + i

@@ -131,6 +131,7 @@ def cases() -> list[Case]:
         faulty(c("cnn", norm=False), "unnormalised"),
         faulty(c("cnn"), "tiny_model"),
         faulty(c("resnet"), "frozen_backbone"),
+        faulty(c("cnn"), "corrupt_huge"),
     ]
     for i, case in enumerate(out):
         case.seed = 600 + i
