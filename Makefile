@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck serve clean browser analysis-eval corpus corpus-world corpus-world-check fuzz bench bench-quick bench-tools
+.PHONY: demo test lint typecheck serve clean browser analysis-eval corpus-world corpus-world-check fuzz bench bench-quick bench-tools
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -61,10 +61,7 @@ bench-quick: bench-tools
 	cd bench && ../$(BIN)/python run.py --quick
 
 analysis-eval: $(STAMP)
-	$(BIN)/python -m trainpilot.analysis.evaluate corpus
-
-corpus: $(STAMP)
-	$(BIN)/python corpus/record.py
+	$(BIN)/python -m trainpilot.analysis.evaluate corpus/world
 
 # The world corpus (corpus/world/): real runs of Lightning, Hugging Face, timm, Keras, a YOLO-style loop,
 # ad-hoc loops and the reference trainer, in their own environment (torchvision needs torch 2.14.1).

@@ -39,13 +39,25 @@ def test_held_out_faults_are_caught_and_healthy_runs_left_alone(held_out: Evalua
 def test_the_shipped_policy_and_defaults_are_what_the_corpus_says(held_out: Evaluation) -> None:
     """The policy lets a kind warn only where its held-out precision reached 0.9: a detector that
     regresses below that changes the derived policy, and fails here."""
-    assert held_out.policy == POLICY, "run: python -m trainpilot.analysis.evaluate corpus/world --write-policy"
+    assert held_out.policy == POLICY, (
+        "run: python -m trainpilot.analysis.evaluate corpus/world --write-policy"
+    )
     defaults = dataclasses.asdict(Thresholds())
     assert {name: defaults[name] for name in TUNABLE} == held_out.shipped
 
 
 # right diagnoses of each kind that may warn, held out by writer: the table in docs/analysis.md, less a margin
-FLOORS: dict[str, int] = {}
+FLOORS = {
+    "bad_initial_loss": 4,
+    "divergence": 8,
+    "input_bottleneck": 4,
+    "lr_too_high": 13,
+    "lr_too_low": 12,
+    "nan_inf": 8,
+    "stuck_at_chance": 15,
+    "underfitting": 9,
+    "unshuffled_data": 2,
+}
 
 
 def test_each_detector_keeps_catching_what_it_caught(held_out: Evaluation) -> None:

@@ -48,7 +48,10 @@ FAULTS: dict[str, Fault] = {
         {},
         {"sorted": True},
     ),
-    "frozen_backbone": Fault(["underfitting", "plateau", "lr_too_low"], {}, {"frozen_backbone": True}),
+    # a model that cannot learn and stays at chance is, to its user, stuck at chance: both are right
+    "frozen_backbone": Fault(
+        ["underfitting", "plateau", "lr_too_low", "stuck_at_chance"], {}, {"frozen_backbone": True}
+    ),
     "unnormalised": Fault(
         [*DIVERGE, "bad_initial_loss", "stuck_at_chance", "underfitting", "plateau"],
         {"norm": False},
@@ -73,7 +76,7 @@ FAULTS: dict[str, Fault] = {
         {"norm": False},
         {"dead_bias": -8.0},
     ),
-    "tiny_model": Fault(["underfitting", "plateau"], {"width": 1, "depth": 1}),
+    "tiny_model": Fault(["underfitting", "plateau", "stuck_at_chance"], {"width": 1, "depth": 1}),
     "wrong_loss": Fault(["underfitting", "plateau", "stuck_at_chance"], {}, {"wrong_loss": True}),
     "overfit": Fault(
         ["overfitting"],

@@ -1,8 +1,7 @@
 """Writer ``reference``: trainpilot's own trainer (what ``trainpilot train`` runs), on new settings.
 
-The old corpus (corpus/runs/) holds this trainer's runs that the detectors were tuned on; these are
-fresh seeds and settings (batch 16, AdamW, augmentation, longer runs, a far-too-small model) so
-the reference trainer's names are in the world corpus too. The trainer logs through a `Run`; a
+Seeds and settings (batch 16, AdamW, augmentation, longer runs, a far-too-small model) beside
+the other writers' runs, so the reference trainer's names are judged too. The trainer logs through a `Run`; a
 small recorder stands in for the server.
 """
 

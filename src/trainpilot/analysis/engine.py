@@ -21,13 +21,13 @@ from trainpilot.analysis.classes import (
     optimiser,
     regularised,
 )
-from trainpilot.analysis.findings import CAUSES, Finding, Thresholds
+from trainpilot.analysis.findings import CAUSES, Finding, Thresholds, r4
 from trainpilot.analysis.gradients import GradTracker
 from trainpilot.analysis.loss import Context, LossTracker
 from trainpilot.analysis.names import Role, grad_layer, per_class, role, time_scale, words
 from trainpilot.analysis.pace import InputShareTracker, PaceTracker
 from trainpilot.analysis.policy import POLICY
-from trainpilot.analysis.validation import AccuracyTracker, Quality, ValLossTracker
+from trainpilot.analysis.validation import AccuracyTracker, Quality, ValLossTracker, broke
 from trainpilot.events import Event, NewEvent
 
 REPEATABLE = {"loss_spike": 5}  # kinds that may recur, at most this many times, 100 steps apart
@@ -108,6 +108,14 @@ class RunAnalysis:
             elif quantity == "acc" and split == "val":
                 value = self._fraction(key, value)
                 self.quality.observe(key, value, "acc")
+                if key == self.quality.key and self.quality.collapsed(self.t.collapse_drop):
+                    found.append(
+                        broke(
+                            step,
+                            {"metric": key, "value": r4(value), "best": r4(self.quality.best)},
+                            f"{key} fell to {value:.3g} from its best {self.quality.best:.3g}",
+                        )
+                    )
                 found += self.accuracy.observe_val(
                     step, key, value, self.quality, self.classes, self._trained(), self.regularised
                 )

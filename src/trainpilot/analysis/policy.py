@@ -26,8 +26,8 @@ POLICY: dict[str, str] = {
     "oscillation": "info",
     "overfitting": "info",
     "plateau": "info",
-    "stuck_at_chance": "info",
-    "underfitting": "info",
+    "stuck_at_chance": "warning",
+    "underfitting": "warning",
     "unshuffled_data": "warning",
     "vanishing_gradient": "info",
 }

@@ -56,9 +56,28 @@ class Quality:
             return (self.best - 1 / classes) / (1 - 1 / classes)
         return self.best
 
+    def collapsed(self, drop: float) -> bool:
+        """The latest score lost `drop` (a share) of the best one before it, at once."""
+        return self.latest is not None and self.evals >= 2 and self.latest < (1 - drop) * self.best
+
     def stalled(self) -> bool:
         """No better than its best for the latest two evaluations (or never measured)."""
         return self.latest is None or self.evals - self.improved_at >= 2
+
+
+def broke(step: int, evidence: dict[str, object], what: str) -> Finding:
+    """A sudden collapse of validation: the run diverged between two evaluations."""
+    return Finding(
+        "divergence",
+        "critical",
+        step,
+        step,
+        dict(evidence),
+        f"{what}: the model broke between two evaluations",
+        "a corrupted batch (NaN or huge values in the inputs or labels), a learning-rate spike or "
+        "wrecked batch-norm statistics: check the data near this step, clip gradients, restore the last "
+        "good checkpoint",
+    )
 
 
 @dataclass
@@ -72,6 +91,7 @@ class ValLossTracker:
     since_best: list[float] = field(default_factory=list)  # the best and every evaluation after it
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=8))
     evals: int = 0
+    best_before: float = math.inf  # the best of the evaluations before the latest
 
     def observe(self, step: int, value: float, train: float | None, quality: Quality) -> list[Finding]:
         self.evals += 1
@@ -83,7 +103,28 @@ class ValLossTracker:
             self.since_best = [value]
         else:
             self.since_best = [*self.since_best[-63:], value]
-        return self._overfitting(step, value, train, quality) + self._swinging(step)
+        return (
+            self._collapse(step, value)
+            + self._overfitting(step, value, train, quality)
+            + self._swinging(step)
+        )
+
+    def _collapse(self, step: int, value: float) -> list[Finding]:
+        """One evaluation far above every earlier one: the model broke between two evaluations (a
+        corrupted batch, a learning-rate spike, wrecked batch-norm statistics), whatever the training
+        loss logged in between shows."""
+        if self.evals < 2 or value < self.t.val_jump * self.best_before:
+            self.best_before = min(self.best_before, value)
+            return []
+        previous, self.best_before = self.best_before, min(self.best_before, value)
+        return [
+            broke(
+                step,
+                {"metric": self.key, "value": r4(value), "best_before": r4(previous)},
+                f"{self.key} jumped to {value:.4g}, {value / max(previous, 1e-12):.0f}x its best so far "
+                f"{previous:.4g}",
+            )
+        ]
 
     def _overfitting(self, step: int, value: float, train: float | None, quality: Quality) -> list[Finding]:
         assert self.first is not None
