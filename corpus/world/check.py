@@ -163,9 +163,17 @@ def train_loss(c: Curves) -> tuple[str, list[int], list[float]]:
     name = next((n for n in present if len(c.get(n)[1]) >= 5), present[0] if present else None)
     if name is not None:
         return (name, *c.get(name))
-    parts = c.matching(r"train/\w+_loss")  # detection writers log only the parts: sum them per step
-    if not parts:
+    total = summed(c, r"train/\w+_loss")  # detection writers log only the parts: sum them per step
+    if total is None:
         raise ValueError(f"no training loss among {sorted(c.names)[:20]}")
+    return total
+
+
+def summed(c: Curves, pattern: str) -> tuple[str, list[int], list[float]] | None:
+    """The per-step sum of the metrics matching `pattern` (a detection loss's parts), if any."""
+    parts = c.matching(pattern)
+    if not parts:
+        return None
     steps, values = [], []
     for e in c.events:
         if all(p in e["data"] for p in parts):
@@ -178,15 +186,7 @@ def val_loss(c: Curves) -> tuple[str, list[int], list[float]] | None:
     name = c.first(VAL_LOSS)
     if name is not None:
         return (name, *c.get(name))
-    parts = c.matching(r"val/\w+_loss")
-    if not parts:
-        return None
-    steps, values = [], []
-    for e in c.events:
-        if all(p in e["data"] for p in parts):
-            steps.append(e["step"])
-            values.append(sum(float(e["data"][p]) for p in parts))
-    return ("+".join(parts), steps, values)
+    return summed(c, r"val/\w+_loss")
 
 
 def val_metric(c: Curves) -> tuple[str, bool, list[float]] | None:

@@ -24,17 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from corpus.world.cases import TASK as TASKS
 from trainpilot.datasets import SHAPES, _shape_mask
 from trainpilot.datasets import shapes as trainpilot_shapes
 
-TASKS = {
-    "digits": "classification",
-    "shapes": "classification",
-    "textures": "classification",
-    "seg": "segmentation",
-    "keypoints": "keypoints",
-    "detect": "detection",
-}
 DETECT_CLASSES = ("circle", "square", "triangle")
 
 
