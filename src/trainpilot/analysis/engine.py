@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from trainpilot.analysis.classes import (
     PerClass,
@@ -42,7 +42,31 @@ SCORE_WORDS = {
     "ap": "ap",
 }
 SCORE_WORDS |= {"precision": "precision", "recall": "recall", "top1": "top1"}
-Route = tuple[Role, str | None, str | None, float]  # role, gradient layer, class, seconds per unit
+
+
+class Route(NamedTuple):
+    """What the engine needs to know of a metric name, worked out once per name."""
+
+    role: Role
+    layer: str | None  # 'first' | 'last' for a layer's gradient norm
+    class_name: str | None  # for a per-class accuracy
+    unit: float  # seconds per unit of a time
+    score: str | None  # the kind of higher-is-better score (map, iou ...)
+    epoch_counter: bool  # ``epoch``, ``train/epoch``
+    per_epoch: bool  # the name says it is logged per epoch (``train_loss_epoch``)
+
+
+def route(key: str) -> Route:
+    named = words(key)
+    return Route(
+        role(key),
+        grad_layer(key),
+        per_class(key),
+        time_scale(key),
+        _score_kind(key),
+        [w for w in named if w not in ("train", "training")] == ["epoch"],
+        "epoch" in named,
+    )
 
 
 class RunAnalysis:
@@ -74,6 +98,7 @@ class RunAnalysis:
         self.decayed = False  # the learning rate fell below a tenth of its peak: training nears its end
         self.epoch: float | None = None
         self.epochs_seen = 0
+        self.val_evals = 0  # evaluations of the most evaluated validation loss
         self.said: dict[str, tuple[int, int]] = {}  # kind -> (times, last step)
         self.explained: set[str] = set()
         self.non_finite: set[str] = set()
@@ -89,15 +114,16 @@ class RunAnalysis:
 
     def observe(self, step: int, metrics: Mapping[str, float | None]) -> list[Finding]:
         found = self._non_finite(step, metrics)
-        self._bookkeeping(metrics)
+        routes = self.routes
+        known = [
+            (k, v, routes.get(k) or routes.setdefault(k, route(k)))
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(v)
+        ]
+        self._bookkeeping(known)
         class_scores: dict[str, float] = {}
-        for key, value in metrics.items():
-            if value is None or not math.isfinite(value):
-                continue
-            route = self.routes.get(key) or self.routes.setdefault(
-                key, (role(key), grad_layer(key), per_class(key), time_scale(key))
-            )
-            (split, quantity, base, component), layer, class_name, unit = route
+        for key, value, (named, layer, class_name, unit, score, _, _) in known:
+            split, quantity, base, component = named
             if class_name is not None:
                 class_scores[class_name] = value
             elif quantity == "loss" and split != "val":
@@ -105,6 +131,7 @@ class RunAnalysis:
             elif quantity == "loss":
                 tracker = self.vals.setdefault(key, ValLossTracker(key, self.t))
                 found += tracker.observe(step, value, self._train_level(base), self.quality)
+                self.val_evals = max(self.val_evals, tracker.evals)
             elif quantity == "acc" and split == "val":
                 value = self._fraction(key, value)
                 self.quality.observe(key, value, "acc")
@@ -135,7 +162,7 @@ class RunAnalysis:
                 if self.input_share is None:  # without data time, a slowing step is the best clue
                     pace = self.paces.setdefault(key, PaceTracker(key, self.t, quantity == "step_time"))
                     found += pace.observe(step, value)
-            elif split != "train" and (score := _score_kind(key)) is not None:  # YOLO's metrics/mAP50(B) ...
+            elif split != "train" and score is not None:  # YOLO's metrics/mAP50(B) ...
                 self.quality.observe(key, self._fraction(key, value), score)
                 if key == self.quality.key:
                     found += self.accuracy.observe_score(step, key, self.quality, self._trained())
@@ -152,17 +179,14 @@ class RunAnalysis:
             for f in self.observe(event.step, event.data)
         ]
 
-    def _bookkeeping(self, metrics: Mapping[str, float | None]) -> None:
+    def _bookkeeping(self, known: list[tuple[str, float, Route]]) -> None:
         """The learning rate and its peak, and the epoch counter (how often losses come per epoch)."""
-        for key, value in metrics.items():
-            if value is None or not math.isfinite(value):
-                continue
-            quantity = (self.routes.get(key) or (role(key),))[0].quantity
-            if quantity == "lr":
+        for _, value, r in known:
+            if r.role.quantity == "lr":
                 self.lr = value
                 self.peak_lr = max(self.peak_lr or value, value)
                 self.decayed = self.decayed or value < 0.1 * self.peak_lr
-            elif [w for w in words(key) if w not in ("train", "training")] == ["epoch"]:
+            elif r.epoch_counter:
                 if math.floor(value) != self.epoch:  # Hugging Face counts fractions of epochs
                     self.epoch = math.floor(value)
                     self.epochs_seen += 1
@@ -187,10 +211,10 @@ class RunAnalysis:
     def _context(self, tracker: LossTracker) -> Context:
         # several points per epoch, unless the epoch counter moves with every point of this loss, or
         # validation does (Keras and YOLO runs log one point per epoch and no counter), or it says so
-        per_epoch = max(
-            self.epochs_seen, self.quality.evals, max((v.evals for v in self.vals.values()), default=0)
+        per_epoch = max(self.epochs_seen, self.quality.evals, self.val_evals)
+        dense = (
+            not (per_epoch >= 2 and tracker.n <= 1.5 * per_epoch) and not self.routes[tracker.key].per_epoch
         )
-        dense = not (per_epoch >= 2 and tracker.n <= 1.5 * per_epoch) and "epoch" not in words(tracker.key)
         score = self.quality.above_chance(self.classes)
         fitted = score is not None and score >= self.t.fitted_quality
         ordered = self.accuracy.class_ordered(self.classes)

@@ -23,6 +23,8 @@ class GradTracker:
     first: float | None = None
     last: float | None = None
     high: int = 0  # consecutive points far above the baseline
+    baseline: float | None = None
+    seen: int = 0
     vanishing: int = 0
     zero: int = 0
 
@@ -69,7 +71,10 @@ class GradTracker:
         warming_up = lr is not None and len(self.lrs) >= 10 and lr > 1.5 * self.lrs[0]
         if lr is not None:
             self.lrs.append(lr)
-        baseline = median(self.recent) if len(self.recent) >= 30 else None
+        self.seen += 1
+        if len(self.recent) >= 30 and (self.baseline is None or self.seen % 4 == 0 or self.high):
+            self.baseline = median(self.recent)  # a median of 50 moves slowly: every few points will do
+        baseline = self.baseline if len(self.recent) >= 30 else None
         self.recent.append(value)
         if baseline is None or baseline <= 0 or warming_up:
             self.high = 0
