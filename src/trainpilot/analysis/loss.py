@@ -160,7 +160,7 @@ class LossTracker:
         )
         if not (exploded or diverged or early_rise):
             return []
-        early = self.best_n <= 10 * warmup or self.best > 0.8 * self.start
+        early = self.best_n <= 3 * warmup or self.best > 0.8 * self.start
         evidence = {
             "metric": self.key,
             "value": r4(value),
