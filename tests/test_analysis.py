@@ -174,7 +174,7 @@ def test_a_run_that_learns_nothing_for_a_tiny_learning_rate_is_told_so_once(serv
     found = {i["kind"]: i for i in insights(run)}
     assert found["lr_too_low"]["severity"] == "warning"
     assert found["lr_too_low"]["evidence"]["lr"] <= 1e-6  # the cosine schedule has begun to decay it
-    assert "stuck_at_chance" not in found and "plateau" not in found
+    assert "stuck_at_chance" not in found  # the lr explains it (an earlier plateau hint may stand)
 
 
 def test_live_and_offline_analysis_agree_and_feeding_order_does_not_matter(server_run: Any) -> None:
