@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck serve clean browser analysis-eval corpus fuzz bench bench-quick bench-tools
+.PHONY: demo test lint typecheck serve clean browser analysis-eval corpus-world corpus-world-check fuzz bench bench-quick bench-tools
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -61,10 +61,26 @@ bench-quick: bench-tools
 	cd bench && ../$(BIN)/python run.py --quick
 
 analysis-eval: $(STAMP)
-	$(BIN)/python -m trainpilot.analysis.evaluate corpus
+	$(BIN)/python -m trainpilot.analysis.evaluate corpus/world
 
-corpus: $(STAMP)
-	$(BIN)/python corpus/record.py
+# The world corpus (corpus/world/): real runs of Lightning, Hugging Face, timm, Keras, a YOLO-style loop,
+# ad-hoc loops and the reference trainer, in their own environment (torchvision needs torch 2.14.1).
+# Under an hour on two cores; JOBS=1 on a busy machine.
+CORPUS_VENV := corpus/.venv
+JOBS ?= 2
+$(CORPUS_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(CORPUS_VENV)
+	$(CORPUS_VENV)/bin/pip install --quiet --upgrade pip
+	$(CORPUS_VENV)/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(CORPUS_VENV)/bin/pip install --quiet -e . scikit-learn tensorboard lightning transformers accelerate timm keras ruff
+	touch $@
+
+corpus-world: $(CORPUS_VENV)/.installed
+	nice -n 10 $(CORPUS_VENV)/bin/python -m corpus.world.record --jobs $(JOBS)
+	$(CORPUS_VENV)/bin/python corpus/world/check.py
+
+corpus-world-check:
+	$(PY) corpus/world/check.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

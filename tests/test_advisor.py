@@ -111,7 +111,7 @@ def test_the_advisor_streams_the_models_answer_and_sends_only_the_summary(
         system, user = request["body"]["messages"]
         assert system["role"] == "system" and user["role"] == "user"
         assert "why is my loss rising?" in user["content"] and '"train/loss"' in user["content"]
-        assert '"divergence"' in user["content"]  # the detectors' findings are part of the summary
+        assert '"lr_too_high"' in user["content"]  # the detectors' findings are part of the summary
         assert len(user["content"]) < 8000  # a compact summary, not the points
         info = httpx.get(f"{server.url}/api/system/info").json()
         assert info["llm"] == {"configured": True, "url": llm.url("ok"), "model": "tiny"}
@@ -141,7 +141,7 @@ def test_without_an_llm_the_rules_answer_and_say_so(shared_server: LiveServer) -
     seeded(shared_server)
     text, events = ask(shared_server, "adv", "is it healthy?")
     assert text.startswith("(Rules only: no LLM is configured")
-    assert "divergence" in text and events[-1] == ("done", {"source": "rules"})
+    assert "lr_too_high" in text and events[-1] == ("done", {"source": "rules"})
     with httpx.Client(base_url=shared_server.url) as client:
         assert client.post("/api/runs/adv/ask", json={"question": ""}).status_code == 422
         assert client.post("/api/runs/ghost/ask", json={"question": "x"}).status_code == 404
@@ -168,7 +168,7 @@ def test_trainpilot_ask_prints_the_answer(shared_server: LiveServer) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "Rules only" in result.stdout and "divergence" in result.stdout
+    assert "Rules only" in result.stdout and "lr_too_high" in result.stdout
 
 
 def test_serious_findings_get_a_short_llm_explanation(llm: FakeLLM, tmp_path: Path) -> None:

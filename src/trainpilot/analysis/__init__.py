@@ -5,6 +5,6 @@
 """
 
 from trainpilot.analysis.engine import Analyzer, RunAnalysis, analyze_events
-from trainpilot.analysis.rules import Finding, Thresholds
+from trainpilot.analysis.findings import Finding, Thresholds
 
 __all__ = ["Analyzer", "Finding", "RunAnalysis", "Thresholds", "analyze_events"]

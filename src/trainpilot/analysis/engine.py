@@ -1,111 +1,174 @@
-"""The analysis engine: routes each run's metrics to the detectors, and says each finding once.
+"""The analysis engine: routes each run's metrics to the detectors, and says each problem once.
 
 `RunAnalysis.observe(step, metrics)` is incremental (constant work per point); feeding a whole
 history point by point gives the same findings as feeding it live, which is how a server rebuilds
 a run's analysis after a restart (server/insights.py). `Analyzer` keeps one per run for the
-server, which stores what it finds as ``insight`` events.
+server, which stores what it finds as ``insight`` events. A finding is said once per run (a spike
+up to five times), not at all once a finding that explains it was said (`CAUSES`), and no louder
+than the policy allows.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
-from trainpilot.analysis.names import Role, grad_layer, per_class, role
-from trainpilot.analysis.rules import (
-    Finding,
-    GradTracker,
-    InputShareTracker,
-    LossTracker,
-    PaceTracker,
-    Thresholds,
-    ValTracker,
-    weak_classes,
+from trainpilot.analysis.classes import (
+    PerClass,
+    classes_from_config,
+    classes_from_start,
+    optimiser,
+    regularised,
 )
+from trainpilot.analysis.findings import CAUSES, Finding, Thresholds, r4
+from trainpilot.analysis.gradients import GradTracker
+from trainpilot.analysis.loss import Context, LossTracker
+from trainpilot.analysis.names import Role, grad_layer, per_class, role, time_scale, words
+from trainpilot.analysis.pace import InputShareTracker, PaceTracker
+from trainpilot.analysis.policy import POLICY
+from trainpilot.analysis.validation import AccuracyTracker, Quality, ValLossTracker, broke
 from trainpilot.events import Event, NewEvent
 
 REPEATABLE = {"loss_spike": 5}  # kinds that may recur, at most this many times, 100 steps apart
+SEVERITY = {"info": 0, "warning": 1, "critical": 2}
+SCORE_WORDS = {
+    "map": "map",
+    "map50": "map",
+    "miou": "miou",
+    "iou": "iou",
+    "f1": "f1",
+    "auc": "auc",
+    "ap": "ap",
+}
+SCORE_WORDS |= {"precision": "precision", "recall": "recall", "top1": "top1"}
+
+
+class Route(NamedTuple):
+    """What the engine needs to know of a metric name, worked out once per name."""
+
+    role: Role
+    layer: str | None  # 'first' | 'last' for a layer's gradient norm
+    class_name: str | None  # for a per-class accuracy
+    unit: float  # seconds per unit of a time
+    score: str | None  # the kind of higher-is-better score (map, iou ...)
+    epoch_counter: bool  # ``epoch``, ``train/epoch``
+    per_epoch: bool  # the name says it is logged per epoch (``train_loss_epoch``)
+
+
+def route(key: str) -> Route:
+    named = words(key)
+    return Route(
+        role(key),
+        grad_layer(key),
+        per_class(key),
+        time_scale(key),
+        _score_kind(key),
+        [w for w in named if w not in ("train", "training")] == ["epoch"],
+        "epoch" in named,
+    )
 
 
 class RunAnalysis:
-    def __init__(self, thresholds: Thresholds | None = None, classes: int | None = None) -> None:
+    def __init__(
+        self,
+        thresholds: Thresholds | None = None,
+        config: Mapping[str, Any] | None = None,
+        policy: Mapping[str, str] | None = None,
+    ) -> None:
         self.t = thresholds or Thresholds()
-        self.classes = classes
+        self.policy = POLICY if policy is None else policy
+        self.stated_classes = classes_from_config(dict(config or {}))
+        self.regularised = regularised(dict(config or {}))
+        self.optimiser = optimiser(dict(config or {}))
+        self.percent: set[str] = set()
+        self.judged_start: set[str] = set()  # losses whose early progress was judged (once each)
+        self.inferred_classes: int | None = None
         self.losses: dict[str, LossTracker] = {}
-        self.vals: dict[str, ValTracker] = {}
+        self.vals: dict[str, ValLossTracker] = {}
+        self.quality = Quality()
+        self.accuracy = AccuracyTracker(self.t)
+        self.early_acc: list[float] = []
         self.paces: dict[str, PaceTracker] = {}
         self.input_share: InputShareTracker | None = None  # once a data-loading time is seen
         self.grads = GradTracker(self.t)
+        self.per_class = PerClass(self.t)
         self.lr: float | None = None
-        self.train_acc: float | None = None
-        self.val_accs = 0
-        self.per_class: dict[str, float] = {}
+        self.peak_lr: float | None = None
+        self.decayed = False  # the learning rate fell below a tenth of its peak: training nears its end
+        self.epoch: float | None = None
+        self.epochs_seen = 0
+        self.val_evals = 0  # evaluations of the most evaluated validation loss
         self.said: dict[str, tuple[int, int]] = {}  # kind -> (times, last step)
+        self.explained: set[str] = set()
         self.non_finite: set[str] = set()
-        self.routes: dict[str, tuple[Role, str | None, str | None]] = {}  # key -> role, layer, class
+        self.routes: dict[str, Route] = {}
 
-    def observe(self, step: int, metrics: dict[str, float | None]) -> list[Finding]:
-        found: list[Finding] = []
-        class_update = False
-        bad = [
-            k for k, v in metrics.items() if (v is None or not math.isfinite(v)) and k not in self.non_finite
+    @property
+    def classes(self) -> int | None:
+        return (
+            self.stated_classes
+            or (len(self.per_class.latest) if len(self.per_class.latest) >= 3 else None)
+            or self.inferred_classes
+        )
+
+    def observe(self, step: int, metrics: Mapping[str, float | None]) -> list[Finding]:
+        found = self._non_finite(step, metrics)
+        routes = self.routes
+        known = [
+            (k, v, routes.get(k) or routes.setdefault(k, route(k)))
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(v)
         ]
-        if bad:  # said once per metric, not once per bad point
-            self.non_finite.update(bad)
-            found.append(
-                Finding(
-                    "nan_inf",
-                    "critical",
-                    step,
-                    step,
-                    {"metrics": bad},
-                    f"non-finite value (NaN or Inf) in {', '.join(bad)} at step {step}",
-                    "lower the learning rate, clip gradients, or check the input data and the loss "
-                    "for log(0) or division by zero",
-                )
-            )
-        for key, value in metrics.items():
-            if value is None or not math.isfinite(value):
-                continue
-            route = self.routes.get(key) or self.routes.setdefault(
-                key, (role(key), grad_layer(key), per_class(key))
-            )
-            (split, quantity, base, component), layer, class_name = route
-            if quantity == "lr":
-                self.lr = value
+        self._bookkeeping(known)
+        class_scores: dict[str, float] = {}
+        for key, value, (named, layer, class_name, unit, score, _, _) in known:
+            split, quantity, base, component = named
+            if class_name is not None:
+                class_scores[class_name] = value
             elif quantity == "loss" and split != "val":
-                tracker = self.losses.setdefault(key, LossTracker(key, self.t, component=component))
-                classes = None if component else self.classes or _classes_from_start(tracker)
-                found += tracker.observe(step, value, self.lr, classes)
-                if tracker.n == self.t.chance_after and not component:
-                    found += self._slow_start(step, tracker)
+                found += self._train_loss(step, key, value, component)
             elif quantity == "loss":
-                train = self._train_loss(base)
-                found += self.vals.setdefault(key, ValTracker(key, self.t)).observe(step, value, train)
+                tracker = self.vals.setdefault(key, ValLossTracker(key, self.t))
+                found += tracker.observe(step, value, self._train_level(base), self.quality)
+                self.val_evals = max(self.val_evals, tracker.evals)
             elif quantity == "acc" and split == "val":
-                self.val_accs += 1
-                found += self._noisy_labels(step, key, value)
+                value = self._fraction(key, value)
+                self.quality.observe(key, value, "acc")
+                if key == self.quality.key and self.quality.collapsed(self.t.collapse_drop):
+                    found.append(
+                        broke(
+                            step,
+                            {"metric": key, "value": r4(value), "best": r4(self.quality.best)},
+                            f"{key} fell to {value:.3g} from its best {self.quality.best:.3g}",
+                        )
+                    )
+                found += self.accuracy.observe_val(
+                    step, key, value, self.quality, self.classes, self._trained(), self.regularised
+                )
             elif quantity == "acc":
-                self.train_acc = value if self.train_acc is None else 0.9 * self.train_acc + 0.1 * value
+                value = self._fraction(key, value)
+                found += self.accuracy.observe_train(step, key, value, self.classes)
+                if len(self.early_acc) < 5:
+                    self.early_acc.append(value)
             elif layer is not None or quantity == "grad_norm":
-                found += self.grads.observe(step, key, layer, value)
+                found += self.grads.observe(step, key, layer, value, self.lr, self._loss_rising())
             elif quantity == "data_time" and split != "val":
                 self.input_share = self.input_share or InputShareTracker(self.t, key)
-                found += self.input_share.observe(step, "data", value)
+                found += self.input_share.observe(step, "data", value * unit)
             elif quantity in ("step_time", "throughput") and split != "val":
                 if quantity == "step_time" and self.input_share is not None:
-                    found += self.input_share.observe(step, "step", value)
+                    found += self.input_share.observe(step, "step", value * unit)
                 if self.input_share is None:  # without data time, a slowing step is the best clue
                     pace = self.paces.setdefault(key, PaceTracker(key, self.t, quantity == "step_time"))
                     found += pace.observe(step, value)
-            elif class_name is not None:
-                self.per_class[class_name] = value
-                class_update = True
-        if class_update:
-            self.classes = self.classes or len(self.per_class)
-            found += weak_classes(self.per_class, step, self.t)
-        return [f for f in found if f.kind == "nan_inf" or self._first_time(f)]
+            elif split != "train" and score is not None:  # YOLO's metrics/mAP50(B) ...
+                self.quality.observe(key, self._fraction(key, value), score)
+                if key == self.quality.key:
+                    found += self.accuracy.observe_score(step, key, self.quality, self._trained())
+        if class_scores:
+            found += self.per_class.observe(step, class_scores, self.quality.stalled())
+        return [f for f in map(self._capped, found) if self._news(f)]
 
     def insights(self, event: Event) -> list[NewEvent]:
         """The insight events found in one stored event of the run: none unless metrics at a step."""
@@ -116,30 +179,88 @@ class RunAnalysis:
             for f in self.observe(event.step, event.data)
         ]
 
+    def _bookkeeping(self, known: list[tuple[str, float, Route]]) -> None:
+        """The learning rate and its peak, and the epoch counter (how often losses come per epoch)."""
+        for _, value, r in known:
+            if r.role.quantity == "lr":
+                self.lr = value
+                self.peak_lr = max(self.peak_lr or value, value)
+                self.decayed = self.decayed or value < 0.1 * self.peak_lr
+            elif r.epoch_counter:
+                if math.floor(value) != self.epoch:  # Hugging Face counts fractions of epochs
+                    self.epoch = math.floor(value)
+                    self.epochs_seen += 1
+
+    def _fraction(self, key: str, value: float) -> float:
+        """Accuracies and scores as fractions: timm and others log percent (``eval_top1`` = 93.4)."""
+        if value > 1.5:
+            self.percent.add(key)
+        return value / 100 if key in self.percent else value
+
+    def _trained(self) -> bool:
+        """Training has gone on long enough to call a model that has not moved stuck: `chance_points`
+        points of its loss (per-epoch losses: `slow_evals`), or three epochs and 30 points."""
+        totals = [t for t in self.losses.values() if not t.component]
+        if not totals:
+            return self.quality.evals >= self.t.chance_evals
+        return any(self._trained_on(t) for t in totals)
+
+    def _trained_on(self, tracker: LossTracker) -> bool:
+        return self._context(tracker).trained
+
+    def _context(self, tracker: LossTracker) -> Context:
+        # several points per epoch, unless the epoch counter moves with every point of this loss, or
+        # validation does (Keras and YOLO runs log one point per epoch and no counter), or it says so
+        per_epoch = max(self.epochs_seen, self.quality.evals, self.val_evals)
+        dense = (
+            not (per_epoch >= 2 and tracker.n <= 1.5 * per_epoch) and not self.routes[tracker.key].per_epoch
+        )
+        score = self.quality.above_chance(self.classes)
+        fitted = score is not None and score >= self.t.fitted_quality
+        ordered = self.accuracy.class_ordered(self.classes)
+        enough = self.t.chance_points if dense else self.t.slow_evals
+        trained = tracker.n >= enough or (self.epochs_seen >= 3 and tracker.n >= 20)
+        return Context(
+            self.lr, self.peak_lr, self.classes, dense, fitted, score, self.regularised, ordered, trained
+        )
+
+    def _train_loss(self, step: int, key: str, value: float, component: bool) -> list[Finding]:
+        tracker = self.losses.get(key)
+        if tracker is None:
+            tracker = self.losses[key] = LossTracker(key, self.t, component=component)
+        ctx = self._context(tracker)
+        found = tracker.observe(step, value, ctx)
+        if tracker.n == 5 and not component and self.inferred_classes is None and tracker.start is not None:
+            early = sum(self.early_acc) / len(self.early_acc) if self.early_acc else None
+            self.inferred_classes = classes_from_start(tracker.start, early)
+        if not component and tracker.key not in self.judged_start and self._trained_on(tracker):
+            self.judged_start.add(tracker.key)
+            found += self._slow_start(step, tracker)
+        if self.decayed and not component and not tracker.improving():
+            found += tracker.underfit(step, ctx, "is still high as the learning rate decays")
+        return found
+
     def _slow_start(self, step: int, tracker: LossTracker) -> list[Finding]:
-        """A loss that has hardly moved while gradients flow normally: the step size is the problem.
+        """A loss that has hardly moved while gradients flow: the step size is the problem.
 
         Gradients that vanish or are zero point elsewhere (initialisation, activations), so then this
         stays quiet; without gradient metrics it is only an info.
         """
         assert tracker.start is not None and tracker.ema is not None
         moved = (tracker.start - tracker.ema) / max(abs(tracker.start), 1e-12)
-        if moved >= 0.05 or tracker.ema > tracker.start * 1.05:
+        if moved >= self.t.slow_move or tracker.ema > tracker.start * (1 + self.t.slow_move):
             return []
-        grads_known = self.grads.first is not None or len(self.grads.recent) > 0
-        if (
-            self.grads.vanishing > 0
-            or self.grads.zero > 0
-            or (
-                self.grads.first is not None and self.grads.last and self.grads.first / self.grads.last < 1e-2
-            )
-        ):
+        if not self.grads.flowing():
             return []
         lr = f" with lr={self.lr:.3g}" if self.lr is not None else ""
+        # A flat loss alone does not tell a tiny step from a tiny model or a wrong loss: only a learning
+        # rate far below any optimiser's usual range (SGD 1e-3..1, Adam 1e-5..1e-2) makes it the cause.
+        peak = self.peak_lr  # a schedule decays the lr late in a run: the peak says what was chosen
+        low = peak is not None and (peak < 1e-5 or (peak < 1e-3 and self.optimiser == "sgd"))
         return [
             Finding(
                 "lr_too_low",
-                "warning" if grads_known else "info",
+                "warning" if low else "info",
                 step,
                 0,
                 {
@@ -150,13 +271,14 @@ class RunAnalysis:
                     "points": tracker.n,
                     "lr": self.lr,
                 },
-                f"{tracker.key} moved {100 * moved:.1f} % in {tracker.n} steps{lr} "
-                "while gradients flow normally",
-                "raise the learning rate (try 10x), or check that the optimizer steps (zero_grad/step order)",
+                f"{tracker.key} moved {100 * moved:.1f} % in {tracker.n} points{lr}"
+                + (" while gradients flow normally" if self.grads.known() else ""),
+                "raise the learning rate (try 10x); if it is in the usual range, check that the layers you "
+                "mean to train are not frozen, that the model is big enough and the loss fits the task",
             )
         ]
 
-    def _train_loss(self, base: str) -> float | None:
+    def _train_level(self, base: str) -> float | None:
         """The smoothed training loss a validation loss compares with: the one of the same name
         (``val/box_loss`` with ``train/box_loss``), else the total loss seen most often."""
         same = [t for t in self.losses.values() if t.ema is not None and self.routes[t.key][0].base == base]
@@ -164,38 +286,65 @@ class RunAnalysis:
         candidates = same or totals
         return max(candidates, key=lambda t: t.n).ema if candidates else None
 
-    def _noisy_labels(self, step: int, key: str, value: float) -> list[Finding]:
-        if self.val_accs < 2 or self.train_acc is None or value < 0.5 or self.train_acc > value - 0.15:
+    def _loss_rising(self) -> bool:
+        return any(t.rising >= 3 for t in self.losses.values() if not t.component)
+
+    def _non_finite(self, step: int, metrics: Mapping[str, float | None]) -> list[Finding]:
+        """NaN/Inf, said once per metric. A non-finite gradient norm with a finite loss is what mixed
+        precision's loss scaler produces (and skips): a warning, not an alarm."""
+        bad = [
+            k for k, v in metrics.items() if (v is None or not math.isfinite(v)) and k not in self.non_finite
+        ]
+        if not bad:
             return []
+        self.non_finite.update(bad)
+        only_grads = all(grad_layer(k) is not None or role(k).quantity == "grad_norm" for k in bad)
         return [
             Finding(
-                "noisy_labels",
-                "warning",
+                "nan_inf",
+                "warning" if only_grads else "critical",
                 step,
                 step,
-                {"val_metric": key, "val_acc": round(value, 4), "train_acc": round(self.train_acc, 4)},
-                f"training accuracy {self.train_acc:.2f} is well below validation accuracy {value:.2f}: "
-                "the model cannot fit its own training labels",
-                "look for noisy or wrong training labels (or augmentation so strong it changes the class)",
+                {"metrics": bad},
+                f"non-finite value (NaN or Inf) in {', '.join(bad)} at step {step}",
+                "lower the learning rate, clip gradients, or check the input data and the loss for log(0) or "
+                "division by zero"
+                + (
+                    "; with mixed precision, skipped steps show as an infinite gradient norm"
+                    if only_grads
+                    else ""
+                ),
             )
         ]
 
-    def _first_time(self, finding: Finding) -> bool:
+    def _news(self, finding: Finding) -> bool:
+        """Whether to say it: not explained by something said already, and not said too often."""
+        if finding.kind == "nan_inf":
+            return True
+        if finding.kind in self.explained:
+            return False
         times, last = self.said.get(finding.kind, (0, -(10**9)))
-        limit = REPEATABLE.get(finding.kind, 1)
         step = finding.step or 0
-        if times >= limit or (times and step - last < 100):
+        if times >= REPEATABLE.get(finding.kind, 1) or (times and step - last < 100):
             return False
         self.said[finding.kind] = (times + 1, step)
+        if finding.severity != "info":  # a hint explains nothing away
+            self.explained |= CAUSES.get(finding.kind, frozenset())
         return True
 
-
-def _classes_from_start(tracker: LossTracker) -> int | None:
-    """Classes guessed from a cross-entropy that starts at ln(C), as an untrained classifier's does."""
-    if tracker.start is None or tracker.n < 5 or not 0.5 < tracker.start < 12:
-        return None
-    guess = round(math.exp(tracker.start))
-    return guess if guess >= 2 and abs(math.exp(tracker.start) - guess) <= 0.1 * guess else None
+    def _capped(self, finding: Finding) -> Finding:
+        cap = self.policy.get(finding.kind, finding.severity)
+        if SEVERITY[cap] >= SEVERITY[finding.severity]:
+            return finding
+        return Finding(
+            finding.kind,
+            cap,
+            finding.step,
+            finding.start_step,
+            finding.evidence,
+            finding.message,
+            finding.suggestion,
+        )
 
 
 class Analyzer:
@@ -217,9 +366,14 @@ class Analyzer:
         return out
 
 
-def analyze_events(events: Iterable[dict[str, Any]], thresholds: Thresholds | None = None) -> list[Finding]:
+def analyze_events(
+    events: Iterable[dict[str, Any]],
+    thresholds: Thresholds | None = None,
+    config: Mapping[str, Any] | None = None,
+    policy: Mapping[str, str] | None = None,
+) -> list[Finding]:
     """Findings for one run given as envelope-shaped dicts (the `trainpilot analyze` path)."""
-    analysis = RunAnalysis(thresholds)
+    analysis = RunAnalysis(thresholds, config, policy)
     found: list[Finding] = []
     ordered = sorted(
         (e for e in events if e.get("kind", "metrics") == "metrics" and e.get("step") is not None),
@@ -247,3 +401,8 @@ def _number(value: Any) -> Any:
     if isinstance(value, str) and value.lower() in _MARKERS:
         return _MARKERS[value.lower()]
     return _SKIP
+
+
+def _score_kind(key: str) -> str | None:
+    """The kind of higher-is-better score a validation metric is (``metrics/mAP50(B)`` is a mAP)."""
+    return next((SCORE_WORDS[w] for w in words(key) if w in SCORE_WORDS), None)

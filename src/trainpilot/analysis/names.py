@@ -68,15 +68,10 @@ OPTIMISERS = {
     "group",
 }
 GRAD_WORDS = {"grad", "gradient", "grads", "gradients", "gradnorm"}
-STEP_TIME = {("step", "time"), ("batch", "time"), ("iter", "time"), ("time", "per", "step")}
-DATA_TIME = {
-    ("data", "time"),
-    ("time", "data"),
-    ("data", "loading"),
-    ("dataloader", "time"),
-    ("load", "time"),
-    ("data", "wait"),
-}
+STEP_TIME = {("step", "time"), ("batch", "time"), ("iter", "time"), ("time", "per", "step"), ("time", "step")}
+DATA_WORDS = {"data", "dataloader", "loader", "loading", "load", "fetch", "io"}
+TIME_WORDS = {"time", "ms", "s", "sec", "secs", "seconds", "t", "wait", "latency", "duration"}
+STEP_WORDS = {"step", "batch", "iter", "iteration", "forward", "train"}
 THROUGHPUT = {"throughput", "samples", "images", "img", "examples", "it", "imgs", "tokens"}
 _WORD = re.compile(r"[/._\-\s()\[\]:]+")
 
@@ -126,9 +121,12 @@ def _quantity(rest: list[str], all_words: list[str]) -> tuple[str | None, bool]:
     if present & LR_WORDS or _has(rest, ("learning", "rate")):
         others = present - LR_WORDS - {"learning", "rate"} - OPTIMISERS
         return ("lr" if not (others & NOT_LR) and len(others) <= 1 else None), False
-    if any(_has(all_words, pattern) for pattern in DATA_TIME):
+    timed = set(all_words) & TIME_WORDS
+    if timed and set(all_words) & DATA_WORDS:
         return "data_time", False
-    if any(_has(all_words, pattern) for pattern in STEP_TIME):
+    if any(_has(all_words, pattern) for pattern in STEP_TIME) or (
+        timed and set(all_words) & STEP_WORDS and present <= STEP_WORDS | TIME_WORDS
+    ):
         return "step_time", False
     if present & THROUGHPUT and (
         {"per", "s"} <= present or {"per", "sec"} <= present or "throughput" in present
@@ -144,12 +142,47 @@ def _has(seq: list[str], pattern: tuple[str, ...]) -> bool:
     return any(tuple(seq[i : i + n]) == pattern for i in range(len(seq) - n + 1))
 
 
+CLASS_WORDS = {"class", "cls", "category", "label", "c", "per"}
+NOT_A_CLASS = {
+    "macro",
+    "micro",
+    "weighted",
+    "balanced",
+    "mean",
+    "avg",
+    "top",
+    "top5",
+    "top3",
+    "all",
+    "overall",
+}
+
+
 def per_class(name: str) -> str | None:
-    """The class of a per-class validation accuracy (``val/acc/cat``, ``Accuracy/val/3``), else None."""
-    parts = [p for p in name.lower().split("/") if p]
-    if len(parts) >= 3 and any(p in VAL for p in parts) and any(p in ACC_WORDS for p in parts[:-1]):
-        return name.split("/")[-1]
-    return None
+    """The class of a per-class validation accuracy (``val/acc/cat``, ``val_acc/3``, ``Accuracy/val/3``,
+    ``val_acc_class_3``, ``recall/cls7``), else None. Training-split ones are not what lags."""
+    original = [w for w in _WORD.split(name) if w]
+    lower = [w.lower() for w in original]
+    at = next((i for i, w in enumerate(lower) if w in ACC_WORDS or w == "recall"), None)
+    if at is None or any(w in TRAIN for w in lower):
+        return None
+    named = next((i for i, w in enumerate(lower[:-1]) if w in {"class", "cls", "category"}), None)
+    if named is not None and lower[named + 1] not in ACC_WORDS | VAL:
+        return original[named + 1]
+    rest = [
+        original[i]
+        for i in range(at + 1, len(lower))
+        if lower[i] not in VAL | BOOKKEEPING | ACC_QUALIFIERS | CLASS_WORDS
+    ]
+    if len(rest) != 1 or rest[0].lower() in NOT_A_CLASS or lower[at + 1 : at + 2] == ["top"]:
+        return None
+    return rest[0]
+
+
+def time_scale(name: str) -> float:
+    """Seconds per unit of a time metric: ``iter_ms`` is in milliseconds, ``data_time`` in seconds."""
+    units = set(words(name))
+    return 1e-3 if "ms" in units else 1e-6 if {"us", "µs"} & units else 1.0
 
 
 def grad_layer(name: str) -> str | None:

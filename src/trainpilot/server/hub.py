@@ -97,7 +97,7 @@ class Hub:
         run, created = await self.store.create_run(check_run_id(run_id), project, name, config)
         if created:
             await self.store.append([NewEvent(run.id, "status", {"status": "created"}, ts=run.created_at)])
-            self.analysis.start(run.id)
+            self.analysis.start(run.id, run.config)
             run = await self.store.get_run(run.id)
         return run, created
 

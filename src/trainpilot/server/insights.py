@@ -52,10 +52,11 @@ class LiveAnalysis:
     replaying: dict[str, Replay] = field(default_factory=dict)  # the runs whose history is being read
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    def start(self, run_id: str) -> None:
-        """A run created by this server: there is no history to replay."""
+    def start(self, run_id: str, config: dict[str, Any]) -> None:
+        """A run created by this server: there is no history to replay. Its config tells the detectors
+        what the metrics cannot (the class count, mixup or label smoothing, the optimiser)."""
         if run_id not in self.replaying:  # a batch that came first is being analysed already
-            self.analyzer.runs.setdefault(run_id, RunAnalysis(self.analyzer.thresholds))
+            self.analyzer.runs.setdefault(run_id, RunAnalysis(self.analyzer.thresholds, config))
 
     async def observe(self, run_id: str, stored: list[Event]) -> None:
         """Analyse a batch just stored for the run and store what it finds: the ingest path."""
@@ -83,8 +84,8 @@ class LiveAnalysis:
 
     async def _rebuild(self, run_id: str) -> None:
         replay = self.replaying[run_id]
-        analysis = RunAnalysis(self.analyzer.thresholds)
         try:
+            analysis = RunAnalysis(self.analyzer.thresholds, (await self.store.get_run(run_id)).config)
             await self._store(await self._replay(run_id, analysis, replay.waiting[0].id))
             while replay.waiting:
                 batch, replay.waiting = replay.waiting, []
