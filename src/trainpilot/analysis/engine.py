@@ -24,7 +24,7 @@ from trainpilot.analysis.classes import (
 from trainpilot.analysis.findings import CAUSES, Finding, Thresholds, r4
 from trainpilot.analysis.gradients import GradTracker
 from trainpilot.analysis.loss import Context, LossTracker
-from trainpilot.analysis.names import Role, grad_layer, per_class, role, time_scale, words
+from trainpilot.analysis.names import Role, grad_layer, per_class, role, score_kind, time_scale, words
 from trainpilot.analysis.pace import InputShareTracker, PaceTracker
 from trainpilot.analysis.policy import POLICY
 from trainpilot.analysis.validation import AccuracyTracker, Quality, ValLossTracker, broke
@@ -32,16 +32,6 @@ from trainpilot.events import Event, NewEvent
 
 REPEATABLE = {"loss_spike": 5}  # kinds that may recur, at most this many times, 100 steps apart
 SEVERITY = {"info": 0, "warning": 1, "critical": 2}
-SCORE_WORDS = {
-    "map": "map",
-    "map50": "map",
-    "miou": "miou",
-    "iou": "iou",
-    "f1": "f1",
-    "auc": "auc",
-    "ap": "ap",
-}
-SCORE_WORDS |= {"precision": "precision", "recall": "recall", "top1": "top1"}
 
 
 class Route(NamedTuple):
@@ -63,7 +53,7 @@ def route(key: str) -> Route:
         grad_layer(key),
         per_class(key),
         time_scale(key),
-        _score_kind(key),
+        score_kind(key),
         [w for w in named if w not in ("train", "training")] == ["epoch"],
         "epoch" in named,
     )
@@ -203,10 +193,7 @@ class RunAnalysis:
         totals = [t for t in self.losses.values() if not t.component]
         if not totals:
             return self.quality.evals >= self.t.chance_evals
-        return any(self._trained_on(t) for t in totals)
-
-    def _trained_on(self, tracker: LossTracker) -> bool:
-        return self._context(tracker).trained
+        return any(self._context(t).trained for t in totals)
 
     def _context(self, tracker: LossTracker) -> Context:
         # several points per epoch, unless the epoch counter moves with every point of this loss, or
@@ -216,13 +203,10 @@ class RunAnalysis:
             not (per_epoch >= 2 and tracker.n <= 1.5 * per_epoch) and not self.routes[tracker.key].per_epoch
         )
         score = self.quality.above_chance(self.classes)
-        fitted = score is not None and score >= self.t.fitted_quality
         ordered = self.accuracy.class_ordered(self.classes)
         enough = self.t.chance_points if dense else self.t.slow_evals
         trained = tracker.n >= enough or (self.epochs_seen >= 3 and tracker.n >= 20)
-        return Context(
-            self.lr, self.peak_lr, self.classes, dense, fitted, score, self.regularised, ordered, trained
-        )
+        return Context(self.lr, self.classes, dense, score, self.regularised, ordered, trained)
 
     def _train_loss(self, step: int, key: str, value: float, component: bool) -> list[Finding]:
         tracker = self.losses.get(key)
@@ -233,7 +217,7 @@ class RunAnalysis:
         if tracker.n == 5 and not component and self.inferred_classes is None and tracker.start is not None:
             early = sum(self.early_acc) / len(self.early_acc) if self.early_acc else None
             self.inferred_classes = classes_from_start(tracker.start, early)
-        if not component and tracker.key not in self.judged_start and self._trained_on(tracker):
+        if not component and tracker.key not in self.judged_start and self._context(tracker).trained:
             self.judged_start.add(tracker.key)
             found += self._slow_start(step, tracker)
         if self.decayed and not component and not tracker.improving():
@@ -401,8 +385,3 @@ def _number(value: Any) -> Any:
     if isinstance(value, str) and value.lower() in _MARKERS:
         return _MARKERS[value.lower()]
     return _SKIP
-
-
-def _score_kind(key: str) -> str | None:
-    """The kind of higher-is-better score a validation metric is (``metrics/mAP50(B)`` is a mAP)."""
-    return next((SCORE_WORDS[w] for w in words(key) if w in SCORE_WORDS), None)

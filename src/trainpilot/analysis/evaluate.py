@@ -1,8 +1,7 @@
 """Judge the detectors on runs they were not tuned on: leave-one-group-out over a labelled corpus.
 
-    .venv/bin/python -m trainpilot.analysis.evaluate corpus              # the tables (make analysis-eval)
-    .venv/bin/python -m trainpilot.analysis.evaluate corpus --markdown   # as in docs/analysis.md
-    .venv/bin/python -m trainpilot.analysis.evaluate corpus --write-policy   # rewrite analysis/policy.py
+    .venv/bin/python -m trainpilot.analysis.evaluate corpus/world   # the tables of docs/analysis.md
+    .venv/bin/python -m trainpilot.analysis.evaluate corpus/world --write-policy   # and rewrite policy.py
 
 Every threshold of `TUNABLE` is chosen on all groups but one and scored on the one left out, for
 every group in turn, twice: holding out each writer (names never seen) and each task (scales and
@@ -122,9 +121,8 @@ def _governing(kind: str) -> str | None:
 
 def _pick(found_by_index: list[list[Found]], chosen: dict[str, int]) -> list[Found]:
     """A run's findings where each kind comes from the grid index its own threshold was chosen at."""
-    default = found_by_index[0] if not TUNABLE else None
-    if default is not None:
-        return default
+    if not TUNABLE:
+        return found_by_index[0]
     out = []
     kinds = {k for found in found_by_index for k, _, _ in found}
     for kind in kinds:
@@ -404,9 +402,8 @@ __all__ = ["NATURAL", "POLICY"]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "corpus", nargs="?", default="corpus", help="a folder of manifest.json files and runs"
+        "corpus", nargs="?", default="corpus/world", help="a folder of manifest.json files and runs"
     )
-    parser.add_argument("--markdown", action="store_true", help="(the tables are markdown either way)")
     parser.add_argument(
         "--write-policy", action="store_true", help="rewrite analysis/policy.py from the result"
     )

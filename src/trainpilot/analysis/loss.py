@@ -24,10 +24,8 @@ class Context:
     """What the run knows beside this curve when one of its points arrives."""
 
     lr: float | None = None
-    peak_lr: float | None = None
     classes: int | None = None
     dense: bool = True  # several points per epoch, not one
-    fitted: bool = False  # a validation score says the model fits (then a high loss is not underfitting)
     score: float | None = None  # the best validation score so far, 0 at chance and 1 perfect
     regularised: bool = False  # mixup, cutmix or label smoothing: the training loss has a high floor
     class_ordered: bool = False  # training accuracy below chance: batches of one class (unshuffled data)
@@ -249,8 +247,8 @@ class LossTracker:
         chance = math.log(ctx.classes)
         # the smoothed loss carries about a quarter of the per-batch deviation: tolerate that, no more
         near = abs(self.ema - chance) <= max(self.t.chance_tolerance * chance, 0.5 * self.mad)
-        if ctx.fitted or (ctx.score is not None and ctx.score > 0.5 * self.t.chance_acc):
-            near = False  # a validation score above chance says the model learned something
+        if self.fits(ctx):
+            near = False  # a validation score well above chance says the model learned something
         self.at_chance = self.at_chance + 1 if near else 0
         enough = self.t.chance_points if ctx.dense else self.t.chance_evals
         if not ctx.trained or self.at_chance < max(enough // 2, 2):
@@ -298,6 +296,10 @@ class LossTracker:
         out += self.underfit(step, ctx, "stopped improving")
         return out
 
+    def fits(self, ctx: Context) -> bool:
+        """A validation score says the model fits (then a high loss is neither chance nor underfitting)."""
+        return ctx.score is not None and ctx.score >= self.t.fitted_quality
+
     def improving(self) -> bool:
         """Still falling by 10 % or more over the recent window: a run that is still learning."""
         assert self.ema is not None
@@ -312,7 +314,7 @@ class LossTracker:
         cross-entropy, of its own start for any other loss; unless a validation score says the model
         fits, or the training loss is raised on purpose (mixup, label smoothing)."""
         assert self.ema is not None and self.start is not None
-        if ctx.fitted or self.component or (ctx.regularised and ctx.classes):
+        if self.fits(ctx) or self.component or (ctx.regularised and ctx.classes):
             return []
         if self.cross_entropy(ctx.classes):
             assert ctx.classes

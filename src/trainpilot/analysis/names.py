@@ -179,6 +179,24 @@ def per_class(name: str) -> str | None:
     return rest[0]
 
 
+# higher-is-better scores a validation metric may be, by the word that names it (``metrics/mAP50(B)``)
+SCORE_WORDS = {
+    "map": "map",
+    "map50": "map",
+    "miou": "miou",
+    "iou": "iou",
+    "f1": "f1",
+    "auc": "auc",
+    "ap": "ap",
+}
+SCORE_WORDS |= {"precision": "precision", "recall": "recall", "top1": "top1"}
+
+
+def score_kind(name: str) -> str | None:
+    """The kind of higher-is-better score a metric is (``metrics/mAP50(B)`` is a mAP), else None."""
+    return next((SCORE_WORDS[w] for w in words(name) if w in SCORE_WORDS), None)
+
+
 def time_scale(name: str) -> float:
     """Seconds per unit of a time metric: ``iter_ms`` is in milliseconds, ``data_time`` in seconds."""
     units = set(words(name))

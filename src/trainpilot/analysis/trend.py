@@ -1,8 +1,8 @@
-"""Small robust statistics the detectors share: medians, deviations and a rank trend test.
+"""Small robust statistics the detectors share: a median and a rank trend test.
 
 Curves are noisy in ways no Gaussian model captures (a batch of hard examples, an evaluation on a
-small split), so the detectors compare medians and median absolute deviations, and judge "rising"
-by ranks (Kendall's tau), never by a least-squares slope that one outlier can swing.
+small split), so the detectors compare medians and judge "rising" by ranks (Kendall's tau), never
+by a least-squares slope that one outlier can swing.
 
 >>> kendall_tau([1, 2, 3, 4]), kendall_tau([4, 3, 2, 1]), kendall_tau([1, 3, 2, 4])
 (1.0, -1.0, 0.6666666666666666)
@@ -23,12 +23,6 @@ def median(values: Sequence[float]) -> float:
     return ordered[mid] if n % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
-def mad(values: Sequence[float]) -> float:
-    """The median absolute deviation from the median: a spread one wild point cannot inflate."""
-    centre = median(values)
-    return median([abs(v - centre) for v in values])
-
-
 def kendall_tau(values: Sequence[float]) -> float:
     """Rank correlation of `values` with their order, from -1 (always falling) to 1 (always rising)."""
     n = len(values)
@@ -42,8 +36,3 @@ def kendall_tau(values: Sequence[float]) -> float:
             elif values[j] < values[i]:
                 discordant += 1
     return (concordant - discordant) / (n * (n - 1) / 2)
-
-
-def relative(now: float, reference: float) -> float:
-    """(now - reference) / |reference|, safe for a reference at zero."""
-    return (now - reference) / max(abs(reference), 1e-12)

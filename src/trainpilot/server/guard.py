@@ -14,8 +14,8 @@ loopback. Three attacks follow, and one check each (docs/api.md#security):
   multipart, or none typed at all) to any origin without a preflight. A state-changing request
   whose body is not JSON (or, for media, image bytes) is refused with 415 before it is read.
 
-The checks read the request's headers once, before routing; an ingest request's check costs about
-four times building a dict of its headers (bench/guard_cost.py, measured side by side).
+The checks read the request's headers once, before routing; an ingest request's check costs three to
+five times building a dict of its headers (bench/guard_cost.py, measured side by side).
 """
 
 from __future__ import annotations
@@ -97,15 +97,16 @@ class Guard:
                 has_body = value != b"0"
             elif name == b"transfer-encoding":
                 has_body = True
-        host_text = host.decode("latin-1").lower()
         if host and not self.host_allowed_cached(host):
             return Refusal(
                 400,
                 "host_not_allowed",
-                f"Host {host_text!r} is not a name of this server: add it to TRAINPILOT_ALLOWED_HOSTS "
-                "(--allowed-hosts) if you reach the server by that name",
+                f"Host {host.decode('latin-1').lower()!r} is not a name of this server: add it to "
+                "TRAINPILOT_ALLOWED_HOSTS (--allowed-hosts) if you reach the server by that name",
             )
-        if origin and not self.origin_allowed(origin.decode("latin-1").lower(), host_text):
+        if origin and not self.origin_allowed(
+            origin.decode("latin-1").lower(), host.decode("latin-1").lower()
+        ):
             return Refusal(
                 403,
                 "origin_not_allowed",
