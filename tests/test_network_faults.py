@@ -111,11 +111,11 @@ def test_a_bad_network_never_stalls_log_and_nothing_is_lost_once_a_server_is_up(
             worst = max(worst, time.perf_counter() - started - (collector.total - collected))
     finally:
         gc.callbacks.remove(collector)
-    # log() only queues: a 3 s answer or a reset must not show up in the training loop. The bound is
-    # a thousand times a normal call, so it fails only if log() waited on the network. A full garbage
-    # collection of the whole test session's heap (hundreds of ms, whoever triggers it) is not the
-    # network's doing and is taken out.
-    assert worst < 0.25, f"log() blocked for {worst:.3f} s"
+    # log() only queues: the slow server's 3 s answer must not show up in the training loop. The bound
+    # is half that answer, so it fails only if log() waited on the network, not when a shared CI machine
+    # leaves this thread unscheduled for a few hundred ms (seen: 0.43 s on a refused port, where no
+    # network wait exists). A full garbage collection of the whole session's heap is taken out too.
+    assert worst < 1.5, f"log() blocked for {worst:.3f} s"
     wait_until(lambda: run._sender.queue.qsize() == 0, timeout=60, what="the sender to take everything")
     assert run.delivered == 0
     run.finish(timeout=1)  # the server is still bad: everything stays in the spool, on disk
