@@ -90,7 +90,7 @@ def import_rss() -> dict[str, float]:
     return {
         "bare_mb": rss_mb("pass"),
         "server_modules_mb": rss_mb("import trainpilot.server.app"),
-        "with_mcp_mb": rss_mb("import trainpilot.server.app, trainpilot.mcpserver"),
+        "with_mcp_mb": rss_mb("import trainpilot.server.app, trainpilot.server.mcp"),
     }
 
 

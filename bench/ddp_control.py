@@ -22,9 +22,9 @@ import time
 import torch.distributed as dist
 
 import trainpilot
-from trainpilot import distributed
-from trainpilot.train import Trainer, join_process_group
-from trainpilot.trainconfig import TrainConfig
+from trainpilot.sdk import distributed
+from trainpilot.trainer.config import TrainConfig
+from trainpilot.trainer.train import Trainer, join_process_group
 
 
 def main() -> None:

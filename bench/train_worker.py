@@ -61,8 +61,8 @@ def main() -> None:
     from served import served
 
     import trainpilot
-    from trainpilot.train import Trainer
-    from trainpilot.trainconfig import TrainConfig
+    from trainpilot.trainer.config import TrainConfig
+    from trainpilot.trainer.train import Trainer
 
     config = TrainConfig(
         epochs=args.epochs,

@@ -18,7 +18,7 @@ import httpx
 import orjson
 from served import served
 
-from trainpilot.transport import HttpTransport
+from trainpilot.sdk.transport import HttpTransport
 
 METRICS = {f"grad_norm/layer/l{i}": 0.1 * i for i in range(12)} | {
     "train/loss": 0.5,

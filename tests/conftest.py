@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from trainpilot.sse_client import ServerEvent, parse
+from trainpilot.client.sse import ServerEvent, parse
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 POSTGRES_URL = os.environ.get("TRAINPILOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

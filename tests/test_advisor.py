@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.conftest import LiveServer, create_run, free_port
-from trainpilot.sse_client import parse
+from trainpilot.client.sse import parse
 
 ANSWER = ["Lower ", "the learning ", "rate to 0.01."]
 

@@ -20,9 +20,9 @@ from tests.conftest import LiveServer, create_run, free_port, wait_until
 from trainpilot.analysis import Analyzer, analyze_events
 from trainpilot.analysis.names import role
 from trainpilot.events import Event
-from trainpilot.sdk import Run
-from trainpilot.train import Trainer
-from trainpilot.trainconfig import TrainConfig
+from trainpilot.sdk.run import Run
+from trainpilot.trainer.config import TrainConfig
+from trainpilot.trainer.train import Trainer
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import LiveServer, create_run, wait_until
-from trainpilot.sse_client import ServerEvent, SSEClient
+from trainpilot.client.sse import ServerEvent, SSEClient
 
 ROUNDS, PER_ROUND, SOCKETS = 10, 200, 1000  # 2,000 SSE connections and 2,000 WebSockets in all
 

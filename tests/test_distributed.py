@@ -18,8 +18,8 @@ import torch.distributed
 
 import trainpilot
 from tests.conftest import LiveServer, wait_for_ack, wait_until
-from trainpilot.distributed import agreed_spec
-from trainpilot.sse_client import ServerEvent, parse
+from trainpilot.client.sse import ServerEvent, parse
+from trainpilot.sdk.distributed import agreed_spec
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),

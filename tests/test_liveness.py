@@ -20,7 +20,7 @@ TIMEOUT_S = "1.5"  # the server's run timeout in these tests; the SDK heartbeats
 
 TRAINER = """
     import sys, time, trainpilot
-    from trainpilot.sender import Flush
+    from trainpilot.sdk.sender import Flush
     url, data_dir, run_id, mode = sys.argv[1:5]
     run = trainpilot.init(project="live", server=url, data_dir=data_dir, run_id=run_id)
     for step in range(500):

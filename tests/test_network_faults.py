@@ -22,7 +22,7 @@ import pytest
 
 import trainpilot
 from tests.conftest import LiveServer, free_port, spooled_metrics, wait_until
-from trainpilot.sender import SPILL_AT
+from trainpilot.sdk.sender import SPILL_AT
 
 
 class CollectorClock:
@@ -194,7 +194,7 @@ def test_a_refused_token_keeps_every_batch_warns_once_and_resends_once_the_token
     """The server's token changed under two runs: one whose process ends meanwhile and one that
     goes on. Each says once, naming the server, that its token is refused and how to fix it; nothing
     is dropped; when the server takes their token again, everything arrives, each point once."""
-    monkeypatch.setattr("trainpilot.sender._warned", set())
+    monkeypatch.setattr("trainpilot.sdk.sender._warned", set())
     live = LiveServer(tmp_path / "server", token="new").start()
     client = tmp_path / "client"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINPILOT_")}

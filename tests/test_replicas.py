@@ -24,7 +24,7 @@ from tests.conftest import (
     wait_for_subscribers,
     wait_until,
 )
-from trainpilot.sse_client import ServerEvent
+from trainpilot.client.sse import ServerEvent
 
 
 @pytest.fixture

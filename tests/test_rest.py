@@ -16,7 +16,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import LiveServer, create_run, metrics_batch, sse_events
-from trainpilot.sse_client import ServerEvent, parse
+from trainpilot.client.sse import ServerEvent, parse
 from trainpilot.version import __version__
 
 

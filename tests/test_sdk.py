@@ -22,7 +22,7 @@ import pytest
 
 import trainpilot
 from tests.conftest import LiveServer, free_port, spooled_metrics, sse_events, wait_for_ack, wait_until
-from trainpilot.sse_client import ServerEvent, SSEClient, parse
+from trainpilot.client.sse import ServerEvent, SSEClient, parse
 
 
 def unique(prefix: str) -> str:
@@ -685,7 +685,7 @@ def test_every_public_method_of_a_run_takes_hostile_input_without_raising_and_wa
 ) -> None:
     """On a live server, a dead one, and after finish(): nothing raises into the loop, each problem is
     warned about once, and only the bad calls are lost: the good points between them all arrive."""
-    monkeypatch.setattr("trainpilot.sender._warned", set())
+    monkeypatch.setattr("trainpilot.sdk.sender._warned", set())
     public = {name for name in dir(trainpilot.Run) if not name.startswith("_")}
     dead = f"http://127.0.0.1:{free_port()}"
     for server in (shared_server.url, dead):

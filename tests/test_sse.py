@@ -17,8 +17,8 @@ from tests.conftest import (
     wait_for_subscribers,
     wait_until,
 )
+from trainpilot.client.sse import parse
 from trainpilot.server.sse import parse_filter
-from trainpilot.sse_client import parse
 
 
 def test_live_events_are_named_by_kind_with_the_event_id(shared_server: LiveServer) -> None:

@@ -14,7 +14,7 @@ from torch.utils.tensorboard import SummaryWriter as TorchWriter
 import trainpilot
 from tests.conftest import LiveServer, sse_events
 from trainpilot.tensorboard import SummaryWriter
-from trainpilot.watch import scalars
+from trainpilot.tensorboard.tailer import scalars
 
 
 def write(writer: Any) -> None:

@@ -13,9 +13,9 @@ import torch
 
 import trainpilot
 from tests.conftest import free_port, sse_events, wait_for_ack, wait_until
-from trainpilot.sdk import Run
-from trainpilot.train import Trainer
-from trainpilot.trainconfig import TrainConfig
+from trainpilot.sdk.run import Run
+from trainpilot.trainer.config import TrainConfig
+from trainpilot.trainer.train import Trainer
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def test_an_image_folder_and_a_toml_config_drive_the_trainer(tmp_path: Path, emb
 
     from PIL import Image
 
-    from trainpilot.trainconfig import add_flags, config_from
+    from trainpilot.trainer.config import add_flags, config_from
 
     for label, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
         (tmp_path / "pics" / label).mkdir(parents=True)

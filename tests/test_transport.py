@@ -11,9 +11,9 @@ import pytest
 
 from tests.conftest import LiveServer, free_port
 from trainpilot.exceptions import TransportError
+from trainpilot.sdk.transport import EmbeddedTransport, HttpTransport
 from trainpilot.server.runner import ServerThread
 from trainpilot.settings import Settings
-from trainpilot.transport import EmbeddedTransport, HttpTransport
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 

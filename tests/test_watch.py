@@ -20,7 +20,7 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
 from tests.conftest import LiveServer, sse_events, wait_until
-from trainpilot.watch import Watcher, run_id_for
+from trainpilot.tensorboard.tailer import Watcher, run_id_for
 
 WRITER = """
     import sys, time

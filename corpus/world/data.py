@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from corpus.world.cases import TASK as TASKS
-from trainpilot.datasets import SHAPES, _shape_mask
-from trainpilot.datasets import shapes as trainpilot_shapes
+from trainpilot.trainer.datasets import SHAPES, _shape_mask
+from trainpilot.trainer.datasets import shapes as trainpilot_shapes
 
 DETECT_CLASSES = ("circle", "square", "triangle")
 

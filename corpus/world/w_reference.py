@@ -45,8 +45,8 @@ class Recorder:
 
 
 def record(case: Case, work: Path) -> list[runio.Event]:
-    from trainpilot.train import Trainer
-    from trainpilot.trainconfig import TrainConfig
+    from trainpilot.trainer.config import TrainConfig
+    from trainpilot.trainer.train import Trainer
 
     settings = {
         "tensorboard_dir": None,

@@ -17,7 +17,7 @@ from trainpilot.exceptions import (
     TrainpilotError,
     TransportError,
 )
-from trainpilot.sdk import Run, init
+from trainpilot.sdk.run import Run, init
 from trainpilot.version import __version__
 
 __all__ = [

@@ -35,7 +35,7 @@ class LazyMCP:
         try:
             from mcp.server.transport_security import TransportSecuritySettings
 
-            from trainpilot import mcpserver
+            from trainpilot.server import mcp as mcpserver
 
             assistant = mcpserver.in_process(self.api)
             # The server's guard (guard.py) has checked Host and Origin already, against the names the

@@ -11,7 +11,7 @@ from trainpilot.downsample import downsample
 from trainpilot.events import Event, NewEvent, Point, Run
 from trainpilot.exceptions import NotFound
 from trainpilot.store import CommitListener, Series, notify
-from trainpilot.store.rules import apply_to_run, run_sort_key
+from trainpilot.store.run_state import apply_to_run, run_sort_key
 
 
 class MemoryStore:

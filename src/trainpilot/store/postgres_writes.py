@@ -20,7 +20,7 @@ from psycopg import AsyncConnection
 from trainpilot.events import Event, NewEvent, Run
 from trainpilot.exceptions import NotFound
 from trainpilot.store import RUN_COLUMNS
-from trainpilot.store.rules import apply_to_run
+from trainpilot.store.run_state import apply_to_run
 
 INSERT_KEYS = """INSERT INTO metric_keys(run_id, name)
 SELECT b.run_id, b.name FROM unnest(%b::text[], %b::text[]) AS b(run_id, name)

@@ -29,7 +29,7 @@ from trainpilot.downsample import bucket_width
 from trainpilot.events import Event, NewEvent, Point, Run
 from trainpilot.exceptions import NotFound, StoreUnavailable
 from trainpilot.store import RUN_COLUMNS, CommitListener, Series, notify, step_range
-from trainpilot.store.rules import apply_to_run
+from trainpilot.store.run_state import apply_to_run
 
 log = logging.getLogger("trainpilot.store")
 SCHEMA = """

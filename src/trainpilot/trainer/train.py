@@ -48,10 +48,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from trainpilot.datasets import Split, load
-from trainpilot.models import build
-from trainpilot.sdk import Run
-from trainpilot.trainconfig import TrainConfig
+from trainpilot.sdk.run import Run
+from trainpilot.trainer.config import TrainConfig
+from trainpilot.trainer.datasets import Split, load
+from trainpilot.trainer.models import build
 
 
 def join_process_group(device: str) -> None:

@@ -32,9 +32,9 @@ from typing import Any
 import orjson
 
 import trainpilot
-from trainpilot.sdk import Run
+from trainpilot.sdk.run import Run
 
-log = logging.getLogger("trainpilot.watch")
+log = logging.getLogger("trainpilot.tensorboard.tailer")
 SPLIT_DIRS = frozenset({"train", "training", "validation", "val", "eval", "evaluation", "test"})
 RECORD_BITS = 32
 

@@ -1,7 +1,7 @@
 """The reference trainer's settings, and their flags and config files, without importing torch.
 
 `trainpilot --help` must stay fast, so the CLI builds the trainer's flags from this module and
-imports `trainpilot.train` (and torch) only when it trains.
+imports `trainpilot.trainer.train` (and torch) only when it trains.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from trainpilot.events import ACTIONS
+from trainpilot.sdk.transport import auth_headers, env_token
 from trainpilot.settings import DEFAULT_PORT
-from trainpilot.transport import auth_headers, env_token
 
 DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"
 T = TypeVar("T")
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_flags(p: argparse.ArgumentParser, demo: bool) -> None:
-    from trainpilot.trainconfig import add_flags
+    from trainpilot.trainer.config import add_flags
 
     add_flags(p)
 
@@ -249,7 +249,7 @@ async def using_store(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from trainpilot.transfer import export_runs
+    from trainpilot.store.transfer import export_runs
 
     async def work(store: Any) -> int:
         if args.output == "-":
@@ -262,7 +262,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from trainpilot.transfer import import_runs
+    from trainpilot.store.transfer import import_runs
 
     async def work(store: Any) -> int:
         if args.file == "-":
@@ -354,7 +354,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_ask(args: argparse.Namespace) -> int:
     import httpx
 
-    from trainpilot.sse_client import parse
+    from trainpilot.client.sse import parse
 
     url = f"{args.server.rstrip('/')}/api/runs/{args.run}/ask"
     try:
@@ -382,7 +382,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
-    from trainpilot.mcpserver import remote
+    from trainpilot.server.mcp import remote
 
     remote(args.server, args.token).run("stdio")
     return 0
@@ -392,7 +392,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     import json
 
     from trainpilot.analysis import analyze_events
-    from trainpilot.analysis.sources import load
+    from trainpilot.cli.sources import load
 
     try:
         runs = load(args.source, args.server)
@@ -411,7 +411,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from trainpilot.watch import watch
+    from trainpilot.tensorboard.tailer import watch
 
     try:
         return watch(
@@ -430,7 +430,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Also under torchrun, on every rank: `torchrun --nproc-per-node 2 -m trainpilot.cli train ...`."""
     import trainpilot
-    from trainpilot.train import join_process_group, leave_process_group
+    from trainpilot.trainer.train import join_process_group, leave_process_group
 
     cfg = _config(args)
     join_process_group(cfg.device)
@@ -497,7 +497,7 @@ DEMO_DEFAULTS = {"epochs": 40, "batch_size": 32}
 
 
 def _config(args: argparse.Namespace, demo: bool = False) -> Any:
-    from trainpilot.trainconfig import config_from
+    from trainpilot.trainer.config import config_from
 
     try:
         cfg = config_from(args, DEMO_DEFAULTS if demo else {})
@@ -513,7 +513,7 @@ def _asdict(cfg: Any) -> dict[str, Any]:
 
 
 def _train(cfg: Any, run: Any) -> int:
-    from trainpilot.train import Trainer
+    from trainpilot.trainer.train import Trainer
 
     try:
         trainer = Trainer(cfg, run)
@@ -585,7 +585,7 @@ def print_table(rows: list[list[str]]) -> None:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from trainpilot.sse_client import SSEClient
+    from trainpilot.client.sse import SSEClient
 
     params = {"run_id": args.run, **({"keys": args.keys} if args.keys else {})}
     url = f"{args.server.rstrip('/')}/api/stream/metrics"
@@ -613,7 +613,7 @@ def _num(v: Any) -> str:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    from trainpilot.sse_client import SSEClient
+    from trainpilot.client.sse import SSEClient
 
     if args.action == "set_lr" and args.value is None:
         raise CLIError("set_lr needs a value: trainpilot control RUN set_lr 0.01")
@@ -648,7 +648,3 @@ def cmd_control(args: argparse.Namespace) -> int:
         f"no acknowledgement within {args.wait:g} s (is the run calling wait_if_paused()?)", file=sys.stderr
     )
     return 3
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,8 +26,8 @@ from typing import Any
 import orjson
 
 from trainpilot.exceptions import TransportError
-from trainpilot.spool import Spool
-from trainpilot.transport import Transport
+from trainpilot.sdk.spool import Spool
+from trainpilot.sdk.transport import Transport
 from trainpilot.wire import MAX_KEY_LENGTH
 
 log = logging.getLogger("trainpilot")

@@ -20,7 +20,7 @@ import numpy as np
 from torch.utils.tensorboard import SummaryWriter as TorchSummaryWriter
 
 import trainpilot
-from trainpilot.sdk import Run
+from trainpilot.sdk.run import Run
 
 
 def _array(values: Any) -> np.ndarray:

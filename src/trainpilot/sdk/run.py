@@ -32,13 +32,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from trainpilot.distributed import KEEPALIVE_S, Lockstep, Ranks, agreed_spec, joined, ranks
+from trainpilot.client.sse import SSEClient
 from trainpilot.events import ACTIONS, RUN_STATUSES
 from trainpilot.exceptions import TransportError
-from trainpilot.sender import CLOSE, Flush, Sender, warn_once
-from trainpilot.spool import Spool, orphans
-from trainpilot.sse_client import SSEClient
-from trainpilot.transport import EmbeddedTransport, HttpTransport, Transport
+from trainpilot.sdk.distributed import KEEPALIVE_S, Lockstep, Ranks, agreed_spec, joined, ranks
+from trainpilot.sdk.sender import CLOSE, Flush, Sender, warn_once
+from trainpilot.sdk.spool import Spool, orphans
+from trainpilot.sdk.transport import EmbeddedTransport, HttpTransport, Transport
 
 log = logging.getLogger("trainpilot")
 DEFAULT_SERVER = "http://127.0.0.1:8765"

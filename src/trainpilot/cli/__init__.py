@@ -1,0 +1,5 @@
+"""The `trainpilot` command."""
+
+from trainpilot.cli.commands import main
+
+__all__ = ["main"]

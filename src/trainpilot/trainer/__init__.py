@@ -1,0 +1,1 @@
+"""The reference computer-vision trainer behind `trainpilot train` and `trainpilot demo`."""
