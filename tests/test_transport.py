@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import LiveServer, free_port
 from trainpilot.exceptions import TransportError
-from trainpilot.sdk.transport import EmbeddedTransport, HttpTransport
+from trainpilot.sdk.embedded import EmbeddedTransport
+from trainpilot.sdk.transport import HttpTransport
 from trainpilot.server.runner import ServerThread
 from trainpilot.settings import Settings
 

@@ -24,8 +24,21 @@ MAX_KEY_LENGTH = 256
 MAX_KEYS_PER_EVENT = 4096
 MAX_EVENTS_PER_BATCH = 50_000
 MAX_RUN_ID_LENGTH = 128
+MAX_STEP = 2**63 - 1  # steps and seqs: signed 64-bit integers in every store
 NON_FINITE = frozenset({"nan", "inf", "-inf", "+inf", "infinity", "-infinity", "+infinity"})
 CONTROL_STATUSES = frozenset({"requested", "applied", "rejected"})
+
+# Media: an upload's body is the image's bytes, recognised by their magic, not by its Content-Type.
+MAX_MEDIA_BYTES = 10 * 2**20
+IMAGE_FORMATS = {  # magic bytes -> (file extension, content type); WebP is RIFF with "WEBP" at byte 8
+    b"\x89PNG\r\n\x1a\n": ("png", "image/png"),
+    b"\xff\xd8\xff": ("jpg", "image/jpeg"),
+    b"GIF87a": ("gif", "image/gif"),
+    b"GIF89a": ("gif", "image/gif"),
+    b"RIFF": ("webp", "image/webp"),
+}
+MEDIA_BODY_TYPE = "application/octet-stream"  # what the SDK sends; any image type is taken too
+MEDIA_CONTENT_TYPES = frozenset({mime for _, mime in IMAGE_FORMATS.values()} | {MEDIA_BODY_TYPE})
 
 
 def decode_batch(run_id: str, payload: Any, now: float | None = None) -> list[NewEvent]:
@@ -67,7 +80,7 @@ def _one_of(value: Any, allowed: frozenset[str] | set[str]) -> bool:
 def _optional_int(value: Any, where: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STEP:
         raise InvalidInput(where, "must be a non-negative integer")
     return value
 

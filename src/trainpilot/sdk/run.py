@@ -22,6 +22,7 @@ from any rank, and each command is applied on every rank at the same step (distr
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import math
 import os
@@ -38,7 +39,7 @@ from trainpilot.exceptions import TransportError
 from trainpilot.sdk.distributed import KEEPALIVE_S, Lockstep, Ranks, agreed_spec, joined, ranks
 from trainpilot.sdk.sender import CLOSE, Flush, Sender, warn_once
 from trainpilot.sdk.spool import Spool, orphans
-from trainpilot.sdk.transport import EmbeddedTransport, HttpTransport, Transport
+from trainpilot.sdk.transport import HttpTransport, Transport
 
 log = logging.getLogger("trainpilot")
 DEFAULT_SERVER = "http://127.0.0.1:8765"
@@ -512,11 +513,16 @@ def init(
                 )
             agreed = lockstep.share(spec if where.rank == 0 else None)
         spec = agreed
-    embedded = _start_server(data_dir, token, port) if serve else None
-    url = server or os.environ.get("TRAINPILOT_SERVER", DEFAULT_SERVER)
+    connect: Callable[[], Transport]
+    embedded = None
+    if serve:
+        from trainpilot.sdk import embedded as in_process  # the server's code loads only to run here
 
-    def connect() -> Transport:
-        return EmbeddedTransport(embedded) if embedded is not None else HttpTransport(url, token)
+        embedded = in_process.start_server(data_dir, token, port)
+        connect = functools.partial(in_process.EmbeddedTransport, embedded)
+    else:
+        url = server or os.environ.get("TRAINPILOT_SERVER", DEFAULT_SERVER)
+        connect = functools.partial(HttpTransport, url, token)
 
     run = Run(connect(), spec, data_dir, token, embedded, control, where, lockstep)
     if where.local_rank == 0:  # one replayer per machine's data dir; the run has claimed its own spool
@@ -552,23 +558,6 @@ def _shown(value: Any) -> str:
         return repr(value)[:60]
     except Exception:
         return f"a {type(value).__name__}"
-
-
-def _start_server(data_dir: str, token: str | None, port: int | None) -> Any:
-    from trainpilot.server.runner import ServerThread, free_port, port_free
-    from trainpilot.settings import Settings
-
-    settings = Settings.from_env(data_dir=data_dir, token=token, port=port, log_level="warning")
-    if port == 0 or (port is None and not port_free(settings.host, settings.port)):  # 0: any free port
-        settings = Settings.from_env(
-            data_dir=data_dir, token=token, port=free_port(settings.host), log_level="warning"
-        )
-    server = ServerThread(settings).start()
-    print(
-        f"trainpilot: serving on {server.url}/ (stream {server.url}/api/stream/metrics)",
-        file=sys.stderr,
-    )
-    return server
 
 
 def _replay_orphans(connect: Callable[[], Transport], data_dir: str) -> None:

@@ -1,29 +1,24 @@
-"""How the SDK's batches reach a server: over HTTP, or straight into an in-process server.
+"""How the SDK's batches reach a server: the `Transport` seam, and its HTTP implementation.
 
 One seam: `create_run` and `send` either succeed or raise `TransportError` with the server's
 HTTP status and error code (both None when no answer came), whatever the transport: the embedded
-one gives an exception the status and code the HTTP server would answer it with. The sender
-decides from them alone whether to spool and try again or give the batch up.
+one (embedded.py) gives an exception the status and code the HTTP server would answer it with. The
+sender decides from them alone whether to spool and try again or give the batch up.
 """
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import os
 import urllib.parse
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import orjson
 
 from trainpilot.exceptions import TransportError
-
-if TYPE_CHECKING:
-    from trainpilot.server.runner import ServerThread
-
+from trainpilot.wire import MEDIA_BODY_TYPE
 
 CONNECT_TIMEOUT_S = 2.0
-STALE_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 class Transport(Protocol):
@@ -104,9 +99,7 @@ class HttpTransport:
 
     def _post(self, path: str, body: dict[str, Any] | bytes, params: dict[str, Any] | None = None) -> bytes:
         content, kind = (
-            (body, "application/octet-stream")
-            if isinstance(body, bytes)
-            else (orjson.dumps(body), "application/json")
+            (body, MEDIA_BODY_TYPE) if isinstance(body, bytes) else (orjson.dumps(body), "application/json")
         )
         target = self._base + path + ("?" + urllib.parse.urlencode(params) if params else "")
         status, answer = self._request(target, content, kind)
@@ -143,47 +136,3 @@ class HttpTransport:
 def _quoted(run_id: str) -> str:
     """A run id as one path segment: ids may hold spaces, '?', '#' or '%' (anything printable but '/')."""
     return urllib.parse.quote(run_id, safe="")
-
-
-class EmbeddedTransport:
-    """Batches go to the in-process server's Hub on its loop: no HTTP, no JSON round trip."""
-
-    def __init__(self, server: ServerThread) -> None:
-        self.server = server
-        self.url = server.url
-
-    def _call(self, coro: Any) -> Any:
-        loop = self.server.loop
-        if loop is None or loop.is_closed():
-            coro.close()
-            raise TransportError("the embedded server is not running")
-        try:
-            return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
-        except TimeoutError as exc:
-            raise TransportError(f"the embedded server did not answer in 30 s: {exc!r}") from exc
-        except Exception as exc:
-            from trainpilot.server.errors import classify
-
-            status, code, message, _ = classify(exc) or (500, "error", repr(exc), None)
-            raise TransportError(message, status=status, code=code) from exc
-
-    def create_run(self, spec: dict[str, Any]) -> dict[str, Any]:
-        run, _ = self._call(
-            self.server.hub.create_run(spec["id"], spec["project"], spec["name"], spec["config"])
-        )
-        return {"id": run.id, "last_event_id": run.last_event_id}
-
-    def send(self, run_id: str, events: list[dict[str, Any]]) -> None:
-        from trainpilot.wire import decode_batch
-
-        self._call(self.server.hub.ingest(run_id, decode_batch(run_id, events)))
-
-    def upload_media(
-        self, run_id: str, name: str, step: int | None, caption: str | None, body: bytes
-    ) -> None:
-        from trainpilot.server.media import save_media
-
-        self._call(save_media(self.server.hub, run_id, name, step, caption, body))
-
-    def close(self) -> None:
-        return None

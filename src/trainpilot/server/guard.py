@@ -30,10 +30,10 @@ from starlette.types import Receive, Scope, Send
 
 from trainpilot.server.errors import error_response
 from trainpilot.settings import LOOPBACK_NAMES, Settings
+from trainpilot.wire import MEDIA_CONTENT_TYPES
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MEDIA_PATH = re.compile(r"^/api/runs/[^/]+/media$")
-IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "application/octet-stream"})
 WILDCARD_ADDRESSES = frozenset({"0.0.0.0", "::", ""})
 
 
@@ -143,7 +143,7 @@ class Guard:
     @staticmethod
     def body_refusal(path: str, kind: str) -> Refusal | None:
         if MEDIA_PATH.match(path):
-            if kind in IMAGE_TYPES:
+            if kind in MEDIA_CONTENT_TYPES:
                 return None
             expected = (
                 "an image type (image/png, image/jpeg, image/gif, image/webp) or application/octet-stream"

@@ -21,21 +21,15 @@ from trainpilot.exceptions import NotFound
 from trainpilot.server.errors import JSON, HTTPError
 from trainpilot.server.hub import Hub
 from trainpilot.server.rest import READ, WRITE, hub_of, read_body
+from trainpilot.wire import IMAGE_FORMATS, MAX_MEDIA_BYTES, MAX_STEP
 
 router = APIRouter()
-MAX_MEDIA_BYTES = 10 * 2**20
-FORMATS = {
-    b"\x89PNG\r\n\x1a\n": ("png", "image/png"),
-    b"\xff\xd8\xff": ("jpg", "image/jpeg"),
-    b"GIF87a": ("gif", "image/gif"),
-    b"GIF89a": ("gif", "image/gif"),
-    b"RIFF": ("webp", "image/webp"),
-}
+CONTENT_TYPES = {ext: mime for ext, mime in IMAGE_FORMATS.values()}
 SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def sniff(body: bytes) -> tuple[str, str]:
-    for magic, kind in FORMATS.items():
+    for magic, kind in IMAGE_FORMATS.items():
         if body.startswith(magic) and (magic != b"RIFF" or body[8:12] == b"WEBP"):
             return kind
     raise HTTPError(415, "unsupported_media_type", "expected PNG, JPEG, GIF or WebP image bytes as the body")
@@ -52,7 +46,7 @@ async def upload_media(
     request: Request,
     run_id: str,
     name: Annotated[str, Query(min_length=1, max_length=200)],
-    step: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
+    step: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
     caption: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> Response:
     body = await read_body(request, MAX_MEDIA_BYTES)
@@ -90,8 +84,5 @@ async def get_media(request: Request, run_id: str, filename: str) -> Response:
     if not path.is_relative_to(root) or not path.is_file():
         raise NotFound(f"no media {run_id}/{filename}")
     return FileResponse(
-        path, media_type=FORMATS_BY_EXTENSION.get(path.suffix.lstrip("."), "application/octet-stream")
+        path, media_type=CONTENT_TYPES.get(path.suffix.lstrip("."), "application/octet-stream")
     )
-
-
-FORMATS_BY_EXTENSION = {ext: mime for ext, mime in FORMATS.values()}

@@ -17,11 +17,10 @@ from trainpilot.server import system
 from trainpilot.server.auth import check, mint_query_token, presented_token
 from trainpilot.server.errors import JSON, HTTPError
 from trainpilot.server.hub import Hub
-from trainpilot.wire import check_run_id, decode_batch
+from trainpilot.wire import MAX_STEP, check_run_id, decode_batch
 
 router = APIRouter()
 MAX_HISTORY_KEYS = 64
-MAX_STEP = 2**63 - 1  # steps are stored as SQLite INTEGERs (wire.py refuses larger ones on ingest)
 
 
 def hub_of(request: Request) -> Hub:
