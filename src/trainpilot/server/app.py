@@ -13,14 +13,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, cast
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from trainpilot.broker import open_broker
 from trainpilot.server import auth, errors, media, rest, sse, system, ws
@@ -76,7 +75,7 @@ PAGE_HEADERS = {
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboard"
 
 
-def create_app(settings: Settings) -> Any:
+def create_app(settings: Settings) -> Dispatcher:
     """The whole server as one ASGI app; the store opens and the broker starts in its lifespan."""
 
     @asynccontextmanager
@@ -148,27 +147,27 @@ class Dispatcher:
     """Refuses what the guard refuses, then sends the two endless streams and MCP straight to their
     handlers, everything else to FastAPI."""
 
-    def __init__(self, api: FastAPI, mcp_app: Any, guard: Guard, cors_origins: list[str]) -> None:
+    def __init__(self, api: FastAPI, mcp_app: ASGIApp, guard: Guard, cors_origins: list[str]) -> None:
         self.api = api
         self.mcp_app = mcp_app
         self.guard = guard
         # CORS is off unless origins are configured: browsers then refuse other sites' pages the API.
-        self.entry: Any = self.route
+        self.entry: ASGIApp = self.route
         if cors_origins:
             self.entry = CORSMiddleware(
-                cast(ASGIApp, self.route),
+                self.route,
                 allow_origins=cors_origins,
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Trainpilot-Token"],
             )
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan" and (refusal := self.guard.refusal(scope)) is not None:
             await refuse(refusal, scope, receive, send)
             return
         await self.entry(scope, receive, send)
 
-    async def route(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http" and scope["method"] == "POST" and (found := INGEST.match(scope["path"])):
             await self.ingest(scope, receive, send, found.group(1))
@@ -181,7 +180,7 @@ class Dispatcher:
         else:
             await self.api(scope, receive, send)
 
-    async def ingest(self, scope: dict[str, Any], receive: Any, send: Any, run_id: str) -> None:
+    async def ingest(self, scope: Scope, receive: Receive, send: Send, run_id: str) -> None:
         """Every training run's hot path, past FastAPI's routing and dependency solving (measured:
         most of the server's time per small batch): the same auth, limits, validation and answers
         as the documented route, which stays for the OpenAPI schema."""

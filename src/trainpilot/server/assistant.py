@@ -12,23 +12,26 @@ import asyncio
 import contextlib
 from typing import Any
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 MCP_PATH = "/mcp"
 
 
 class LazyMCP:
     def __init__(self, api: Any) -> None:
         self.api = api
-        self._app: Any = None
+        self._app: ASGIApp | None = None
         self._ready: asyncio.Future[None] | None = None
         self._stop = asyncio.Event()
         self._owner: asyncio.Task[None] | None = None
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._app is None:
             if self._ready is None:
                 self._ready = asyncio.get_running_loop().create_future()
                 self._owner = asyncio.create_task(self._own(self._ready), name="trainpilot-mcp")
             await asyncio.shield(self._ready)
+        assert self._app is not None  # set before _ready resolves
         await self._app(scope, receive, send)
 
     async def _own(self, ready: asyncio.Future[None]) -> None:
