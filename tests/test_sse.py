@@ -18,7 +18,7 @@ from tests.conftest import (
     wait_until,
 )
 from trainpilot.client.sse import parse
-from trainpilot.server.sse import parse_filter
+from trainpilot.server.params import parse_filter
 
 
 def test_live_events_are_named_by_kind_with_the_event_id(shared_server: LiveServer) -> None:

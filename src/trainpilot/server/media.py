@@ -19,8 +19,8 @@ from starlette.responses import FileResponse, Response
 from trainpilot.events import NewEvent
 from trainpilot.exceptions import NotFound
 from trainpilot.server.errors import JSON, HTTPError
+from trainpilot.server.http import READ, WRITE, hub_of, read_body
 from trainpilot.server.hub import Hub
-from trainpilot.server.rest import READ, WRITE, hub_of, read_body
 from trainpilot.wire import IMAGE_FORMATS, MAX_MEDIA_BYTES, MAX_STEP
 
 router = APIRouter()

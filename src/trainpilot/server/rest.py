@@ -7,37 +7,21 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field, field_validator
 from starlette.responses import Response, StreamingResponse
 
 from trainpilot.events import Point, Run
 from trainpilot.exceptions import InvalidInput, NotFound
 from trainpilot.server import system
-from trainpilot.server.auth import check, mint_query_token, presented_token
-from trainpilot.server.errors import JSON, HTTPError
+from trainpilot.server.auth import mint_query_token
+from trainpilot.server.errors import JSON
+from trainpilot.server.http import READ, WRITE, hub_of, read_json
 from trainpilot.server.hub import Hub
 from trainpilot.wire import MAX_STEP, check_run_id, decode_batch
 
 router = APIRouter()
 MAX_HISTORY_KEYS = 64
-
-
-def hub_of(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
-
-
-def require_read(request: Request) -> None:
-    check(hub_of(request).settings, "read", presented_token(request.scope["headers"]))
-
-
-def require_write(request: Request) -> None:
-    check(hub_of(request).settings, "write", presented_token(request.scope["headers"]))
-
-
-READ = [Depends(require_read)]
-WRITE = [Depends(require_write)]
 
 
 def run_dict(run: Run) -> dict[str, Any]:
@@ -197,30 +181,6 @@ async def ingest_batch(hub: Hub, request: Request, run_id: str, received: float 
     events = decode_batch(check_run_id(run_id), payload)
     result = await hub.ingest(run_id, events, received)
     return JSON(result.as_dict())
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, refusing more than `limit` bytes with 413 before reading them all."""
-    body = await read_body(request, limit)
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise HTTPError(400, "bad_json", f"body is not valid UTF-8 JSON: {exc}") from None
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than `limit` bytes with 413 before reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPError(413, "too_large", f"body of {declared} bytes exceeds the limit of {limit}")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPError(413, "too_large", f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @router.get(

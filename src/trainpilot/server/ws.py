@@ -14,38 +14,29 @@ import asyncio
 import contextlib
 import time
 from typing import Any
-from urllib.parse import parse_qs
 
 import orjson
+from starlette.types import Receive, Scope, Send
 
 from trainpilot.broker import Subscriber
 from trainpilot.exceptions import InvalidInput
 from trainpilot.server.auth import check, presented_token
 from trainpilot.server.errors import HTTPError, classify
+from trainpilot.server.http import query_of
 from trainpilot.server.hub import Hub
-from trainpilot.server.sse import parse_cursor, parse_filter
+from trainpilot.server.params import parse_cursor, parse_filter, string_list
 from trainpilot.wire import check_run_id, decode_batch
 
 PATH = "/api/ws"
 
 
-def _as_list(value: Any, field: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    raise InvalidInput(field, "must be a string or a list of strings")
-
-
 class Connection:
-    def __init__(self, hub: Hub, scope: dict[str, Any], send: Any) -> None:
+    def __init__(self, hub: Hub, scope: Scope, send: Send) -> None:
         self.hub = hub
         self.send = send
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        query = query_of(scope)
         self.token = presented_token(scope["headers"])
-        self.query_token = (query.get("access_token") or [None])[-1]  # signed, read only (auth.py)
+        self.query_token = query.get("access_token", [None])[-1]  # signed, read only (auth.py)
         self.peer = f"ws:{scope['client'][0]}" if scope.get("client") else "ws:unknown"
         self.sub: Subscriber | None = None
         self.serving: asyncio.Task[None] | None = None
@@ -96,9 +87,9 @@ class Connection:
     async def op_subscribe(self, message: dict[str, Any]) -> dict[str, Any]:
         check(self.hub.settings, "read", self.token, self.query_token)
         flt = parse_filter(
-            _as_list(message.get("run_id"), "run_id"),
-            _as_list(message.get("kinds"), "kinds"),
-            _as_list(message.get("keys"), "keys"),
+            string_list(message.get("run_id"), "run_id"),
+            string_list(message.get("kinds"), "kinds"),
+            string_list(message.get("keys"), "keys"),
         )
         after = parse_cursor(message.get("after"), "after")
         await self.stop_serving("resubscribed")
@@ -147,7 +138,7 @@ class Connection:
         self.sub = self.serving = None
 
 
-async def websocket(hub: Hub, scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def websocket(hub: Hub, scope: Scope, receive: Receive, send: Send) -> None:
     if (await receive())["type"] != "websocket.connect":
         return
     await send({"type": "websocket.accept"})
