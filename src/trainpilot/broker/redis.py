@@ -32,13 +32,14 @@ GAP_PAGE = 1000
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.25, 5.0
 
 
-def encode_batch(origin: bytes, events: list[Event]) -> bytes:
-    """`origin` newline JSON: a replica skips its own batches without decoding them."""
+def encode_message(origin: bytes, events: list[Event]) -> bytes:
+    """A pub/sub message of stored events: `origin` newline JSON, so a replica skips its own batches
+    without decoding them. (Not wire.decode_batch's input: these events already have their ids.)"""
     return origin + b"\n" + orjson.dumps(events)
 
 
-def decode_batch(message: bytes, skip: bytes = b"") -> tuple[bytes, list[Event]]:
-    """The origin and the events; none decoded when the origin is `skip` (a replica's own batch)."""
+def decode_message(message: bytes, skip: bytes = b"") -> tuple[bytes, list[Event]]:
+    """A pub/sub message's origin and events; none decoded when the origin is `skip` (our own)."""
     origin, _, body = message.partition(b"\n")
     return origin, [] if origin == skip else [Event(**raw) for raw in orjson.loads(body)]
 
@@ -101,7 +102,7 @@ class RedisBroker:
         """This replica's commits: to the local ring (through the sequencer) and to the others."""
         self._inbox.put_nowait(events)
         if self.connected:  # while Redis is away the others read the store; nothing to encode
-            self._outbox.put_nowait(encode_batch(self.origin, events))
+            self._outbox.put_nowait(encode_message(self.origin, events))
 
     # -- the sequencer: everything reaches the ring here, in id order ------------------------------
 
@@ -154,7 +155,7 @@ class RedisBroker:
                     async for message in pubsub.listen():
                         if message.get("type") != "message":
                             continue
-                        origin, events = decode_batch(message["data"], skip=self.origin)
+                        origin, events = decode_message(message["data"], skip=self.origin)
                         if origin == self.origin:
                             continue
                         self.stats["from_replicas"] += len(events)
