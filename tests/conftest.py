@@ -8,7 +8,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,16 +22,10 @@ import httpx
 import pytest
 
 from trainpilot.client.sse import ServerEvent, parse
+from trainpilot.server.runner import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 POSTGRES_URL = os.environ.get("TRAINPILOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class LiveServer:

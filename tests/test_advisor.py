@@ -17,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.conftest import LiveServer, create_run, free_port
+from tests.conftest import LiveServer, create_run
 from trainpilot.client.sse import parse
+from trainpilot.server.runner import free_port
 
 ANSWER = ["Lower ", "the learning ", "rate to 0.01."]
 

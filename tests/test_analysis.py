@@ -16,11 +16,12 @@ import httpx
 import pytest
 
 import trainpilot
-from tests.conftest import LiveServer, create_run, free_port, wait_until
+from tests.conftest import LiveServer, create_run, wait_until
 from trainpilot.analysis import Analyzer, analyze_events
 from trainpilot.analysis.names import role
 from trainpilot.events import Event
 from trainpilot.sdk.run import Run
+from trainpilot.server.runner import free_port
 from trainpilot.trainer.config import TrainConfig
 from trainpilot.trainer.train import Trainer
 

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, free_port, wait_until
+from tests.conftest import LiveServer, wait_until
+from trainpilot.server.runner import free_port
 
 ATTACK = """<!doctype html><html><body><script>
 const target = "http://127.0.0.1:%(port)d", run = "%(run)s";

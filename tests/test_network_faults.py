@@ -21,8 +21,9 @@ import httpx
 import pytest
 
 import trainpilot
-from tests.conftest import LiveServer, free_port, spooled_metrics, wait_until
+from tests.conftest import LiveServer, spooled_metrics, wait_until
 from trainpilot.sdk.sender import SPILL_AT
+from trainpilot.server.runner import free_port
 
 
 class CollectorClock:

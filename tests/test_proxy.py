@@ -20,8 +20,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.conftest import LOGGER, LiveServer, RedisProcess, create_run, free_port, sse_events, wait_until
+from tests.conftest import LOGGER, LiveServer, RedisProcess, create_run, sse_events, wait_until
 from tests.test_mcp import over_http
+from trainpilot.server.runner import free_port
 
 NGINX = shutil.which("nginx") or shutil.which("/usr/sbin/nginx")
 DEPLOY = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"

@@ -21,13 +21,13 @@ from tests.conftest import (
     LiveServer,
     RedisProcess,
     create_run,
-    free_port,
     metrics_batch,
     sse_events,
 )
 from trainpilot.broker import Filter, Subscriber
 from trainpilot.broker.redis import RedisBroker
 from trainpilot.events import NewEvent
+from trainpilot.server.runner import free_port
 from trainpilot.store.memory import MemoryStore
 
 pytestmark = pytest.mark.skipif(

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 import trainpilot
-from tests.conftest import LiveServer, free_port, spooled_metrics, sse_events, wait_for_ack, wait_until
+from tests.conftest import LiveServer, spooled_metrics, sse_events, wait_for_ack, wait_until
 from trainpilot.client.sse import ServerEvent, SSEClient, parse
+from trainpilot.server.runner import free_port
 
 
 def unique(prefix: str) -> str:

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import trainpilot
-from tests.conftest import free_port, sse_events, wait_for_ack, wait_until
+from tests.conftest import sse_events, wait_for_ack, wait_until
 from trainpilot.sdk.run import Run
+from trainpilot.server.runner import free_port
 from trainpilot.trainer.config import TrainConfig
 from trainpilot.trainer.train import Trainer
 

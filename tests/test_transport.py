@@ -9,11 +9,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer
 from trainpilot.exceptions import TransportError
 from trainpilot.sdk.embedded import EmbeddedTransport
 from trainpilot.sdk.transport import HttpTransport
-from trainpilot.server.runner import ServerThread
+from trainpilot.server.runner import ServerThread, free_port
 from trainpilot.settings import Settings
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
