@@ -146,7 +146,7 @@ def server_run(tmp_path: Path) -> Iterator[Any]:
     yield start
     for run in runs:
         run.finish()
-    runs[0]._server.stop()
+    runs[0]._sender.transport.server.stop()  # the server init(serve=True) started
 
 
 def insights(run: Run) -> list[dict[str, Any]]:

@@ -402,7 +402,7 @@ def test_serve_true_runs_the_server_in_process_with_readable_points_and_working_
         assert_stored_exactly_once(run.url, run.id, 50)
     finally:
         run.finish(timeout=1)
-        run._server.stop()
+        run._sender.transport.server.stop()  # the server init(serve=True) started
 
 
 REPLAYER = """

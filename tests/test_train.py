@@ -26,7 +26,7 @@ def embedded_run(tmp_path: Path) -> Iterator[Run]:
     )
     yield run
     run.finish()
-    run._server.stop()
+    run._sender.transport.server.stop()  # the server init(serve=True) started
 
 
 def small(tmp_path: Path, **overrides: Any) -> TrainConfig:

@@ -65,6 +65,22 @@ def agreed_spec(spec: dict[str, Any], given_id: bool) -> dict[str, Any] | None:
     return {**spec, "id": run_id, "name": spec["name"] if spec["name"] != spec["id"] else run_id}
 
 
+def shared_spec(spec: dict[str, Any], given_id: bool, where: Ranks) -> tuple[dict[str, Any], Lockstep | None]:
+    """The one run spec of every rank (`agreed_spec`, else rank 0's by broadcast), and the Lockstep
+    that broadcast took (None when none was needed). Raises RuntimeError if the ranks cannot agree."""
+    agreed = agreed_spec(spec, given_id)
+    if agreed is not None:
+        return agreed, None
+    lockstep = joined(where.rank)
+    if lockstep is None:
+        raise RuntimeError(
+            f"trainpilot.init() on rank {where.rank} of {where.world_size}: the ranks cannot agree "
+            "on one run. Launch with torchrun, call torch.distributed.init_process_group() before "
+            "trainpilot.init(), or pass the same run_id= on every rank."
+        )
+    return lockstep.share(spec if where.rank == 0 else None), lockstep
+
+
 def joined(rank: int) -> Lockstep | None:
     """A Lockstep on a control group of its own, if this process is in a process group (a collective:
     every rank makes it at the same point); None if it is not."""

@@ -12,11 +12,14 @@
 `log()` only puts a tuple on a queue and returns (well under a microsecond); a background thread
 does everything else (sender.py). After `init()` nothing here raises into the training loop:
 problems are logged once and training continues (STYLE.md). Commands arrive on a listener thread
-and are applied on the training thread at `wait_if_paused()`, each acknowledged on the stream.
+and are applied on the training thread at `wait_if_paused()`, each acknowledged on the stream
+(control.py).
 
 Under `torchrun` every rank calls `init()` and `wait_if_paused()`; the ranks share one run. Rank 0
 logs it and listens; other ranks' `log()` is a no-op, `log_rank()` logs ``rank{r}/...`` metrics
 from any rank, and each command is applied on every rank at the same step (distributed.py).
+`init(serve=True)` runs the server in this process (embedded.py); spools that dead processes left
+on the data dir are sent in the background (orphans.py).
 """
 
 from __future__ import annotations
@@ -28,24 +31,23 @@ import math
 import os
 import secrets
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from trainpilot.client.sse import SSEClient
 from trainpilot.events import ACTIONS, RUN_STATUSES
 from trainpilot.exceptions import TransportError
-from trainpilot.sdk.distributed import KEEPALIVE_S, Lockstep, Ranks, agreed_spec, joined, ranks
+from trainpilot.sdk import orphans
+from trainpilot.sdk.control import Control, Handler
+from trainpilot.sdk.distributed import Lockstep, Ranks, ranks, shared_spec
 from trainpilot.sdk.sender import CLOSE, Flush, Sender, warn_once
-from trainpilot.sdk.spool import Spool, orphans
+from trainpilot.sdk.spool import Spool
 from trainpilot.sdk.transport import HttpTransport, Transport
+from trainpilot.wire import MAX_STEP
 
 log = logging.getLogger("trainpilot")
 DEFAULT_SERVER = "http://127.0.0.1:8765"
-Handler = Callable[[Any], Any]
 ALONE = Ranks()  # a run in one process: rank 0 of 1
-MAX_STEP = 2**63 - 1  # the server's bound for steps and seqs: a signed 64-bit integer
 
 
 class Run:
@@ -57,7 +59,6 @@ class Run:
         spec: dict[str, Any],
         data_dir: str,
         token: str | None,
-        server: Any = None,
         control: bool = True,
         where: Ranks = ALONE,
         lockstep: Lockstep | None = None,
@@ -68,14 +69,8 @@ class Run:
         self.config: dict[str, Any] = spec["config"]
         self.url = transport.url
         self.rank, self.world_size = where.rank, where.world_size
-        self._server = server
         self._next_step = 0
         self._finished = False
-        self._stop = False
-        self._paused = False
-        self._handlers: dict[str, list[Handler]] = {}
-        self._commands: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
         # every rank of a run draws seqs from its own residue class, so their events never collide
         stride = where.world_size
         spool = Spool.for_run(data_dir, self.id, where.rank)
@@ -90,20 +85,12 @@ class Run:
         # what log() and the others queue with: rank 0 speaks for the run; after finish(), nothing does
         self._put: Callable[[Any], None] = self._sender.queue.put if where.rank == 0 else _discard
         self._put_rank: Callable[[Any], None] = self._sender.queue.put  # log_rank(), from any rank
-        # under torchrun every rank meets at wait_if_paused() to apply rank 0's commands together
-        self._together = control and where.world_size > 1
-        self._lockstep = lockstep
+        together = control and where.world_size > 1
+        self._control = Control(self.log_event, lambda: self._next_step, where, together, lockstep)
         cursor = self._create_now(transport, spec) if where.rank == 0 else None
         self._sender.start()
-        self._listener: SSEClient | None = None
         if control and where.rank == 0:
-            self._listener = SSEClient(
-                f"{self.url}/api/stream/metrics",
-                {"run_id": self.id, "kinds": "control"},
-                token=token,
-                after=cursor,
-            )
-            threading.Thread(target=self._listen, name="trainpilot-control", daemon=True).start()
+            self._control.listen(self.url, self.id, token, cursor)
         self.log_event("status", {"status": "running"})
         atexit.register(self._at_exit)
 
@@ -216,11 +203,11 @@ class Run:
     @property
     def should_stop(self) -> bool:
         """True once a stop command arrived: finish the step, save what matters, call `finish()`."""
-        return self._stop
+        return self._control.stop
 
     @property
     def paused(self) -> bool:
-        return self._paused
+        return self._control.paused
 
     def on_control(self, action: str, handler: Handler) -> None:
         """Call `handler(value)` on the training thread when `action` is applied (set_lr: the new lr).
@@ -236,7 +223,7 @@ class Run:
                 f"{_shown(action)} and {type(handler).__name__}; ignored",
             )
             return
-        self._handlers.setdefault(action, []).append(handler)
+        self._control.on(action, handler)
 
     def wait_if_paused(self, timeout: float | None = None) -> None:
         """Apply pending commands here, on the training thread, and block while the run is paused.
@@ -245,139 +232,7 @@ class Run:
         """
         if timeout is not None:
             timeout = _seconds(timeout, None, "run.wait_if_paused")
-        if self._together:
-            self._wait_together(timeout)
-            return
-        if not self._commands and not self._paused:
-            return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                while self._commands:
-                    self._apply(self._commands.pop(0))
-                if not self._paused or self._stop:
-                    return
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return
-                self._cond.wait(remaining)
-
-    def _wait_together(self, timeout: float | None) -> None:
-        """Rank 0's commands, and the state they leave, reach every rank here, at the same step.
-
-        Rank 0 applies and acknowledges them, then broadcasts them with the resulting pause/stop state;
-        the others run their handlers and take that state, so no rank is left paused or stopped alone.
-        `timeout` counts on rank 0, whose decision to return all ranks follow.
-        """
-        lockstep = self._lockstep or self._join_lockstep()
-        if lockstep is None:
-            self.wait_if_paused(timeout)
-            return
-        if not lockstep.due():
-            return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                news = lockstep.share(self._news(deadline) if self.rank == 0 else None)
-            except Exception as exc:  # a failed collective must not take the training down with it
-                warn_once("lockstep", f"trainpilot: commands now act on this rank alone: {exc!r}")
-                self._together = False
-                return
-            if news is None:
-                return
-            commands, paused, stop, done = news
-            if self.rank != 0:
-                for command in commands:
-                    self._apply(command)
-                self._paused, self._stop = paused, stop
-            if done:
-                return
-
-    def _join_lockstep(self) -> Lockstep | None:
-        self._lockstep = joined(self.rank)
-        if self._lockstep is None:
-            warn_once(
-                "lockstep",
-                f"trainpilot: WORLD_SIZE={self.world_size} but no torch.distributed process group at "
-                "wait_if_paused(): commands act on rank 0 alone",
-            )
-            self._together = False
-        return self._lockstep
-
-    def _news(self, deadline: float | None) -> tuple[list[dict[str, Any]], bool, bool, bool] | None:
-        """Rank 0: apply what arrived (waiting for it while paused); None when there is nothing to say."""
-        with self._cond:
-            if self._paused and not self._commands and not self._stop:
-                remaining = KEEPALIVE_S if deadline is None else deadline - time.monotonic()
-                self._cond.wait(max(0.0, min(KEEPALIVE_S, remaining)))
-            commands, self._commands = self._commands, []
-        for command in commands:
-            self._apply(command)
-        if not commands and not self._paused and not self._stop:
-            return None
-        timed_out = deadline is not None and time.monotonic() >= deadline
-        return commands, self._paused, self._stop, not self._paused or self._stop or timed_out
-
-    def _apply(self, command: dict[str, Any]) -> None:
-        action = command["action"]
-        reason = None
-        if action == "pause" and self._paused:
-            reason = "already paused"
-        elif action == "resume" and not self._paused:
-            reason = "not paused"
-        elif action in ("checkpoint", "set_lr") and not self._handlers.get(action):
-            reason = f"this run registered no {action!r} handler (run.on_control)"
-        result = None
-        if reason is None:
-            try:
-                for handler in self._handlers.get(action, []):
-                    result = handler(command.get("value"))
-            except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-        if reason is None:
-            if action == "pause":
-                self._paused = True
-                self.log_event("status", {"status": "paused"}, step=self._next_step)
-            elif action == "resume":
-                self._paused = False
-                self.log_event("status", {"status": "running"}, step=self._next_step)
-            elif action == "stop":  # only under torchrun; alone, the listener stops the run at once
-                self._stop = True
-        self._acknowledge(command, reason, result)
-
-    def _acknowledge(self, command: dict[str, Any], reason: str | None, result: Any = None) -> None:
-        ack: dict[str, Any] = {
-            "command_id": command["id"],
-            "action": command["action"],
-            "status": "rejected" if reason else "applied",
-            "step": self._next_step,
-        }
-        if command.get("value") is not None:
-            ack["value"] = command["value"]
-        if reason:
-            ack["reason"] = reason
-        if isinstance(result, int | float | str | bool):
-            ack["result"] = result
-        if reason and self.rank != 0:  # rank 0's acknowledgement speaks for the run: say it here
-            log.warning("trainpilot: rank %d rejected %s: %s", self.rank, command["action"], reason)
-        self.log_event("control", ack, step=self._next_step)
-
-    def _listen(self) -> None:
-        """Receive this run's commands; stop takes effect at once, the rest at `wait_if_paused()`."""
-        assert self._listener is not None
-        for event in self._listener:
-            envelope = event.data if isinstance(event.data, dict) else {}
-            data = envelope.get("data") or {}
-            if event.name != "control" or data.get("status") != "requested":
-                continue
-            command = {**data, "id": event.id}
-            with self._cond:
-                if command["action"] == "stop" and not self._together:
-                    self._stop = True
-                    self._acknowledge(command, None)
-                else:
-                    self._commands.append(command)
-                self._cond.notify_all()
+        self._control.wait(timeout)
 
     # -- the end ----------------------------------------------------------------------------------
 
@@ -397,7 +252,7 @@ class Run:
                 "using the default",
             )
             status = None
-        self.log_event("status", {"status": status or ("stopped" if self._stop else "finished")})
+        self.log_event("status", {"status": status or ("stopped" if self._control.stop else "finished")})
         self.close(timeout)
 
     def flush(self, timeout: float = 30.0) -> bool:
@@ -429,12 +284,7 @@ class Run:
         self._sender.queue.put(CLOSE)
         self._sender.join(timeout=5)
         self._sender.transport.close()
-        if self._listener is not None:
-            self._listener.stop()
-        self._together, self._lockstep = False, None  # see Lockstep: its group must go before exit
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
+        self._control.close()
         atexit.unregister(self._at_exit)
 
     def _after_finish(self, item: Any) -> None:
@@ -502,31 +352,19 @@ def init(
     spec = {"id": run_id, "project": project, "name": name or run_id, "config": dict(config or {})}
     lockstep = None
     if where.world_size > 1:
-        agreed = agreed_spec(spec, given_id)
-        if agreed is None:  # only rank 0 can say: broadcast its spec
-            lockstep = joined(where.rank)
-            if lockstep is None:
-                raise RuntimeError(
-                    f"trainpilot.init() on rank {where.rank} of {where.world_size}: the ranks cannot agree "
-                    "on one run. Launch with torchrun, call torch.distributed.init_process_group() before "
-                    "trainpilot.init(), or pass the same run_id= on every rank."
-                )
-            agreed = lockstep.share(spec if where.rank == 0 else None)
-        spec = agreed
+        spec, lockstep = shared_spec(spec, given_id, where)
     connect: Callable[[], Transport]
-    embedded = None
     if serve:
-        from trainpilot.sdk import embedded as in_process  # the server's code loads only to run here
+        from trainpilot.sdk import embedded  # the server's code loads only to run it here
 
-        embedded = in_process.start_server(data_dir, token, port)
-        connect = functools.partial(in_process.EmbeddedTransport, embedded)
+        connect = functools.partial(embedded.EmbeddedTransport, embedded.start_server(data_dir, token, port))
     else:
         url = server or os.environ.get("TRAINPILOT_SERVER", DEFAULT_SERVER)
         connect = functools.partial(HttpTransport, url, token)
 
-    run = Run(connect(), spec, data_dir, token, embedded, control, where, lockstep)
+    run = Run(connect(), spec, data_dir, token, control, where, lockstep)
     if where.local_rank == 0:  # one replayer per machine's data dir; the run has claimed its own spool
-        _replay_orphans(connect, data_dir)
+        orphans.replay(connect, data_dir)
     return run
 
 
@@ -558,27 +396,3 @@ def _shown(value: Any) -> str:
         return repr(value)[:60]
     except Exception:
         return f"a {type(value).__name__}"
-
-
-def _replay_orphans(connect: Callable[[], Transport], data_dir: str) -> None:
-    """Spools left by processes that died before delivering: send them now, in the background."""
-    spools = list(orphans(data_dir))
-    if not spools:
-        return
-
-    def replay() -> None:
-        transport = connect()
-        for spool in spools:
-            stem = spool.path.stem
-            sender = Sender(
-                transport, spool, {"id": stem, "project": "default", "name": stem, "config": {}}, 0
-            )
-            while True:  # a daemon thread: it retries with the sender's backoff until done or exit
-                sender._replay()
-                if not spool:
-                    break
-                time.sleep(max(0.0, sender._retry_at - time.monotonic()))
-            spool.close()
-        transport.close()
-
-    threading.Thread(target=replay, name="trainpilot-replay", daemon=True).start()

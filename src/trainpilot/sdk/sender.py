@@ -118,7 +118,7 @@ class Sender(threading.Thread):
         self._seq = seq_base
         self._seq_stride = seq_stride  # the ranks of one run count seqs interleaved: r, r + n, r + 2n...
         self._backoff = BACKOFF_MIN_S
-        self._retry_at = 0.0
+        self.retry_at = 0.0  # when the spool is tried again (time.monotonic)
         self._flushes: list[Flush] = []
         self._heard_at = time.monotonic()  # the last time the server took something from us
         self._sent_at = -SEND_INTERVAL_S  # when the last send began
@@ -162,7 +162,7 @@ class Sender(threading.Thread):
     def _take(self) -> list[Any]:
         """Block until something is queued (or a spooled retry is due), then take everything queued."""
         now = time.monotonic()
-        timeout = max(0.0, (self._retry_at if self.spool else self._heard_at + HEARTBEAT_S) - now)
+        timeout = max(0.0, (self.retry_at if self.spool else self._heard_at + HEARTBEAT_S) - now)
         try:
             first = self.queue.get(timeout=timeout)
         except queue.Empty:
@@ -207,8 +207,8 @@ class Sender(threading.Thread):
             batch = events[start : start + MAX_EVENTS_PER_REQUEST]
             if self.spool or self._backlogged() or not self._send(batch):
                 self.spool.append({"run": self.run_spec, "events": batch})
-        if self.spool and time.monotonic() >= self._retry_at:
-            self._replay()
+        if self.spool and time.monotonic() >= self.retry_at:
+            self.replay()
 
     def _deliver_image(self, item: tuple[Any, ...]) -> None:
         _, step, _ts, (name, image, caption) = item
@@ -269,7 +269,7 @@ class Sender(threading.Thread):
                 return True
             if exc.run_not_found:
                 self.created = False
-            self._retry_at = time.monotonic() + self._backoff
+            self.retry_at = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
             if exc.token_refused:
                 warn_once(
@@ -289,7 +289,8 @@ class Sender(threading.Thread):
         self._heard_at = time.monotonic()
         return True
 
-    def _replay(self) -> None:
+    def replay(self) -> None:
+        """Send what the spool holds, in order, until it is empty or a batch must wait again."""
         for batch, offset in self.spool.pending():
             spec = batch.get("run") if isinstance(batch.get("run"), dict) else self.run_spec
             assert spec is not None
