@@ -44,7 +44,6 @@ class Spool:
         self._file: IO[bytes] | None = None
         self._read_offset = 0  # everything before it is delivered
         self._size = 0  # of the file; what lies between the two is still to send
-        self.dropped_batches = 0
         self.dropped_events = 0
         self._warned_at = -math.inf
 
@@ -113,7 +112,6 @@ class Spool:
             rewrite.write(tail)
             rewrite.truncate(len(tail))
         self._size, self._read_offset = len(tail), 0
-        self.dropped_batches += batches
         self.dropped_events += events
         if batches and time.monotonic() - self._warned_at > 60:  # once a minute, not once a batch
             self._warned_at = time.monotonic()
