@@ -7,6 +7,9 @@ once per event, at publish time, into the bytes every subscriber shares (DESIGN.
 Non-finite metric values cannot travel as JSON numbers. Clients send them as the strings
 ``"nan"``, ``"inf"`` or ``"-inf"`` (the SDK does this for you); they are stored as ``null`` and
 reported by the server as a ``nan_inf`` insight instead of being dropped silently.
+
+The limits both ends keep live here too (the step bound, what a media upload may be), so the SDK
+checks what the server will check without importing the server.
 """
 
 from __future__ import annotations
