@@ -24,8 +24,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from trainpilot.client.rest import auth_headers, env_token
 from trainpilot.events import ACTIONS
-from trainpilot.sdk.transport import auth_headers, env_token
 from trainpilot.settings import DEFAULT_PORT
 
 DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"

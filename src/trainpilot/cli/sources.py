@@ -25,7 +25,7 @@ def load(source: str, server: str | None = None) -> dict[str, Events]:
     if path.is_file():
         return {path.stem: read_json_events(path)}
     if server:
-        from trainpilot.sdk.transport import env_token
+        from trainpilot.client.rest import env_token
 
         return {source: from_server(server, source, env_token())}
     raise ValueError(f"{source} is neither a directory nor a file; for a run id, pass --server URL")
@@ -70,7 +70,7 @@ def _loads(text: bytes) -> Any:
 def from_server(server: str, run_id: str, token: str | None = None) -> Events:
     import httpx
 
-    from trainpilot.sdk.transport import auth_headers
+    from trainpilot.client.rest import auth_headers
 
     response = httpx.get(
         f"{server.rstrip('/')}/api/metrics/history",
