@@ -41,9 +41,7 @@ class SSEClient:
         self.params = dict(params or {})
         self.last_id = after
         self.retry_s = retry_s
-        self.connected = threading.Event()
         self._stop = threading.Event()
-        self._httpx = httpx
         headers = {"Accept": "text/event-stream", **auth_headers(token)}
         self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(read_timeout_s, connect=2.0))
         self._response: Any = None
@@ -68,7 +66,6 @@ class SSEClient:
                     self._response = response
                     if response.status_code != 200:
                         raise http_error(f"GET {self.url}", response.status_code, response.read())
-                    self.connected.set()
                     for event in parse(response.iter_lines()):
                         if event.id is not None:
                             self.last_id = event.id
@@ -76,7 +73,6 @@ class SSEClient:
             except Exception:
                 if self._stop.is_set():
                     return
-            self.connected.clear()
             self._stop.wait(self.retry_s)
 
 
