@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import os
 import sys
@@ -10,7 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from trainpilot.cli.common import CLIError
-from trainpilot.settings import DEFAULT_PORT
+from trainpilot.exceptions import TrainpilotError
+from trainpilot.settings import DEFAULT_PORT, Settings
 
 T = TypeVar("T")
 
@@ -90,11 +92,6 @@ def add_store_flags(p: argparse.ArgumentParser) -> None:
 
 def _with_store(args: argparse.Namespace, work: Callable[[Any], Awaitable[int]]) -> int:
     """Run `work` on the store the flags name; problems become one-line errors."""
-    import asyncio
-
-    from trainpilot.exceptions import TrainpilotError
-    from trainpilot.settings import Settings
-
     try:
         return asyncio.run(
             using_store(Settings.from_env(data_dir=args.data_dir, store=args.store).store_url, work)
@@ -151,11 +148,7 @@ async def _opens(store: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from trainpilot.exceptions import TrainpilotError
     from trainpilot.server.runner import serve_forever
-    from trainpilot.settings import Settings
     from trainpilot.store import redact_url
 
     settings = Settings.from_env(
@@ -193,9 +186,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from trainpilot.exceptions import TrainpilotError
     from trainpilot.store import POSTGRES_SCHEMES, psycopg_missing, redact_url
 
     url = args.store
