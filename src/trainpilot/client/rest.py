@@ -53,7 +53,7 @@ class ApiClient:
     """Calls to one server: `call` and `events` from plain code, `acall` from async code.
 
     `transport` is for the server's own in-process calls (an `httpx.ASGITransport`: async only);
-    per-call `headers` replace the token's, e.g. to forward a caller's own credentials.
+    per-call `headers` go over the token's, e.g. to forward a caller's own credentials.
     """
 
     def __init__(
