@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import subprocess
@@ -80,6 +81,22 @@ def test_an_unreachable_server_is_a_one_line_error() -> None:
     result = cli("runs", "--server", "http://127.0.0.1:9")
     assert_one_line_error(result)
     assert "cannot reach" in result.stderr
+
+
+def test_analyze_reads_a_run_from_a_server_and_an_unknown_one_is_a_one_line_error(
+    shared_server: LiveServer,
+) -> None:
+    losses = [2.3 * 0.97**i for i in range(60)] + [2.3 * 5 * 1.1**i for i in range(30)]
+    batch = {"events": [{"seq": i, "step": i, "data": {"train/loss": v}} for i, v in enumerate(losses)]}
+    with shared_server.client() as client:
+        create_run(client, "cli-analyze")
+        client.post("/api/runs/cli-analyze/events", json=batch)
+    result = cli("analyze", "cli-analyze", "--server", shared_server.url, "--json")
+    assert result.returncode == 0, result.stderr
+    assert "divergence" in {f["kind"] for f in json.loads(result.stdout)}
+    missing = cli("analyze", "ghost", "--server", shared_server.url)
+    assert_one_line_error(missing)
+    assert "404" in missing.stderr
 
 
 def test_tail_prints_a_runs_metric_lines_live(shared_server: LiveServer) -> None:

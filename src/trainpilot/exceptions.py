@@ -6,9 +6,9 @@ TrainpilotError
 ├── InvalidInput           input that breaks the contract; `field` names what is wrong
 ├── Conflict               a valid request the current state refuses (e.g. control of a finished run)
 ├── StoreUnavailable       the store cannot write now (disk full, read-only); nothing was stored
-└── TransportError         the SDK could not deliver to the server; its HTTP `status` and error `code`
-                           say whether to retry (the SDK spools and retries, never raises this into the
-                           training loop)
+└── TransportError         a call to the server failed; its HTTP `status` and error `code` say whether
+                           to retry (the SDK spools and retries, never raises this into the training
+                           loop; the CLI and the MCP tools report it in one line)
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ class StoreUnavailable(TrainpilotError):
 
 
 class TransportError(TrainpilotError):
-    """The SDK could not deliver a batch: the server's HTTP `status` and error `code`, or None for both
-    when no answer came (the server is away). What they say, not the message's wording, decides what
-    the sender does with the batch."""
+    """A call to the server failed (`client.rest.http_error` words it): the server's HTTP `status` and
+    error `code`, or None for both when no answer came (the server is away). What they say, not the
+    message's wording, decides what the SDK's sender does with a batch."""
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
         super().__init__(message)

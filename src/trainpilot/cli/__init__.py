@@ -1,5 +1,5 @@
 """The `trainpilot` command."""
 
-from trainpilot.cli.commands import main
+from trainpilot.cli.main import main
 
 __all__ = ["main"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from trainpilot.cli.commands import main
+from trainpilot.cli.main import main
 
 sys.exit(main())

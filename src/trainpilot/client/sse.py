@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from trainpilot.client.rest import auth_headers, http_error
+
 
 @dataclass(frozen=True, slots=True)
 class ServerEvent:
@@ -39,12 +41,8 @@ class SSEClient:
         self.params = dict(params or {})
         self.last_id = after
         self.retry_s = retry_s
-        self.connected = threading.Event()
         self._stop = threading.Event()
-        self._httpx = httpx
-        headers = {"Accept": "text/event-stream"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = {"Accept": "text/event-stream", **auth_headers(token)}
         self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(read_timeout_s, connect=2.0))
         self._response: Any = None
 
@@ -67,8 +65,7 @@ class SSEClient:
                 with self._client.stream("GET", self.url, params=params, headers=headers) as response:
                     self._response = response
                     if response.status_code != 200:
-                        raise RuntimeError(f"HTTP {response.status_code}: {response.read()[:200]!r}")
-                    self.connected.set()
+                        raise http_error(f"GET {self.url}", response.status_code, response.read())
                     for event in parse(response.iter_lines()):
                         if event.id is not None:
                             self.last_id = event.id
@@ -76,7 +73,6 @@ class SSEClient:
             except Exception:
                 if self._stop.is_set():
                     return
-            self.connected.clear()
             self._stop.wait(self.retry_s)
 
 

@@ -9,12 +9,12 @@ sender decides from them alone whether to spool and try again or give the batch 
 from __future__ import annotations
 
 import http.client
-import os
 import urllib.parse
 from typing import Any, Protocol
 
 import orjson
 
+from trainpilot.client.rest import auth_headers, http_error
 from trainpilot.exceptions import TransportError
 from trainpilot.wire import MEDIA_BODY_TYPE
 
@@ -33,15 +33,6 @@ class Transport(Protocol):
     ) -> None: ...
 
     def close(self) -> None: ...
-
-
-def auth_headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def env_token() -> str | None:
-    """The token clients present by default: the write token, else a read-only one."""
-    return os.environ.get("TRAINPILOT_TOKEN") or os.environ.get("TRAINPILOT_READ_TOKEN") or None
 
 
 class HttpTransport:
@@ -103,16 +94,9 @@ class HttpTransport:
         )
         target = self._base + path + ("?" + urllib.parse.urlencode(params) if params else "")
         status, answer = self._request(target, content, kind)
-        if status < 400:
-            return answer
-        try:
-            error = orjson.loads(answer)["error"]
-            message, code = str(error["message"]), error.get("code")
-        except (ValueError, KeyError, TypeError, AttributeError):  # not our server's JSON error
-            message, code = answer[:200].decode(errors="replace"), None
-        raise TransportError(
-            f"{path}: HTTP {status}: {message}", status=status, code=code if isinstance(code, str) else None
-        )
+        if status >= 400:
+            raise http_error(path, status, answer)
+        return answer
 
     def create_run(self, spec: dict[str, Any]) -> dict[str, Any]:
         run: dict[str, Any] = orjson.loads(self._post("/api/runs", spec))

@@ -1,8 +1,9 @@
 """MCP access to training: an assistant lists runs, reads summaries, metrics and findings, controls runs.
 
-Built with the official `mcp` SDK. Each tool is a thin call to the REST API, so validation, auth and
-bounds are the server's own and nothing is written twice: `trainpilot mcp` (stdio) calls a server by
-URL; the server mounts the same tools at ``/mcp`` (streamable HTTP) and calls its own API in process.
+Built with the official `mcp` SDK. Each tool is a thin call to the REST API through `client.rest`, so
+validation, auth, bounds and error messages are the server's own and nothing is written twice:
+`trainpilot mcp` (stdio) calls a server by URL; the server mounts the same tools at ``/mcp``
+(streamable HTTP) and calls its own API in process.
 On a server with tokens, reading needs a token and control the write token: on stdio from ``--token``
 (TRAINPILOT_TOKEN, else TRAINPILOT_READ_TOKEN), over HTTP from the MCP request's own ``Authorization``
 header.
@@ -13,7 +14,6 @@ metrics a call), metric and finding lists are capped and say how many were left 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import httpx
@@ -22,10 +22,11 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
+from trainpilot.client.rest import ApiClient
 from trainpilot.events import Action, RunStatus
+from trainpilot.exceptions import TransportError
 from trainpilot.version import __version__
 
-ClientFactory = Callable[[], httpx.AsyncClient]
 READ = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 MAX_CURRENT = 200
 
@@ -37,21 +38,16 @@ INSTRUCTIONS = (
 )
 
 
-def build(client: ClientFactory, token: str | None = None) -> MCPServer:
-    """The MCP server; `client()` opens an HTTP client on the trainpilot REST API."""
+def build(api: ApiClient) -> MCPServer:
+    """The MCP server, its tools calling the trainpilot REST API through `api`."""
     # WARNING: the SDK configures the root logger, and at INFO every in-process API call would be logged.
     server = MCPServer("trainpilot", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING")
 
     async def call(method: str, path: str, ctx: Context | None = None, **kwargs: Any) -> Any:
-        headers = _auth_headers(ctx, token)
-        async with client() as http:
-            try:
-                response = await http.request(method, path, headers=headers, **kwargs)
-            except httpx.HTTPError as exc:
-                raise ToolError(f"cannot reach the trainpilot server: {exc or type(exc).__name__}") from None
-        if response.status_code >= 400:
-            raise ToolError(f"{method} {path}: HTTP {response.status_code}: {_message(response)}")
-        return response.json()
+        try:
+            return await api.acall(method, path, headers=_forwarded(ctx), **kwargs)
+        except TransportError as exc:
+            raise ToolError(str(exc)) from None
 
     @server.tool(annotations=READ)
     async def list_runs(
@@ -142,34 +138,23 @@ def build(client: ClientFactory, token: str | None = None) -> MCPServer:
     return server
 
 
-def _auth_headers(ctx: Context | None, token: str | None) -> dict[str, str]:
-    """The caller's own Authorization header when it came over HTTP, else the configured token."""
+def _forwarded(ctx: Context | None) -> dict[str, str]:
+    """Over HTTP, the caller's own credentials, and none if it sent none (the in-process API checks
+    them); over stdio nothing, so the configured token applies."""
     incoming = ctx.headers if ctx is not None else None
-    if incoming is not None:
-        for name in ("authorization", "x-trainpilot-token"):
-            if incoming.get(name):
-                return {name: incoming[name]}
+    if incoming is None:
         return {}
-    return {"authorization": f"Bearer {token}"} if token else {}
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error", {})
-        return str(error.get("message") or error)
-    except ValueError:
-        return response.text[:200]
+    for name in ("authorization", "x-trainpilot-token"):
+        if incoming.get(name):
+            return {name: incoming[name]}
+    return {}
 
 
 def remote(server_url: str, token: str | None) -> MCPServer:
     """For `trainpilot mcp`: tools that call the server at server_url."""
-    return build(lambda: httpx.AsyncClient(base_url=server_url, timeout=30.0), token)
+    return build(ApiClient(server_url, token, timeout_s=30.0))
 
 
 def in_process(app: Any) -> MCPServer:
     """For the server's own ``/mcp``: tools that call its REST app in process, without a socket."""
-    return build(
-        lambda: httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, client=("mcp", 0)), base_url="http://trainpilot"
-        )
-    )
+    return build(ApiClient("http://trainpilot", transport=httpx.ASGITransport(app=app, client=("mcp", 0))))
