@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tests.conftest import free_port
 from trainpilot.client import ApiClient, auth_headers, http_error
 from trainpilot.exceptions import TransportError
+from trainpilot.server.runner import free_port
 
 
 def test_a_token_is_a_bearer_header_and_no_token_is_no_header() -> None:
