@@ -49,7 +49,9 @@ def imported_tops(tree: ast.AST) -> set[str]:
             if len(parts) > 1:
                 tops.add(parts[1])
             else:  # `from trainpilot import x`: the facade, or a sub-module by name
-                tops.update(alias.name if (PACKAGE / alias.name).exists() else "__init__" for alias in node.names)
+                tops.update(
+                    alias.name if (PACKAGE / alias.name).exists() else "__init__" for alias in node.names
+                )
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
