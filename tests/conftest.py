@@ -1,9 +1,12 @@
-"""Shared fixtures: a real trainpilot server in its own process, on a free loopback port."""
+"""Shared fixtures: the app in this process behind a test client, for finite exchanges; a real trainpilot
+server in its own process, on a free loopback port, for endless streams, crashes, restarts and
+anything that needs a real socket."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import resource
 import shutil
@@ -18,11 +21,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+from starlette.testclient import TestClient, WebSocketTestSession
 
 from trainpilot.client.sse import ServerEvent, parse
+from trainpilot.server.app import create_app
 from trainpilot.server.runner import free_port
+from trainpilot.settings import Settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 POSTGRES_URL = os.environ.get("TRAINPILOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -91,6 +98,71 @@ class LiveServer:
         return httpx.Client(base_url=self.url, timeout=10)
 
 
+# A name of the server's own: the guard (server/guard.py) refuses a Host that is not one.
+APP_URL = "http://127.0.0.1:8765"
+# Either kind of client: an httpx.Client on a live server, or the in-process TestClient (an httpx2.Client).
+Client = httpx.Client | TestClient
+
+
+@contextlib.contextmanager
+def in_process(data_dir: Path, store: str = "memory://", **settings: Any) -> Iterator[TestClient]:
+    """The whole app in this process, its lifespan run (store opened, broker started), behind a test
+    client that speaks REST and WebSocket to it without a socket: for finite exchanges.
+
+    Responses stream (a test may read the first events of the SSE stream and close it), but the
+    client takes no timeouts: a test that would wait on an endless stream belongs on a `LiveServer`.
+    """
+    app = create_app(Settings(data_dir=str(data_dir), store=store, **settings).check())
+    with TestClient(app, base_url=APP_URL, client=("127.0.0.1", 50000)) as client:
+        yield client
+
+
+@pytest.fixture
+def app_client(tmp_path: Path) -> Iterator[TestClient]:
+    """A fresh in-process app on the memory store."""
+    with in_process(tmp_path / "app-data") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def shared_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """One in-process app for tests that only add their own runs."""
+    with in_process(tmp_path_factory.mktemp("shared-app")) as client:
+        yield client
+
+
+class AppSocket:
+    """A WebSocket to the in-process app with the `send`/`recv(timeout=)` of websockets' sync client, so
+    the same helpers drive both. A close from the server raises `WebSocketDisconnect`."""
+
+    def __init__(self, session: WebSocketTestSession) -> None:
+        self.session = session
+
+    def send(self, text: str) -> None:
+        self.session.send_text(text)
+
+    def recv(self, timeout: float = 10.0) -> str:
+        # The session's own receive waits forever; a missing answer must fail the test, not hang it.
+        async def receive() -> Any:
+            with anyio.fail_after(timeout):
+                return await self.session._send_rx.receive()
+
+        message = self.session.portal.call(receive)
+        self.session._raise_on_close(message)
+        text: str = message["text"]
+        return text
+
+
+@contextlib.contextmanager
+def app_socket(
+    client: TestClient, query: str = "", headers: dict[str, str] | None = None
+) -> Iterator[AppSocket]:
+    """A WebSocket on /api/ws of the in-process app behind `client`."""
+    url = APP_URL.replace("http://", "ws://") + "/api/ws" + query
+    with client.websocket_connect(url, headers=dict(headers or {})) as session:
+        yield AppSocket(session)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[LiveServer]:
     live = LiveServer(tmp_path / "server-data").start()
@@ -107,18 +179,23 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServ
 
 
 def sse_events(
-    url: str,
+    target: str | TestClient,
     params: dict[str, str] | None = None,
     *,
     headers: dict[str, str] | None = None,
     count: int,
     timeout: float = 10.0,
 ) -> list[ServerEvent]:
-    """The first `count` events (heartbeats skipped) of an SSE stream."""
+    """The first `count` events (heartbeats skipped) of the SSE stream of a live server's URL or of the
+    in-process app behind a TestClient (which takes no timeout: the events must be there already)."""
     out: list[ServerEvent] = []
-    with httpx.stream(
-        "GET", url + "/api/stream/metrics", params=params, headers=headers, timeout=httpx.Timeout(timeout)
-    ) as response:
+    if isinstance(target, TestClient):
+        opened: Any = target.stream("GET", "/api/stream/metrics", params=params, headers=headers)
+    else:
+        opened = httpx.stream(
+            "GET", target + "/api/stream/metrics", params=params, headers=headers, timeout=timeout
+        )
+    with opened as response:
         assert response.status_code == 200, response.read()
         for event in parse(response.iter_lines()):
             out.append(event)
@@ -141,7 +218,7 @@ def collect_in_background(
     return thread, received
 
 
-def wait_for_subscribers(client: httpx.Client, count: int, timeout: float = 10.0) -> None:
+def wait_for_subscribers(client: Client, count: int, timeout: float = 10.0) -> None:
     """Until the server counts `count` live SSE subscribers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -151,7 +228,7 @@ def wait_for_subscribers(client: httpx.Client, count: int, timeout: float = 10.0
     raise AssertionError(f"fewer than {count} SSE subscribers connected")
 
 
-def create_run(client: httpx.Client, run_id: str, project: str = "tests") -> dict[str, object]:
+def create_run(client: Client, run_id: str, project: str = "tests") -> dict[str, object]:
     response = client.post("/api/runs", json={"id": run_id, "project": project})
     assert response.status_code in (200, 201), response.text
     body: dict[str, object] = response.json()

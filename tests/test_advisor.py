@@ -1,4 +1,5 @@
-"""The LLM advisor against a small OpenAI-compatible server that checks what it is sent."""
+"""The LLM advisor against a small OpenAI-compatible server that checks what it is sent; on the app in this
+process (whose advisor calls that server over a real socket), and the CLI's `ask` on a real server."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.testclient import TestClient
 
-from tests.conftest import LiveServer, create_run
+from tests.conftest import Client, LiveServer, create_run, in_process, wait_until
 from trainpilot.client.sse import parse
 from trainpilot.server.runner import free_port
 
@@ -71,11 +72,9 @@ def llm() -> Iterator[FakeLLM]:
     fake.thread.join(5)
 
 
-def ask(server: LiveServer, run_id: str, question: str) -> tuple[str, list[tuple[str, Any]]]:
+def ask(client: Client, run_id: str, question: str) -> tuple[str, list[tuple[str, Any]]]:
     events = []
-    with httpx.stream(
-        "POST", f"{server.url}/api/runs/{run_id}/ask", json={"question": question}, timeout=30
-    ) as r:
+    with client.stream("POST", f"/api/runs/{run_id}/ask", json={"question": question}) as r:
         assert r.status_code == 200
         for event in parse(r.iter_lines()):
             events.append((event.name, event.data))
@@ -83,27 +82,25 @@ def ask(server: LiveServer, run_id: str, question: str) -> tuple[str, list[tuple
     return text, events
 
 
-def seeded(server: LiveServer) -> None:
-    with server.client() as client:
-        create_run(client, "adv")
-        events = [
-            {
-                "seq": i,
-                "step": i,
-                "data": {"train/loss": 2.3 * 1.2**i if i > 30 else 2.3 - i * 0.01, "lr": 5.0},
-            }
-            for i in range(60)
-        ]
-        client.post("/api/runs/adv/events", json={"events": events})
+def seeded(client: Client) -> None:
+    create_run(client, "adv")
+    events = [
+        {
+            "seq": i,
+            "step": i,
+            "data": {"train/loss": 2.3 * 1.2**i if i > 30 else 2.3 - i * 0.01, "lr": 5.0},
+        }
+        for i in range(60)
+    ]
+    client.post("/api/runs/adv/events", json={"events": events})
 
 
 def test_the_advisor_streams_the_models_answer_and_sends_only_the_summary(
     llm: FakeLLM, tmp_path: Path
 ) -> None:
-    server = LiveServer(tmp_path / "d", llm_url=llm.url("ok"), llm_model="tiny", llm_key="sk-secret").start()
-    try:
-        seeded(server)
-        text, events = ask(server, "adv", "why is my loss rising?")
+    with in_process(tmp_path / "d", llm_url=llm.url("ok"), llm_model="tiny", llm_key="sk-secret") as client:
+        seeded(client)
+        text, events = ask(client, "adv", "why is my loss rising?")
         assert text == "".join(ANSWER)
         assert events[-1] == ("done", {"source": "llm", "model": "tiny"})
         request = llm.requests[-1]
@@ -114,11 +111,9 @@ def test_the_advisor_streams_the_models_answer_and_sends_only_the_summary(
         assert "why is my loss rising?" in user["content"] and '"train/loss"' in user["content"]
         assert '"lr_too_high"' in user["content"]  # the detectors' findings are part of the summary
         assert len(user["content"]) < 8000  # a compact summary, not the points
-        info = httpx.get(f"{server.url}/api/system/info").json()
+        info = client.get("/api/system/info").json()
         assert info["llm"] == {"configured": True, "url": llm.url("ok"), "model": "tiny"}
         assert "sk-secret" not in json.dumps(info)
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize(
@@ -128,31 +123,28 @@ def test_advisor_failures_end_the_stream_with_a_clear_error(
     llm: FakeLLM, tmp_path: Path, mode: str, message: str
 ) -> None:
     url = llm.url(mode) if mode != "down" else f"http://127.0.0.1:{free_port()}/v1"
-    server = LiveServer(tmp_path / "d", llm_url=url, llm_model="tiny").start()
-    try:
-        seeded(server)
-        _, events = ask(server, "adv", "what now?")
-        name, data = events[-1]
-        assert name == "error" and message in data["message"]
-    finally:
-        server.stop()
+    with in_process(tmp_path / "d", llm_url=url, llm_model="tiny") as client:
+        seeded(client)
+        _, events = ask(client, "adv", "what now?")
+    name, data = events[-1]
+    assert name == "error" and message in data["message"]
 
 
-def test_without_an_llm_the_rules_answer_and_say_so(shared_server: LiveServer) -> None:
-    seeded(shared_server)
-    text, events = ask(shared_server, "adv", "is it healthy?")
+def test_without_an_llm_the_rules_answer_and_say_so(app_client: TestClient) -> None:
+    seeded(app_client)
+    text, events = ask(app_client, "adv", "is it healthy?")
     assert text.startswith("(Rules only: no LLM is configured")
     assert "lr_too_high" in text and events[-1] == ("done", {"source": "rules"})
-    with httpx.Client(base_url=shared_server.url) as client:
-        assert client.post("/api/runs/adv/ask", json={"question": ""}).status_code == 422
-        assert client.post("/api/runs/ghost/ask", json={"question": "x"}).status_code == 404
+    assert app_client.post("/api/runs/adv/ask", json={"question": ""}).status_code == 422
+    assert app_client.post("/api/runs/ghost/ask", json={"question": "x"}).status_code == 404
 
 
-def test_trainpilot_ask_prints_the_answer(shared_server: LiveServer) -> None:
+def test_trainpilot_ask_prints_the_answer(server: LiveServer) -> None:
     import subprocess
     import sys
 
-    seeded(shared_server)
+    with server.client() as client:
+        seeded(client)
     result = subprocess.run(
         [
             sys.executable,
@@ -162,7 +154,7 @@ def test_trainpilot_ask_prints_the_answer(shared_server: LiveServer) -> None:
             "adv",
             "what happened?",
             "--server",
-            shared_server.url,
+            server.url,
         ],
         capture_output=True,
         text=True,
@@ -173,25 +165,18 @@ def test_trainpilot_ask_prints_the_answer(shared_server: LiveServer) -> None:
 
 
 def test_serious_findings_get_a_short_llm_explanation(llm: FakeLLM, tmp_path: Path) -> None:
-    from tests.conftest import wait_until
-
-    server = LiveServer(tmp_path / "d", llm_url=llm.url("ok"), llm_model="tiny").start()
-    try:
-        seeded(server)
+    with in_process(tmp_path / "d", llm_url=llm.url("ok"), llm_model="tiny") as client:
+        seeded(client)
 
         def explanations() -> list[dict[str, Any]]:
-            found = httpx.get(f"{server.url}/api/runs/adv/insights").json()["insights"]
+            found = client.get("/api/runs/adv/insights").json()["insights"]
             return [i for i in found if i["kind"] == "explanation"]
 
         wait_until(lambda: bool(explanations()), what="an explanation")
-        insights = httpx.get(f"{server.url}/api/runs/adv/insights").json()["insights"]
+        insights = client.get("/api/runs/adv/insights").json()["insights"]
         (first,) = explanations()[:1]
-        explained = next(i for i in insights if i["id"] == first["explains"])
-        assert (
-            explained["severity"] in ("warning", "critical") and first["explains_kind"] == explained["kind"]
-        )
-        assert first["message"] == "".join(ANSWER) and first["source"] == "llm"
-        question = llm.requests[-1]["body"]["messages"][1]["content"]
-        assert explained["kind"] in question
-    finally:
-        server.stop()
+    explained = next(i for i in insights if i["id"] == first["explains"])
+    assert explained["severity"] in ("warning", "critical") and first["explains_kind"] == explained["kind"]
+    assert first["message"] == "".join(ANSWER) and first["source"] == "llm"
+    question = llm.requests[-1]["body"]["messages"][1]["content"]
+    assert explained["kind"] in question

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import in_process
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -21,9 +20,9 @@ def case(monkeypatch: pytest.MonkeyPatch) -> Any:
     return case_history
 
 
-def test_history_is_filled_completely_and_keeps_every_spike(case: Any, server: LiveServer) -> None:
+def test_history_is_filled_completely_and_keeps_every_spike(case: Any, tmp_path: Path) -> None:
     values, spikes = case.loss_curve(3_000)
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with in_process(tmp_path, store="") as client:  # SQLite in the data dir, as the bench case serves
         assert case.fill(client, "history-small", values) == 3_000
         _, size, series = case.history(client, "history-small")
     kept = case.check(series, values, spikes)

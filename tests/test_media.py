@@ -1,4 +1,5 @@
-"""Images: uploaded as files, referenced by URL from a media event; from the SDK even across an outage."""
+"""Images: uploaded as files, referenced by URL from a media event (on the app in this process); from the
+SDK even across an outage (on a real server that starts late)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+from starlette.testclient import TestClient
 
 import trainpilot
-from tests.conftest import LiveServer, create_run, sse_events
+from tests.conftest import LiveServer, create_run, in_process, sse_events
 
 
 def png(width: int = 4, height: int = 3) -> bytes:
@@ -23,36 +25,38 @@ def png(width: int = 4, height: int = 3) -> bytes:
 PNG = {"content-type": "image/png"}
 
 
-def test_an_uploaded_image_is_stored_as_a_file_and_served_by_url(shared_server: LiveServer) -> None:
-    with shared_server.client() as client:
-        create_run(client, "media-up")
-        reply = client.post(
-            "/api/runs/media-up/media",
-            params={"name": "grid", "step": 3, "caption": "hi"},
-            content=png(),
-            headers=PNG,
-        )
-        assert reply.status_code == 201, reply.text
-        url = reply.json()["url"]
-        served = client.get(url)
-        assert served.status_code == 200 and served.content == png()
-        assert served.headers["content-type"] == "image/png"
-    (event,) = sse_events(shared_server.url, {"after": "0", "run_id": "media-up", "kinds": "media"}, count=1)
+def test_an_uploaded_image_is_stored_as_a_file_and_served_by_url(
+    app_client: TestClient, tmp_path: Path
+) -> None:
+    client = app_client
+    create_run(client, "media-up")
+    reply = client.post(
+        "/api/runs/media-up/media",
+        params={"name": "grid", "step": 3, "caption": "hi"},
+        content=png(),
+        headers=PNG,
+    )
+    assert reply.status_code == 201, reply.text
+    url = reply.json()["url"]
+    served = client.get(url)
+    assert served.status_code == 200 and served.content == png()
+    assert served.headers["content-type"] == "image/png"
+    (stored,) = (tmp_path / "app-data" / "media" / "media-up").iterdir()  # a file in the data dir
+    assert stored.read_bytes() == png()
+    (event,) = sse_events(client, {"after": "0", "run_id": "media-up", "kinds": "media"}, count=1)
     assert event.data["data"]["url"] == url and event.data["step"] == 3  # type: ignore[index]
 
 
-def test_bad_uploads_are_refused(shared_server: LiveServer) -> None:
-    with shared_server.client() as client:
+def test_bad_uploads_are_refused(tmp_path: Path) -> None:
+    with in_process(tmp_path, store="") as client:  # SQLite in the data dir: a file worth reaching for
+        assert (tmp_path / "trainpilot.db").is_file()
         create_run(client, "media-bad")
-        not_image = client.post(
-            "/api/runs/media-bad/media", params={"name": "x"}, content=b"hello", headers=PNG
-        )
-        assert not_image.status_code == 415 and not_image.json()["error"]["code"] == "unsupported_media_type"
+        bad = client.post("/api/runs/media-bad/media", params={"name": "x"}, content=b"hello", headers=PNG)
+        assert bad.status_code == 415 and bad.json()["error"]["code"] == "unsupported_media_type"
         ghost = client.post("/api/runs/ghost/media", params={"name": "x"}, content=png(), headers=PNG)
         assert ghost.status_code == 404
-        assert (
-            client.post("/api/runs/media-bad/media", content=png(), headers=PNG).status_code == 422
-        )  # no name
+        no_name = client.post("/api/runs/media-bad/media", content=png(), headers=PNG)
+        assert no_name.status_code == 422
         assert client.get("/api/media/media-bad/..%2F..%2Ftrainpilot.db").status_code == 404
         assert client.get("/api/media/../trainpilot.db").status_code == 404
 

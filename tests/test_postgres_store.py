@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import POSTGRES_URL, LiveServer, create_run, metrics_batch, postgres_admin, sse_events
+from tests.conftest import (
+    POSTGRES_URL,
+    LiveServer,
+    create_run,
+    in_process,
+    metrics_batch,
+    postgres_admin,
+    sse_events,
+)
 from trainpilot.downsample import downsample
 from trainpilot.events import Event, NewEvent
 from trainpilot.exceptions import ConfigError, StoreUnavailable
@@ -251,20 +259,16 @@ def test_a_database_that_goes_away_is_store_unavailable_then_writes_resume(
 def test_a_server_on_postgres_ingests_streams_and_reports_its_store(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    live = LiveServer(tmp_path / "data", store=postgres_url).start()
-    try:
-        with live.client() as client:
-            create_run(client, "pg-live")
-            assert client.post("/api/runs/pg-live/events", json=metrics_batch(0, 5)).status_code == 200
-            assert client.post("/api/runs/pg-live/events", json=metrics_batch(0, 5)).status_code == 200
-            health = client.get("/api/system/health").json()
-            current = client.get("/api/metrics/current", params={"run_id": "pg-live"}).json()
-        assert health["store"]["backend"] == "postgres" and health["store"]["ok"] is True
-        assert current["metrics"]["train/loss"]["step"] == 4, current
-        events = sse_events(live.url, {"after": "0", "run_id": "pg-live", "kinds": "metrics"}, count=5)
-        assert [e.data["seq"] for e in events] == [0, 1, 2, 3, 4]
-    finally:
-        live.stop()
+    with in_process(tmp_path / "data", store=postgres_url) as client:
+        create_run(client, "pg-live")
+        assert client.post("/api/runs/pg-live/events", json=metrics_batch(0, 5)).status_code == 200
+        assert client.post("/api/runs/pg-live/events", json=metrics_batch(0, 5)).status_code == 200
+        health = client.get("/api/system/health").json()
+        current = client.get("/api/metrics/current", params={"run_id": "pg-live"}).json()
+        events = sse_events(client, {"after": "0", "run_id": "pg-live", "kinds": "metrics"}, count=5)
+    assert health["store"]["backend"] == "postgres" and health["store"]["ok"] is True
+    assert current["metrics"]["train/loss"]["step"] == 4, current
+    assert [e.data["seq"] for e in events] == [0, 1, 2, 3, 4]
 
 
 def test_a_write_the_database_refuses_fails_alone_and_health_says_so_until_one_succeeds(

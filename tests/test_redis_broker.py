@@ -13,16 +13,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import (
     REDIS_SERVER,
-    LiveServer,
     RedisProcess,
     create_run,
+    in_process,
     metrics_batch,
     sse_events,
+    wait_until,
 )
 from trainpilot.broker import Filter, Subscriber
 from trainpilot.broker.redis import RedisBroker
@@ -137,26 +137,26 @@ def test_a_redis_restart_mid_stream_loses_nothing_and_the_replicas_reconnect(red
 
 
 def test_a_server_whose_redis_is_away_says_degraded_and_still_streams(tmp_path: Path) -> None:
-    server = LiveServer(tmp_path, broker=f"redis://127.0.0.1:{free_port()}/0").start()
-    try:
-        health = httpx.get(server.url + "/api/system/health", timeout=5)
+    with in_process(tmp_path, store="", broker=f"redis://127.0.0.1:{free_port()}/0") as client:
+
+        def tried() -> bool:  # an attempt to reach Redis failed, as against none made yet
+            return client.get("/api/system/health").json()["broker"].get("error") != "not connected yet"
+
+        wait_until(tried, 10, "a failed connection attempt")
+        health = client.get("/api/system/health")
         assert health.status_code == 200, "degraded still serves: a load balancer must keep it"
         body = health.json()
         assert body["status"] == "degraded" and body["broker"]["backend"] == "redis"
         assert body["broker"]["ok"] is False and body["broker"]["error"]
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            create_run(client, "degraded")
-            client.post("/api/runs/degraded/events", json=metrics_batch(0, 5)).raise_for_status()
-        events = sse_events(server.url, {"run_id": "degraded", "kinds": "metrics", "after": "0"}, count=5)
-        assert [e.data["step"] for e in events] == list(range(5))
-    finally:
-        server.stop()
+        create_run(client, "degraded")
+        client.post("/api/runs/degraded/events", json=metrics_batch(0, 5)).raise_for_status()
+        events = sse_events(client, {"run_id": "degraded", "kinds": "metrics", "after": "0"}, count=5)
+    assert [e.data["step"] for e in events] == list(range(5))
 
 
 def test_a_server_with_redis_says_ok(tmp_path: Path, redis: RedisProcess) -> None:
-    server = LiveServer(tmp_path, broker=redis.url).start()
-    try:
-        body = httpx.get(server.url + "/api/system/health", timeout=5).json()
-        assert body["status"] == "ok" and body["broker"] == {"ok": True, "backend": "redis"}
-    finally:
-        server.stop()
+    with in_process(tmp_path, store="", broker=redis.url) as client:
+        # The broker connects to Redis after startup, not before it: health says so once it has.
+        wait_until(lambda: client.get("/api/system/health").json()["status"] == "ok", 10, "a connection")
+        body = client.get("/api/system/health").json()
+    assert body["status"] == "ok" and body["broker"] == {"ok": True, "backend": "redis"}

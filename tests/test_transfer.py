@@ -5,18 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
+from starlette.testclient import TestClient
 
-from tests.conftest import LiveServer, create_run, metrics_batch
+from tests.conftest import create_run, in_process, metrics_batch
 from tests.test_cli import assert_one_line_error, cli
 
 
-def snapshot(url: str, run_id: str) -> dict[str, Any]:
+def snapshot(client: TestClient, run_id: str) -> dict[str, Any]:
     """What a user sees of a run: its record, its loss curve, its findings."""
-    with httpx.Client(base_url=url, timeout=10) as client:
-        run = client.get(f"/api/runs/{run_id}").json()
-        loss = client.get("/api/metrics/history", params={"run_id": run_id, "keys": "loss"}).json()
-        insights = client.get(f"/api/runs/{run_id}/insights").json()
+    run = client.get(f"/api/runs/{run_id}").json()
+    loss = client.get("/api/metrics/history", params={"run_id": run_id, "keys": "loss"}).json()
+    insights = client.get(f"/api/runs/{run_id}/insights").json()
     series = loss["series"]["loss"]
     return {
         "status": run["status"],
@@ -27,18 +26,15 @@ def snapshot(url: str, run_id: str) -> dict[str, Any]:
 
 
 def test_a_run_exported_and_imported_into_another_store_reads_the_same_and_only_once(tmp_path: Path) -> None:
-    source = LiveServer(tmp_path / "a").start()
-    try:
-        with httpx.Client(base_url=source.url, timeout=10) as client:
-            create_run(client, "moved")
-            client.post("/api/runs/moved/events", json=metrics_batch(0, 300)).raise_for_status()
-            nan = {"events": [{"seq": 10_000, "kind": "metrics", "step": 300, "data": {"loss": "nan"}}]}
-            client.post("/api/runs/moved/events", json=nan).raise_for_status()
-            done = {"events": [{"seq": 10_001, "kind": "status", "data": {"status": "finished"}}]}
-            client.post("/api/runs/moved/events", json=done).raise_for_status()
-        before = snapshot(source.url, "moved")
-    finally:
-        source.stop()
+    # The app in this process on SQLite in each data dir: the files the CLI moves the run between.
+    with in_process(tmp_path / "a", store="") as client:
+        create_run(client, "moved")
+        client.post("/api/runs/moved/events", json=metrics_batch(0, 300)).raise_for_status()
+        nan = {"events": [{"seq": 10_000, "kind": "metrics", "step": 300, "data": {"loss": "nan"}}]}
+        client.post("/api/runs/moved/events", json=nan).raise_for_status()
+        done = {"events": [{"seq": 10_001, "kind": "status", "data": {"status": "finished"}}]}
+        client.post("/api/runs/moved/events", json=done).raise_for_status()
+        before = snapshot(client, "moved")
     export = tmp_path / "runs.jsonl"
     exported = cli("export", "--data-dir", str(tmp_path / "a"), "-o", str(export))
     assert exported.returncode == 0, exported.stderr
@@ -48,11 +44,8 @@ def test_a_run_exported_and_imported_into_another_store_reads_the_same_and_only_
         imported = cli("import", str(export), "--data-dir", str(tmp_path / "b"))
         assert imported.returncode == 0, imported.stderr
         assert ("skipped moved" if attempt else "imported moved") in imported.stderr
-    target = LiveServer(tmp_path / "b").start()
-    try:
-        after = snapshot(target.url, "moved")
-    finally:
-        target.stop()
+    with in_process(tmp_path / "b", store="") as client:
+        after = snapshot(client, "moved")
     assert after == before
     assert before["status"] == "finished" and "nan_inf" in before["insights"]
 
