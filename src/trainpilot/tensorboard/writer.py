@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter as TorchSummaryWriter
 
-import trainpilot
-from trainpilot.sdk.run import Run
+from trainpilot.sdk.run import Run, init
 
 
 def _array(values: Any) -> np.ndarray:
@@ -43,7 +42,7 @@ class SummaryWriter(TorchSummaryWriter):
     ) -> None:
         super().__init__(log_dir, comment, purge_step, max_queue, flush_secs, filename_suffix)
         self._owns_run = run is None
-        self.run: Run = run or trainpilot.init(
+        self.run: Run = run or init(
             project=project or os.environ.get("TRAINPILOT_PROJECT", "tensorboard"),
             name=Path(self.log_dir).name,
             config={"log_dir": str(self.log_dir)},
