@@ -16,10 +16,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from torch.utils.tensorboard import SummaryWriter as TorchSummaryWriter
-
+from trainpilot.extras import extra
 from trainpilot.sdk.run import Run, init
+
+with extra("train", "trainpilot.tensorboard.SummaryWriter"):
+    import numpy as np
+    from torch.utils.tensorboard import SummaryWriter as TorchSummaryWriter
 
 
 def _array(values: Any) -> np.ndarray:
