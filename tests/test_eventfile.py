@@ -3,8 +3,9 @@
 The reference is the `tensorboard` package as trainpilot used it before: `EventFileLoader` (with its
 data_compat and dataclass_compat migrations) and `tensor_util.make_ndarray`. Both read event files of
 every writer installed here (torch, tensorboardX, TensorBoard's own writer with TF2-style tensor
-summaries as Keras writes them), every event file the test suite leaves under the pytest base
-directory, and cut or damaged copies; tags, steps, wall times and values are compared bit for bit.
+summaries as Keras writes them), a few MB of the event files earlier test runs left under pytest's
+base directory (the trainer's, the analyzer's...), and cut or damaged copies; tags, steps, wall
+times and values are compared bit for bit, images byte for byte, records counted.
 """
 
 from __future__ import annotations

@@ -211,7 +211,7 @@ class Value:
     payload: bytes = b""  # the image, histo, audio or tensor message, its parts concatenated
 
 
-SIMPLE_VALUE, IMAGE, TENSOR = 2, 4, 8
+SIMPLE_VALUE, IMAGE, HISTO, AUDIO, TENSOR = 2, 4, 5, 6, 8
 
 
 def decode_value(data: bytes) -> Value:
@@ -224,7 +224,7 @@ def decode_value(data: bytes) -> Value:
             metadata += bytes(item)
         elif number == SIMPLE_VALUE and wire == 5:
             value.kind, value.simple_value = SIMPLE_VALUE, _float(int(item))
-        elif number in (3, 4, 5, 6, 8) and wire == 2:
+        elif number in (3, IMAGE, HISTO, AUDIO, TENSOR) and wire == 2:
             value.payload = value.payload + bytes(item) if value.kind == number else bytes(item)
             value.kind = number
     plugin_data = b"".join(bytes(v) for n, w, v in _fields(metadata) if n == 1 and w == 2)

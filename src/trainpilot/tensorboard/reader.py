@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from trainpilot.tensorboard.eventfile import (
+    AUDIO,
+    HISTO,
     IMAGE,
     SIMPLE_VALUE,
     TENSOR,
@@ -31,7 +33,7 @@ from trainpilot.tensorboard.eventfile import (
 log = logging.getLogger("trainpilot.tensorboard.reader")
 SPLIT_DIRS = frozenset({"train", "training", "validation", "val", "eval", "evaluation", "test"})
 # Legacy values, and the plugin TensorBoard files them under (its data_compat).
-_LEGACY_PLUGINS = {SIMPLE_VALUE: "scalars", IMAGE: "images", 5: "histograms", 6: "audio"}
+_LEGACY_PLUGINS = {SIMPLE_VALUE: "scalars", IMAGE: "images", HISTO: "histograms", AUDIO: "audio"}
 
 
 def event_files(root: Path) -> list[Path]:

@@ -47,6 +47,8 @@ def run_id_for(root: Path, run_key: str) -> str:
 
 
 class Watcher:
+    """Follows one log directory: `poll` sends what is new in it, `close` delivers and saves the position."""
+
     def __init__(
         self,
         logdir: str | os.PathLike[str],

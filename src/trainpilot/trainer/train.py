@@ -198,9 +198,10 @@ class Trainer:
         if not self.cfg.tensorboard_dir:
             return None
         try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            print("trainpilot: TensorBoard files not written (pip install tensorboard)", file=sys.stderr)
+            with extra("train", "writing TensorBoard files"):
+                from torch.utils.tensorboard import SummaryWriter
+        except MissingExtra as exc:
+            print(f"trainpilot: {exc}; training without them", file=sys.stderr)
             return None
         return SummaryWriter(os.path.join(self.cfg.tensorboard_dir, self.run.id))
 
