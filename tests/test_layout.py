@@ -14,7 +14,7 @@ PACKAGE = Path(trainpilot.__file__).parent
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS: list[set[str]] = [
-    {"version", "exceptions", "events", "wire", "settings", "downsample"},  # the shared contract
+    {"version", "exceptions", "extras", "events", "wire", "settings", "downsample"},  # the shared contract
     {"client", "store"},
     {"broker", "analysis"},
     {"server"},

@@ -8,13 +8,12 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
-from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from torch.utils.tensorboard import SummaryWriter as TorchWriter
 
 import trainpilot
 from tests.conftest import LiveServer, sse_events
 from trainpilot.tensorboard import SummaryWriter
-from trainpilot.tensorboard.tailer import scalars
+from trainpilot.tensorboard.reader import EventFile, scalars
 
 
 def write(writer: Any) -> None:
@@ -29,11 +28,11 @@ def write(writer: Any) -> None:
 def read_scalars(logdir: Path) -> list[tuple[int, dict[str, float]]]:
     out = []
     for path in sorted(logdir.glob("events.out.tfevents.*")):
-        plugins: dict[str, str] = {}
-        for event in EventFileLoader(str(path)).Load():
-            values = scalars(event, plugins)
+        file = EventFile(path)
+        for event in file.read():
+            values = scalars(event, file.plugins)
             if values:
-                out.append((int(event.step), values))
+                out.append((event.step, values))
     return out
 
 

@@ -50,7 +50,7 @@ def history(server: LiveServer, run_id: str) -> dict[str, Any]:
 
 
 def watcher_for(logdir: Path, server: LiveServer, tmp_path: Path) -> Watcher:
-    return Watcher(logdir, server=server.url, project="tb", data_dir=str(tmp_path / "client"), poll_s=0.1)
+    return Watcher(logdir, server=server.url, project="tb", data_dir=str(tmp_path / "client"))
 
 
 def test_files_written_live_by_torch_and_tensorboardx_are_followed(
@@ -149,6 +149,28 @@ def test_keras_train_and_validation_folders_make_one_run_of_tensor_scalars(
     assert series["train/epoch_loss"]["ts"][0] == 1_700_000_000.0
 
 
+def test_a_restarted_watcher_still_knows_the_plugin_named_before_its_saved_position(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """TF2 names a tag's plugin in its first record only: records after a restart are still scalars."""
+    logdir = tmp_path / "logs"
+    write_tf2_style(logdir / "fit", "loss", [3.0, 2.0])
+    first = watcher_for(logdir, server, tmp_path)
+    first.poll()
+    first.close()
+    (path,) = (logdir / "fit").iterdir()
+    more = tmp_path / "more"
+    write_tf2_style(more, "loss", [9.0, 9.0, 1.0, 0.5])
+    (source,) = more.iterdir()
+    whole = source.read_bytes()
+    with open(path, "ab") as f:  # the file grows by the records of steps 2 and 3, without metadata
+        f.write(whole[len(path.read_bytes()) :])
+    again = watcher_for(logdir, server, tmp_path)
+    again.poll()
+    again.close()
+    assert history(server, run_id_for(logdir.resolve(), "fit"))["loss"]["value"] == [3.0, 2.0, 1.0, 0.5]
+
+
 def test_empty_and_truncated_files_are_read_as_far_as_they_go(server: LiveServer, tmp_path: Path) -> None:
     logdir = tmp_path / "logs"
     write_tf2_style(logdir / "whole", "loss", [3.0, 2.0, 1.0, 0.5])
@@ -185,7 +207,7 @@ def test_symlinks_out_of_the_log_directory_are_not_followed(server: LiveServer, 
     watcher = watcher_for(logdir, server, tmp_path)
     watcher.poll()
     watcher.close()
-    assert all(f.path.resolve().is_relative_to(logdir.resolve()) for f in watcher.files.values())
+    assert all(path.resolve().is_relative_to(logdir.resolve()) for path in watcher.files)
     assert len(watcher.files) == 1
 
 

@@ -1,7 +1,7 @@
 """Reading what a framework wrote and writing the corpus's run files.
 
 Where a framework writes TensorBoard files, they are read back with trainpilot's own reader
-(`trainpilot.tensorboard.tailer.read_logdir`), so names are exactly what a user's log shows, ``train/`` and
+(`trainpilot.tensorboard.reader.read_logdir`), so names are exactly what a user's log shows, ``train/`` and
 ``validation/`` sub-folders included. Every record of one step is merged into one line; NaN and
 infinities become the strings ``"nan"``, ``"inf"``, ``"-inf"`` so that JSON carries them.
 """
@@ -45,7 +45,7 @@ def merge(events: Iterable[Event]) -> list[Event]:
 
 def from_logdir(logdir: str | os.PathLike[str]) -> list[Event]:
     """Every scalar of a TensorBoard log directory (all its runs folded into one), merged by step."""
-    from trainpilot.tensorboard.tailer import read_logdir
+    from trainpilot.tensorboard.reader import read_logdir
 
     runs = read_logdir(logdir)
     return merge(e for events in runs.values() for e in events)

@@ -2,6 +2,7 @@
 
 TrainpilotError
 ├── ConfigError            a setting, URL or flag that cannot work
+│   └── MissingExtra       an optional dependency is not installed; the message names the extra
 ├── NotFound               a run (or other thing) that does not exist
 ├── InvalidInput           input that breaks the contract; `field` names what is wrong
 ├── Conflict               a valid request the current state refuses (e.g. control of a finished run)
@@ -20,6 +21,15 @@ class TrainpilotError(Exception):
 
 class ConfigError(TrainpilotError):
     """A setting that cannot work, with a message saying how to fix it."""
+
+
+class MissingExtra(ConfigError):
+    """A feature's optional dependency is missing: ``trainpilot train needs PyTorch: pip install
+    'trainpilot[train]'``. `extra` is the extra to install (extras.py)."""
+
+    def __init__(self, message: str, *, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra
 
 
 class NotFound(TrainpilotError):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from trainpilot.exceptions import ConfigError
+from trainpilot.extras import check
 
 DEFAULT_PORT = 8765
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -68,6 +69,8 @@ class Settings:
                     f"refusing {name}=* without a token: every web page you open could then read and "
                     "control your training. List the names, or set TRAINPILOT_TOKEN=<secret> (or --token)."
                 )
+        if self.broker.split(":", 1)[0] in ("redis", "rediss"):
+            check("redis", "redis", "the redis broker")
         return self
 
     @classmethod

@@ -23,7 +23,11 @@ import orjson
 from trainpilot.broker.memory import MemoryBroker
 from trainpilot.broker.subscriber import Subscriber
 from trainpilot.events import Event
+from trainpilot.extras import extra
 from trainpilot.store import Store
+
+with extra("redis", "the redis broker"):
+    import redis.asyncio
 
 log = logging.getLogger("trainpilot")
 CHANNEL = "trainpilot:events"
@@ -75,8 +79,6 @@ class RedisBroker:
         return state
 
     async def start(self, head_id: int) -> None:
-        import redis.asyncio
-
         self._client = redis.asyncio.from_url(self.url, socket_connect_timeout=2, socket_timeout=5)
         self._listener = redis.asyncio.from_url(self.url, socket_connect_timeout=2, health_check_interval=5)
         await self.local.start(head_id)

@@ -48,7 +48,7 @@ def load(source: str, server: str | None = None) -> dict[str, Events]:
     on `server`."""
     path = Path(source).expanduser()
     if path.is_dir():
-        from trainpilot.tensorboard.tailer import read_logdir
+        from trainpilot.tensorboard.reader import read_logdir
 
         runs = read_logdir(path)
         if not runs:

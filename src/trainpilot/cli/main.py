@@ -24,7 +24,7 @@ import sys
 
 from trainpilot.cli import analyze, runs, serve, training
 from trainpilot.cli.common import CLIError
-from trainpilot.exceptions import TransportError
+from trainpilot.exceptions import MissingExtra, TransportError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         return 130
-    except (CLIError, TransportError) as exc:  # TransportError: a call to the server failed
+    except (CLIError, TransportError, MissingExtra) as exc:  # TransportError: a call to the server failed
         print(f"trainpilot: {exc}", file=sys.stderr)
         return 1
 

@@ -186,7 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from trainpilot.store import POSTGRES_SCHEMES, psycopg_missing, redact_url
+    from trainpilot.store import POSTGRES_SCHEMES, redact_url
 
     url = args.store
     if not url:
@@ -198,8 +198,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         from trainpilot.store.postgres_migrations import migrate_url
 
         applied, version = asyncio.run(migrate_url(url))
-    except ImportError as exc:
-        raise CLIError(str(psycopg_missing(exc))) from None
     except TrainpilotError as exc:
         raise CLIError(str(exc)) from None
     for m in applied:

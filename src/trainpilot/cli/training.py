@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from trainpilot.cli.common import CLIError, add_server_flag
+from trainpilot.exceptions import MissingExtra
 from trainpilot.settings import DEFAULT_PORT
 from trainpilot.trainer.config import TrainConfig, add_flags, config_from
 
@@ -151,11 +152,11 @@ def _asdict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _train(cfg: TrainConfig, run: Any) -> int:
-    from trainpilot.trainer.train import Trainer
-
     try:
+        from trainpilot.trainer.train import Trainer
+
         trainer = Trainer(cfg, run)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, MissingExtra) as exc:
         run.finish("failed")
         raise CLIError(str(exc)) from None
     trainer.start()

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from trainpilot.exceptions import TransportError
+from trainpilot.extras import extra
 from trainpilot.sdk.spool import Spool
 from trainpilot.sdk.transport import Transport
 from trainpilot.wire import MAX_KEY_LENGTH
@@ -317,13 +318,13 @@ def encode_image(image: Any) -> bytes:
     """PNG bytes from PNG/JPEG bytes, a PIL image, or an HxW / HxWxC / CxHxW array or tensor."""
     if isinstance(image, bytes | bytearray):
         return bytes(image)
-    from PIL import Image
+    with extra("images", "logging an image that is not PNG/JPEG bytes"):
+        import numpy as np
+        from PIL import Image
 
     if isinstance(image, Image.Image):
         picture = image
     else:
-        import numpy as np
-
         array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
         if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
             array = array.transpose(1, 2, 0)  # CxHxW (torch) -> HxWxC

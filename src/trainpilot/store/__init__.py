@@ -145,10 +145,8 @@ def open_store(url: str) -> Store:
             )
         return SQLiteStore(path)
     if scheme in POSTGRES_SCHEMES:
-        try:
-            from trainpilot.store.postgres import PostgresStore
-        except ImportError as exc:
-            raise psycopg_missing(exc) from None
+        from trainpilot.store.postgres import PostgresStore
+
         return PostgresStore(url)
     if scheme == "memory":
         from trainpilot.store.memory import MemoryStore
@@ -158,10 +156,6 @@ def open_store(url: str) -> Store:
         f"unknown store {redact_url(url)!r}: use sqlite:///path/to/file.db, postgresql://user@host/db "
         "or memory://"
     )
-
-
-def psycopg_missing(exc: ImportError) -> ConfigError:
-    return ConfigError(f"the postgres store needs psycopg ({exc}): pip install 'trainpilot[postgres]'")
 
 
 def redact_url(url: str) -> str:

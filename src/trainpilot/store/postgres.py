@@ -20,18 +20,21 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-import psycopg
-from psycopg import AsyncConnection, IsolationLevel
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.types.json import set_json_loads
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from trainpilot.downsample import bucket_width
 from trainpilot.events import Event, NewEvent, Point, Run
 from trainpilot.exceptions import ConfigError, NotFound, StoreUnavailable
+from trainpilot.extras import extra
 from trainpilot.store import RUN_COLUMNS, CommitListener, Series, notify, redact_url, step_range
 from trainpilot.store.postgres_migrations import cannot_reach, check
 from trainpilot.store.postgres_writes import Append
+
+with extra("postgres", "the postgres store"):
+    import psycopg
+    from psycopg import AsyncConnection, IsolationLevel
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from psycopg.types.json import set_json_loads
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 log = logging.getLogger("trainpilot.store")
 CONNECT_TIMEOUT_S = 5

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
-import psycopg
-from psycopg import AsyncConnection
-
 from trainpilot.exceptions import ConfigError, StoreUnavailable
+from trainpilot.extras import extra
 from trainpilot.store import redact_url
+
+with extra("postgres", "the postgres store"):
+    import psycopg
+    from psycopg import AsyncConnection
 
 FILE_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
 LOCK = "SELECT pg_advisory_xact_lock(hashtext('trainpilot.migrate.' || coalesce(current_schema(), '')))"

@@ -15,12 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from psycopg import AsyncConnection
-
 from trainpilot.events import Event, NewEvent, Run
 from trainpilot.exceptions import NotFound
+from trainpilot.extras import extra
 from trainpilot.store import RUN_COLUMNS
 from trainpilot.store.run_state import apply_to_run
+
+with extra("postgres", "the postgres store"):
+    from psycopg import AsyncConnection
 
 INSERT_KEYS = """INSERT INTO metric_keys(run_id, name)
 SELECT b.run_id, b.name FROM unnest(%b::text[], %b::text[]) AS b(run_id, name)

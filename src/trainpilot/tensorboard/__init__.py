@@ -1,7 +1,7 @@
 """TensorBoard both ways: `SummaryWriter` (writer.py) streams what it writes; the tailer (tailer.py)
-streams what any writer left in a log directory.
+streams what any writer left in a log directory, read by reader.py and eventfile.py.
 
-`SummaryWriter` is imported on first use: it needs torch, the tailer does not."""
+`SummaryWriter` is imported on first use: it needs torch; reading needs nothing beyond trainpilot."""
 
 from __future__ import annotations
 

@@ -1,21 +1,16 @@
 """`trainpilot watch LOGDIR`: stream every scalar of a TensorBoard log directory into trainpilot.
 
-Non-invasive: the training program keeps writing its event files; the watcher tails them with the
-`tensorboard` package's own reader (which stops at a record still being written and resumes there
-once it is complete), and sends each scalar as a metrics event of a trainpilot run.
+Non-invasive: the training program keeps writing its event files; the watcher follows them with the
+reader (reader.py: which files make which run, a record still being written is read once complete)
+and sends each scalar as a metrics event of a trainpilot run.
 
-- A run is a directory holding event files. Keras/TF2 write ``<run>/train`` and ``<run>/validation``:
-  those are folded into ``<run>`` with the sub-folder as a prefix (``train/epoch_loss``).
-- Scalars come as ``simple_value`` (torch, tensorboardX) or as tensor summaries of the scalars
-  plugin (TF2); both are read, and the plugin of a tag is remembered from its first record.
 - Every record gets a seq from (a hash of the file's path, record number), so re-reading a file after
   a restart stores nothing twice; the watcher also remembers how far it read, in ``<data_dir>/watch/``,
-  so it need not re-read at all. It saves that position only once everything read before it is
+  so it need not send again. It saves that position only once everything read before it is
   delivered or in the spool (`Run.flush`): killed with -9 at any moment, it re-reads what it had not
   handed over and loses nothing.
 - Images (legacy image summaries and the TF2 images plugin) go to the run as media; like every
   image they are best-effort on a restart: a re-read file sends its images again.
-- Files are found only inside LOGDIR: symlinks that lead outside it are not followed.
 """
 
 from __future__ import annotations
@@ -23,71 +18,27 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 
-import trainpilot
-from trainpilot.sdk.run import Run
+from trainpilot.sdk.run import Run, init
+from trainpilot.tensorboard.reader import EventFile, event_files, images, run_of, scalars
 
 log = logging.getLogger("trainpilot.tensorboard.tailer")
-SPLIT_DIRS = frozenset({"train", "training", "validation", "val", "eval", "evaluation", "test"})
 RECORD_BITS = 32
 
 
 @dataclass
 class TailedFile:
-    path: Path
+    file: EventFile
     ordinal: int
     run_key: str
     prefix: str
-    loader: Any
-    records: int = 0  # records read so far, the count a restart skips
-    skip: int = 0
-    plugins: dict[str, str] = field(default_factory=dict)
-
-
-def run_of(rel: Path) -> tuple[str, str]:
-    """(run key, metric prefix) of an event file's path relative to the log directory."""
-    parts = rel.parent.parts
-    if parts and parts[-1].lower() in SPLIT_DIRS:
-        return "/".join(parts[:-1]) or ".", parts[-1] + "/"
-    return "/".join(parts) or ".", ""
-
-
-def read_logdir(logdir: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
-    """Every scalar under a log directory, as metrics events per run key (for offline analysis)."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
-    root = Path(logdir).expanduser().resolve()
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for dirpath, _dirs, names in os.walk(root):
-        for name in sorted(names):
-            path = Path(dirpath) / name
-            if "tfevents" not in name or not path.resolve().is_relative_to(root):
-                continue
-            run_key, prefix = run_of(path.relative_to(root))
-            plugins: dict[str, str] = {}
-            try:
-                for event in EventFileLoader(str(path)).Load():
-                    values = scalars(event, plugins)
-                    if values:
-                        data = {prefix + tag: value for tag, value in values.items()}
-                        runs.setdefault(run_key, []).append(
-                            {
-                                "kind": "metrics",
-                                "step": max(0, int(event.step)),
-                                "ts": event.wall_time,
-                                "data": data,
-                            }
-                        )
-            except Exception as exc:  # a corrupt file: what was read before it counts
-                log.warning("stopped reading %s: %s", path, exc)
-    return runs
+    skip: int = 0  # records a restart does not send again
+    broken: bool = False  # a record that is not an Event: the rest of the file is skipped
 
 
 def run_id_for(root: Path, run_key: str) -> str:
@@ -96,6 +47,8 @@ def run_id_for(root: Path, run_key: str) -> str:
 
 
 class Watcher:
+    """Follows one log directory: `poll` sends what is new in it, `close` delivers and saves the position."""
+
     def __init__(
         self,
         logdir: str | os.PathLike[str],
@@ -104,7 +57,6 @@ class Watcher:
         project: str | None = None,
         data_dir: str = "./trainpilot-data",
         token: str | None = None,
-        poll_s: float = 1.0,
     ) -> None:
         self.root = Path(logdir).expanduser().resolve()
         if not self.root.is_dir():
@@ -113,14 +65,12 @@ class Watcher:
         self.project = project or self.root.name
         self.data_dir = data_dir
         self.token = token
-        self.poll_s = poll_s
         self.files: dict[Path, TailedFile] = {}
         self.runs: dict[str, Run] = {}
         self.sent = 0
         state_name = hashlib.sha1(str(self.root).encode()).hexdigest()[:16] + ".json"
         self.state_path = Path(data_dir) / "watch" / state_name
         self._state: dict[str, dict[str, int]] = self._load_state()
-        self._stop = threading.Event()
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -132,7 +82,9 @@ class Watcher:
         return state if isinstance(state, dict) else {}
 
     def _save_state(self) -> None:
-        state = {str(f.path.relative_to(self.root)): {"records": f.records} for f in self.files.values()}
+        state = {
+            str(path.relative_to(self.root)): {"records": t.file.records} for path, t in self.files.items()
+        }
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_bytes(orjson.dumps(state))
@@ -142,33 +94,15 @@ class Watcher:
 
     def scan(self) -> list[TailedFile]:
         """Event files not seen before, in name order (their names carry their creation time)."""
-        found = []
-        for dirpath, _dirs, names in os.walk(self.root):  # os.walk does not follow symlinked dirs
-            for name in names:
-                if "tfevents" not in name:
-                    continue
-                path = Path(dirpath) / name
-                try:
-                    real = path.resolve(strict=True)
-                except OSError:
-                    continue
-                if not real.is_relative_to(self.root) or not real.is_file() or path in self.files:
-                    continue
-                found.append(path)
-        new = [self._track(path) for path in sorted(found)]
-        return new
+        return [self._track(path) for path in event_files(self.root) if path not in self.files]
 
     def _track(self, path: Path) -> TailedFile:
-        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
         rel = path.relative_to(self.root)
         saved = self._state.get(str(rel), {})
         # From the file's own path, so a watcher that lost its state numbers records the same way.
         ordinal = int(hashlib.sha1(str(rel).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
         run_key, prefix = run_of(rel)
-        tailed = TailedFile(
-            path, ordinal, run_key, prefix, EventFileLoader(str(path)), skip=int(saved.get("records", 0))
-        )
+        tailed = TailedFile(EventFile(path), ordinal, run_key, prefix, skip=int(saved.get("records", 0)))
         self.files[path] = tailed
         return tailed
 
@@ -176,7 +110,7 @@ class Watcher:
         run = self.runs.get(run_key)
         if run is None:
             name = self.root.name if run_key == "." else run_key
-            run = trainpilot.init(
+            run = init(
                 project=self.project,
                 name=name,
                 run_id=run_id_for(self.root, run_key),
@@ -197,11 +131,13 @@ class Watcher:
         self.scan()
         sent = 0
         for tailed in self.files.values():
+            if tailed.broken:
+                continue
             try:
                 sent += self._read(tailed)
-            except Exception as exc:  # a corrupt file must not stop the others
-                log.warning("skipping the rest of %s: %s", tailed.path, exc)
-                tailed.loader = _Exhausted()
+            except (OSError, ValueError) as exc:  # a corrupt file must not stop the others
+                log.warning("skipping the rest of %s: %s", tailed.file.path, exc)
+                tailed.broken = True
         if sent and self._handed_over():
             self._save_state()
         self.sent += sent
@@ -213,14 +149,14 @@ class Watcher:
 
     def _read(self, tailed: TailedFile) -> int:
         sent = 0
-        for event in tailed.loader.Load():
-            index = tailed.records
-            tailed.records += 1
+        plugins = tailed.file.plugins
+        for event in tailed.file.read():
+            index = tailed.file.records - 1
+            values = scalars(event, plugins)  # also for a record not sent again: it may name a plugin
             if index < tailed.skip:
                 continue
-            values = scalars(event, tailed.plugins)
-            step = max(0, int(event.step))
-            for tag, png in images(event, tailed.plugins):
+            step = max(0, event.step)
+            for tag, png in images(event, plugins):
                 self._run(tailed.run_key).log_image(tailed.prefix + tag, png, step=step)
             if not values:
                 continue
@@ -230,14 +166,6 @@ class Watcher:
             sent += 1
         return sent
 
-    def run_forever(self) -> None:
-        while not self._stop.is_set():
-            self.poll()
-            self._stop.wait(self.poll_s)
-
-    def stop(self) -> None:
-        self._stop.set()
-
     def close(self) -> None:
         """Deliver what was read and stop; the runs stay open for the next watcher."""
         handed_over = self._handed_over()
@@ -245,49 +173,6 @@ class Watcher:
             run.close(timeout=30)
         if self.files and handed_over:
             self._save_state()
-
-
-class _Exhausted:
-    def Load(self) -> list[Any]:  # the tensorboard loader's name
-        return []
-
-
-def scalars(event: Any, plugins: dict[str, str]) -> dict[str, float]:
-    """The scalar values of one event record: simple values, or tensors of the scalars plugin."""
-    from tensorboard import data_compat
-    from tensorboard.util import tensor_util
-
-    out: dict[str, float] = {}
-    if not event.HasField("summary"):
-        return out
-    for value in event.summary.value:
-        if value.HasField("metadata") and value.metadata.plugin_data.plugin_name:
-            plugins.setdefault(value.tag, value.metadata.plugin_data.plugin_name)
-        if value.HasField("simple_value"):
-            out[value.tag] = float(value.simple_value)
-            continue
-        if plugins.get(value.tag) != "scalars" or not value.HasField("tensor"):
-            continue
-        migrated = data_compat.migrate_value(value)
-        array = tensor_util.make_ndarray(migrated.tensor)
-        if array.size == 1:
-            out[value.tag] = float(array.reshape(()))
-    return out
-
-
-def images(event: Any, plugins: dict[str, str]) -> list[tuple[str, bytes]]:
-    """Encoded images of one record: legacy image summaries, or tensors of the images plugin (TF2)."""
-    out: list[tuple[str, bytes]] = []
-    if not event.HasField("summary"):
-        return out
-    for value in event.summary.value:
-        if value.HasField("image"):
-            out.append((value.tag, bytes(value.image.encoded_image_string)))
-        elif plugins.get(value.tag) == "images" and value.HasField("tensor"):
-            out.extend(
-                (value.tag, bytes(blob)) for blob in value.tensor.string_val[2:3]
-            )  # width, height, image
-    return out
 
 
 def watch(
@@ -301,7 +186,7 @@ def watch(
     once: bool = False,
 ) -> int:
     """The CLI: follow LOGDIR until Ctrl-C (or one pass with `once`); print progress lines."""
-    watcher = Watcher(logdir, server=server, project=project, data_dir=data_dir, token=token, poll_s=poll_s)
+    watcher = Watcher(logdir, server=server, project=project, data_dir=data_dir, token=token)
     print(f"watching {watcher.root} (project {watcher.project}); Ctrl-C to stop", flush=True)
     last = time.monotonic()
     try:

@@ -16,11 +16,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from torch.utils.tensorboard import SummaryWriter as TorchSummaryWriter
+from trainpilot.extras import extra
+from trainpilot.sdk.run import Run, init
 
-import trainpilot
-from trainpilot.sdk.run import Run
+with extra("train", "trainpilot.tensorboard.SummaryWriter"):
+    import numpy as np
+    from torch.utils.tensorboard import SummaryWriter as TorchSummaryWriter
 
 
 def _array(values: Any) -> np.ndarray:
@@ -43,7 +44,7 @@ class SummaryWriter(TorchSummaryWriter):
     ) -> None:
         super().__init__(log_dir, comment, purge_step, max_queue, flush_secs, filename_suffix)
         self._owns_run = run is None
-        self.run: Run = run or trainpilot.init(
+        self.run: Run = run or init(
             project=project or os.environ.get("TRAINPILOT_PROJECT", "tensorboard"),
             name=Path(self.log_dir).name,
             config={"log_dir": str(self.log_dir)},

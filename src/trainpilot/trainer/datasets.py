@@ -16,8 +16,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
+from trainpilot.extras import extra
+
+with extra("train", "trainpilot train"):
+    import numpy as np
+    import torch
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "hbar", "vbar", "x", "dot")
 
@@ -60,7 +63,8 @@ def load(
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from sklearn.datasets import load_digits
+    with extra("train", "the digits data set"):
+        from sklearn.datasets import load_digits
 
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None]
@@ -116,7 +120,8 @@ def _shape_mask(name: str, u: np.ndarray, v: np.ndarray, s: float) -> np.ndarray
 
 
 def _folder(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from PIL import Image
+    with extra("train", "a folder: data set"):
+        from PIL import Image
 
     if not root.is_dir():
         raise ValueError(f"{root} is not a directory of class folders")

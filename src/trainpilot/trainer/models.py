@@ -10,7 +10,10 @@ the classic failure cases (deep sigmoid nets, vanishing gradients) from the same
 
 from __future__ import annotations
 
-from torch import nn
+from trainpilot.extras import extra
+
+with extra("train", "trainpilot train"):
+    from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -127,10 +130,8 @@ def build(
 
 
 def _torchvision(name: str, in_channels: int, num_classes: int) -> nn.Module:
-    try:
+    with extra("vision", f"model tv:{name}"):
         import torchvision
-    except ImportError:
-        raise ValueError(f"model tv:{name} needs torchvision, which is not installed") from None
     model: nn.Module = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     if first.in_channels != in_channels:

@@ -43,15 +43,19 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
+from trainpilot.exceptions import MissingExtra
+from trainpilot.extras import extra
 from trainpilot.sdk.run import Run
 from trainpilot.trainer.config import TrainConfig
 from trainpilot.trainer.datasets import Split, load
 from trainpilot.trainer.models import build
+
+with extra("train", "trainpilot train"):
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel
 
 
 def join_process_group(device: str) -> None:
@@ -194,9 +198,10 @@ class Trainer:
         if not self.cfg.tensorboard_dir:
             return None
         try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            print("trainpilot: TensorBoard files not written (pip install tensorboard)", file=sys.stderr)
+            with extra("train", "writing TensorBoard files"):
+                from torch.utils.tensorboard import SummaryWriter
+        except MissingExtra as exc:
+            print(f"trainpilot: {exc}; training without them", file=sys.stderr)
             return None
         return SummaryWriter(os.path.join(self.cfg.tensorboard_dir, self.run.id))
 
@@ -438,8 +443,12 @@ class Trainer:
     def _progress(self) -> Any:
         if not (self.cfg.progress and sys.stderr.isatty()) or self.rank != 0:
             return None
-        from tqdm import tqdm
-
+        try:
+            with extra("train", "the progress bar"):
+                from tqdm import tqdm
+        except MissingExtra as exc:
+            print(f"trainpilot: {exc} (or --no-progress)", file=sys.stderr)
+            return None
         return tqdm(total=self.total_steps, initial=self.step, unit="step", desc=self.run.id, file=sys.stderr)
 
 
