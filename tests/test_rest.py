@@ -122,12 +122,9 @@ def wait_for_ws_subscribers(client: TestClient, count: int, timeout: float = 5.0
 
 
 def test_info_reports_version_cpu_memory_and_live_connection_counts(
-    backend_app: tuple[str, TestClient], request: pytest.FixtureRequest
+    backend_app: tuple[str, TestClient],
 ) -> None:
     backend, client = backend_app
-    if backend == "postgres":
-        reason = "info names the store by its URL's scheme (postgresql), health by the backend (postgres)"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     info = client.get("/api/system/info").json()
     assert info["version"] == __version__
     assert info["cpu"]["count"] >= 1 and 0 <= info["cpu"]["percent"] <= 100 * info["cpu"]["count"]

@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from trainpilot.server.hub import Hub
 from trainpilot.server.latency import BOUNDS_S
+from trainpilot.store import backend_name
 from trainpilot.version import __version__
 
 _process = psutil.Process()
@@ -57,7 +58,7 @@ def info(hub: Hub) -> dict[str, Any]:
         },
         "gpus": gpus(),
         "backends": {
-            "store": hub.settings.store_url.split(":", 1)[0],
+            "store": backend_name(hub.settings.store_url),
             "broker": hub.settings.broker.split(":", 1)[0],
         },
         "connections": hub.broker.counts(),

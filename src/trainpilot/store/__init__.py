@@ -158,6 +158,12 @@ def open_store(url: str) -> Store:
     )
 
 
+def backend_name(url: str) -> str:
+    """The backend a store URL opens, as its `health()` names it: ``postgres`` for either scheme."""
+    scheme = url.split(":", 1)[0]
+    return "postgres" if scheme in POSTGRES_SCHEMES else scheme
+
+
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***``, for logs and messages.
 
