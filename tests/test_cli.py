@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import LiveServer, create_run, metrics_batch, sse_events, wait_until
+from trainpilot.client import run_path
 
 CLI = [sys.executable, "-m", "trainpilot.cli"]
 
@@ -99,12 +101,13 @@ def test_analyze_reads_a_run_from_a_server_and_an_unknown_one_is_a_one_line_erro
     assert "404" in missing.stderr
 
 
-def test_tail_prints_a_runs_metric_lines_live(shared_server: LiveServer) -> None:
+@pytest.mark.parametrize("run_id", ["cli-tail", "cli tail #2?"])  # the second must be quoted in the URL
+def test_tail_prints_a_runs_metric_lines_live(shared_server: LiveServer, run_id: str) -> None:
     with shared_server.client() as client:
-        create_run(client, "cli-tail")
-        client.post("/api/runs/cli-tail/events", json=metrics_batch(0, 3))
+        create_run(client, run_id)
+        client.post(run_path(run_id, "/events"), json=metrics_batch(0, 3))
         proc = subprocess.Popen(
-            [*CLI, "tail", "cli-tail", "--after", "0", "--server", shared_server.url],
+            [*CLI, "tail", run_id, "--after", "0", "--server", shared_server.url],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -130,7 +133,7 @@ def test_tail_prints_a_runs_metric_lines_live(shared_server: LiveServer) -> None
                 if "metrics" in line:
                     metric_lines.append(line)
                 if len(metric_lines) == 3:  # the replay is printed; now two live points
-                    client.post("/api/runs/cli-tail/events", json=metrics_batch(3, 2))
+                    client.post(run_path(run_id, "/events"), json=metrics_batch(3, 2))
         finally:
             proc.terminate()
             proc.wait(10)

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from trainpilot.client import ApiClient, auth_headers, http_error
+from trainpilot.client import ApiClient, auth_headers, http_error, run_path
 from trainpilot.exceptions import TransportError
 from trainpilot.server.runner import free_port
 
@@ -20,6 +20,12 @@ from trainpilot.server.runner import free_port
 def test_a_token_is_a_bearer_header_and_no_token_is_no_header() -> None:
     assert auth_headers("t0k") == {"Authorization": "Bearer t0k"}
     assert auth_headers(None) == {} and auth_headers("") == {}
+
+
+def test_a_run_id_is_one_path_segment_whatever_it_holds() -> None:
+    assert run_path("r-1") == "/api/runs/r-1"
+    assert run_path("a b?c#d%e/f", "/ask") == "/api/runs/a%20b%3Fc%23d%25e%2Ff/ask"
+    assert run_path("é") == "/api/runs/%C3%A9"
 
 
 def test_an_error_answer_reads_in_the_servers_words_with_its_code() -> None:
@@ -69,4 +75,10 @@ def test_a_server_that_is_not_there_is_a_transport_error_without_a_status() -> N
 def test_the_client_package_exports_the_rest_client_and_its_helpers() -> None:
     import trainpilot.client
 
-    assert sorted(trainpilot.client.__all__) == ["ApiClient", "auth_headers", "env_token", "http_error"]
+    assert sorted(trainpilot.client.__all__) == [
+        "ApiClient",
+        "auth_headers",
+        "env_token",
+        "http_error",
+        "run_path",
+    ]

@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 from trainpilot.cli.common import CLIError, add_server_flag, print_table
-from trainpilot.client.rest import ApiClient, env_token
+from trainpilot.client.rest import ApiClient, env_token, run_path
 from trainpilot.client.sse import SSEClient
 from trainpilot.events import ACTIONS
 
@@ -62,7 +62,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def cmd_ask(args: argparse.Namespace) -> int:
     api = ApiClient(args.server, env_token(), timeout_s=120, connect_s=5)
-    for event in api.events("POST", f"/api/runs/{args.run}/ask", json={"question": args.question}):
+    for event in api.events("POST", run_path(args.run, "/ask"), json={"question": args.question}):
         data = event.data if isinstance(event.data, dict) else {}
         if event.name == "token":
             print(data.get("text", ""), end="", flush=True)
@@ -135,7 +135,7 @@ def cmd_control(args: argparse.Namespace) -> int:
         raise CLIError("set_lr needs a value: trainpilot control RUN set_lr 0.01")
     token = args.token or env_token()
     api = ApiClient(args.server, token)
-    cursor = api.call("GET", "/api/runs/" + args.run).get("last_event_id") or 0
+    cursor = api.call("GET", run_path(args.run)).get("last_event_id") or 0
     body = {"run_id": args.run, "action": args.action, "value": args.value}
     reply = api.call("POST", "/api/training/control", json=body)
     command_id = reply["command_id"]

@@ -14,6 +14,7 @@ answer came.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,11 @@ def env_token() -> str | None:
 
 def auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def run_path(run_id: str, tail: str = "") -> str:
+    """``/api/runs/<id><tail>`` with the id as one path segment: ids may hold spaces, '?', '#' or '%'."""
+    return f"/api/runs/{urllib.parse.quote(run_id, safe='')}{tail}"
 
 
 def http_error(where: str, status: int, body: bytes) -> TransportError:

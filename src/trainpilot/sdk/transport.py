@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from trainpilot.client.rest import auth_headers, http_error
+from trainpilot.client.rest import auth_headers, http_error, run_path
 from trainpilot.exceptions import TransportError
 from trainpilot.wire import MEDIA_BODY_TYPE
 
@@ -103,20 +103,16 @@ class HttpTransport:
         return run
 
     def send(self, run_id: str, events: list[dict[str, Any]]) -> None:
-        self._post(f"/api/runs/{_quoted(run_id)}/events", {"events": events})
+        self._post(run_path(run_id, "/events"), {"events": events})
 
     def upload_media(
         self, run_id: str, name: str, step: int | None, caption: str | None, body: bytes
     ) -> None:
         params = {k: v for k, v in (("name", name), ("step", step), ("caption", caption)) if v is not None}
-        self._post(f"/api/runs/{_quoted(run_id)}/media", body, params)
+        self._post(run_path(run_id, "/media"), body, params)
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
-
-def _quoted(run_id: str) -> str:
-    """A run id as one path segment: ids may hold spaces, '?', '#' or '%' (anything printable but '/')."""
-    return urllib.parse.quote(run_id, safe="")

@@ -22,7 +22,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
-from trainpilot.client.rest import ApiClient
+from trainpilot.client.rest import ApiClient, run_path
 from trainpilot.events import Action, RunStatus
 from trainpilot.exceptions import TransportError
 from trainpilot.version import __version__
@@ -69,7 +69,7 @@ def build(api: ApiClient) -> MCPServer:
     ) -> dict[str, Any]:
         """A run in brief: config, status, per-metric statistics for the early, middle and late thirds
         of training (mean, min, max, last) and the detectors' findings. Start here to explain a run."""
-        summary: dict[str, Any] = await call("GET", f"/api/runs/{run_id}/summary", ctx)
+        summary: dict[str, Any] = await call("GET", run_path(run_id, "/summary"), ctx)
         return summary
 
     @server.tool(annotations=READ)
@@ -119,7 +119,7 @@ def build(api: ApiClient) -> MCPServer:
         limit: Annotated[int, Field(ge=1, le=200, description="the most recent findings to return")] = 50,
     ) -> dict[str, Any]:
         """The detectors' findings for a run, newest last: kind, severity, step, evidence, suggestion."""
-        found = (await call("GET", f"/api/runs/{run_id}/insights", ctx))["insights"]
+        found = (await call("GET", run_path(run_id, "/insights"), ctx))["insights"]
         return {"run_id": run_id, "insights": found[-limit:], "left_out": max(0, len(found) - limit)}
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True))
