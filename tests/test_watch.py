@@ -239,7 +239,7 @@ def test_a_watcher_killed_with_sigkill_at_any_moment_loses_nothing_and_stores_no
     time: it saves how far it read only once what it read is delivered or in its spool, so the
     server ends with every scalar exactly once. Its sends are made to wait a second
     (TRAINPILOT_SEND_INTERVAL_MS), so a kill finds events read but not yet handed over."""
-    logdir, steps = tmp_path / "logs", 300
+    logdir, steps = tmp_path / "logs", 700  # ~21 s of writing: time for three kills on a loaded machine
     writer = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(WRITER), "tbx", str(logdir / "r"), str(steps), "0.03"]
     )
