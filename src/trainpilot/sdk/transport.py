@@ -115,4 +115,3 @@ class HttpTransport:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
