@@ -3,19 +3,15 @@
 The reference is the `tensorboard` package as trainpilot used it before: `EventFileLoader` (with its
 data_compat and dataclass_compat migrations) and `tensor_util.make_ndarray`. Both read event files of
 every writer installed here (torch, tensorboardX, TensorBoard's own writer with TF2-style tensor
-summaries as Keras writes them), a few MB of the event files earlier test runs left under pytest's
-base directory (the trainer's, the analyzer's...), and cut or damaged copies; tags, steps, wall
+summaries as Keras writes them), and cut or damaged copies; tags, steps, wall
 times and values are compared bit for bit, images byte for byte, records counted.
 """
 
 from __future__ import annotations
 
-import contextlib
-import getpass
 import struct
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -199,23 +195,6 @@ def test_every_writer_s_files_read_the_same_as_tensorboard_reads_them(logdir: Pa
     records, values, found = compare(files)
     print(f"writers: {len(files)} files, {records} records, {values} values, {found} images")
     assert len(files) >= 10 and records >= 500 and values >= 800 and found >= 50
-
-
-def test_files_earlier_test_runs_left_read_the_same(tmp_path: Path) -> None:
-    """The trainer's, the analyzer's, the watcher's...: copied first, as a run may still write them;
-    a few MB in all, as both readers are pure Python."""
-    base = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
-    copies, budget = [], 3_000_000
-    for n, path in enumerate(sorted(base.glob("pytest-*/*/**/*tfevents*"))):
-        with contextlib.suppress(OSError):
-            data = path.read_bytes()
-            if len(data) > min(budget, 300_000):
-                continue
-            budget -= len(data)
-            (tmp_path / f"{n}.tfevents").write_bytes(data)
-            copies.append(tmp_path / f"{n}.tfevents")
-    records, values, found = compare(copies)
-    print(f"left by earlier runs: {len(copies)} files, {records} records, {values} values, {found} images")
 
 
 def test_read_logdir_folds_train_and_validation_into_their_run(logdir: Path) -> None:
