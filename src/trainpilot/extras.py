@@ -12,6 +12,7 @@ is not installed. The extras in pyproject.toml match features, not packages:
     images    `Run.log_image` of arrays and PIL images (numpy, pillow); PNG/JPEG bytes need nothing
     postgres  the PostgreSQL store (psycopg)
     redis     the Redis broker, for several server replicas (redis)
+    ultralytics  `trainpilot.integrations.ultralytics`, callbacks for YOLO training (ultralytics)
 
 Reading TensorBoard files (`trainpilot watch`, `trainpilot analyze`) needs no extra.
 """
@@ -36,6 +37,7 @@ NAMES = {
     "torch": "PyTorch",
     "torchvision": "torchvision",
     "tqdm": "tqdm",
+    "ultralytics": "Ultralytics",
 }
 
 
