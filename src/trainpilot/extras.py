@@ -12,6 +12,9 @@ is not installed. The extras in pyproject.toml match features, not packages:
     images    `Run.log_image` of arrays and PIL images (numpy, pillow); PNG/JPEG bytes need nothing
     postgres  the PostgreSQL store (psycopg)
     redis     the Redis broker, for several server replicas (redis)
+    lightning    trainpilot.integrations.lightning (lightning)
+    huggingface  trainpilot.integrations.huggingface (transformers, accelerate)
+    keras        trainpilot.integrations.keras (keras 3)
 
 Reading TensorBoard files (`trainpilot watch`, `trainpilot analyze`) needs no extra.
 """
@@ -27,6 +30,10 @@ from trainpilot.exceptions import MissingExtra
 # What the message calls a top-level module.
 NAMES = {
     "PIL": "Pillow",
+    "accelerate": "Accelerate",
+    "keras": "Keras 3",
+    "lightning": "PyTorch Lightning",
+    "transformers": "Hugging Face Transformers",
     "numpy": "NumPy",
     "psycopg": "psycopg",
     "psycopg_pool": "psycopg_pool",
