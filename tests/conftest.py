@@ -38,9 +38,12 @@ POSTGRES_URL = os.environ.get("TRAINPILOT_TEST_POSTGRES_URL", "postgresql://post
 class LiveServer:
     """`trainpilot serve` as a child process; stop it gently or kill -9 it, then start it again."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, **env: str) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, args: tuple[str, ...] = (), **env: str
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.args = args  # more `serve` flags
         self.env = {**os.environ, **{f"TRAINPILOT_{k.upper()}": v for k, v in env.items()}}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / f"server-{self.port}.log"
@@ -62,6 +65,7 @@ class LiveServer:
             str(self.data_dir),
             "--log-level",
             "warning",
+            *self.args,
         ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)

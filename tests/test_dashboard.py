@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import LOGGER, LiveServer, wait_until
+from trainpilot.server.runner import free_port
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -149,3 +150,21 @@ def test_on_a_token_server_the_page_reads_with_the_token_from_its_address_and_st
         proc.communicate()
         server.stop()
     assert "s3cret" not in server.log.read_text()
+
+
+def test_the_server_panel_shows_the_alert_webhooks_redacted_with_their_counters(
+    browser: Any, tmp_path: Path
+) -> None:
+    hook = f"slack+http://127.0.0.1:{free_port()}/services/T0KEN-s3cret"  # nothing listens there
+    server = LiveServer(tmp_path / "alerts-data", args=("--alert-webhook", hook)).start()
+    try:
+        page = Page(browser, server.url + "/")
+        page.page.wait_for_selector("#alerts:has-text('pending')", timeout=20_000)
+        text = page.page.inner_text("#alerts")
+        assert "warning findings and above" in text
+        assert f"{hook.removeprefix('slack+').split('/services')[0]} (slack): 0 sent, 0 failed" in text
+        assert "s3cret" not in page.page.content()
+        assert page.errors == [] and page.console_errors == []
+        page.page.close()
+    finally:
+        server.stop()

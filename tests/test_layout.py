@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"broker", "analysis"},
     {"server"},
     {"sdk"},
-    {"tensorboard"},
+    {"tensorboard", "integrations"},
     {"trainer"},
     {"cli", "__init__"},
 ]

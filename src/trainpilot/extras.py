@@ -12,7 +12,10 @@ is not installed. The extras in pyproject.toml match features, not packages:
     images    `Run.log_image` of arrays and PIL images (numpy, pillow); PNG/JPEG bytes need nothing
     postgres  the PostgreSQL store (psycopg)
     redis     the Redis broker, for several server replicas (redis)
-    ultralytics  `trainpilot.integrations.ultralytics`, callbacks for YOLO training (ultralytics)
+    lightning    trainpilot.integrations.lightning (lightning)
+    huggingface  trainpilot.integrations.huggingface (transformers, accelerate)
+    keras        trainpilot.integrations.keras (keras 3)
+    ultralytics  trainpilot.integrations.ultralytics (ultralytics; it needs torchvision)
 
 Reading TensorBoard files (`trainpilot watch`, `trainpilot analyze`) needs no extra.
 """
@@ -28,6 +31,11 @@ from trainpilot.exceptions import MissingExtra
 # What the message calls a top-level module.
 NAMES = {
     "PIL": "Pillow",
+    "accelerate": "Accelerate",
+    "keras": "Keras 3",
+    "lightning": "PyTorch Lightning",
+    "transformers": "Hugging Face Transformers",
+    "ultralytics": "Ultralytics",
     "numpy": "NumPy",
     "psycopg": "psycopg",
     "psycopg_pool": "psycopg_pool",
@@ -37,7 +45,6 @@ NAMES = {
     "torch": "PyTorch",
     "torchvision": "torchvision",
     "tqdm": "tqdm",
-    "ultralytics": "Ultralytics",
 }
 
 

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from trainpilot.exceptions import ConfigError
 from trainpilot.extras import check
 
 DEFAULT_PORT = 8765
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+ALERT_SEVERITIES = ("warning", "critical")
+WebhookFormat = Literal["json", "slack", "discord"]
+WEBHOOK_FLAG = "--alert-webhook (TRAINPILOT_ALERT_WEBHOOKS)"
+FORMATS: dict[str, WebhookFormat] = {"json": "json", "slack": "slack", "discord": "discord"}
+DISCORD_HOSTS = frozenset({"discord.com", "discordapp.com", "ptb.discord.com", "canary.discord.com"})
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,12 @@ class Settings:
     llm_url: str = ""  # an OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1 (Ollama)
     llm_model: str = ""
     llm_key: str | None = field(default=None, repr=False)
+    public_url: str = ""  # the dashboard's address as people open it (behind a proxy), for alert links
+    alert_webhooks: str = field(default="", repr=False)  # URLs, comma- or space-separated: secrets
+    alert_severity: str = "warning"  # the least severe finding that alerts: warning | critical
+    alert_backoff_s: float = 1.0  # a failed delivery is retried after this, then twice and four times it
+    alert_burst: int = 10  # alerts a webhook may get at once ...
+    alert_refill_s: float = 6.0  # ... and then one per this many seconds
 
     @property
     def store_url(self) -> str:
@@ -50,6 +63,19 @@ class Settings:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """Where people open the dashboard: `public_url`, else the listen address unless that is every
+        address (0.0.0.0 names no machine a reader could open)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return None if self.host in ("0.0.0.0", "::", "") else self.url
+
+    @property
+    def webhooks(self) -> list[Webhook]:
+        """`alert_webhooks`, parsed; `ConfigError` names the flag for one that is not http(s)."""
+        return [parse_webhook(raw) for raw in re.split(r"[\s,]+", self.alert_webhooks) if raw]
 
     def check(self) -> Settings:
         """Refuse settings that cannot work or are unsafe, with a message saying how to fix them."""
@@ -71,6 +97,17 @@ class Settings:
                 )
         if self.broker.split(":", 1)[0] in ("redis", "rediss"):
             check("redis", "redis", "the redis broker")
+        if self.alert_severity not in ALERT_SEVERITIES:
+            raise ConfigError(
+                f"--alert-severity (TRAINPILOT_ALERT_SEVERITY) must be warning or critical, "
+                f"got {self.alert_severity!r}"
+            )
+        if self.alert_backoff_s < 0 or self.alert_burst < 1 or self.alert_refill_s <= 0:
+            raise ConfigError(
+                "alert rate settings: TRAINPILOT_ALERT_BACKOFF_S must be >= 0, TRAINPILOT_ALERT_BURST "
+                ">= 1 and TRAINPILOT_ALERT_REFILL_S > 0"
+            )
+        self.webhooks  # noqa: B018 (parsing is the check)
         return self
 
     @classmethod
@@ -94,6 +131,54 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
     except ValueError:
         raise ConfigError(f"TRAINPILOT_{name.upper()} must be a number, got {raw!r}") from None
     return raw
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """Where alerts go and in which body: a generic JSON object, Slack's `text` or Discord's `content`."""
+
+    url: str = field(repr=False)  # the path holds the webhook's token: never shown, never logged
+    format: WebhookFormat
+
+    @property
+    def redacted(self) -> str:
+        """Scheme and host only, for /api/system/info, /metrics and the log."""
+        parts = urlsplit(self.url)
+        host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+        return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def parse_webhook(raw: str) -> Webhook:
+    """A webhook URL, its body format forced by a prefix or told by its host.
+
+    >>> parse_webhook("https://hooks.slack.com/services/T/B/x").format
+    'slack'
+    >>> parse_webhook("json+https://hooks.slack.com/services/T/B/x").format
+    'json'
+    """
+    prefix, plus, rest = raw.partition("+")
+    forced = FORMATS.get(prefix) if plus else None
+    url = raw if forced is None else rest
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = url.split("://", 1)[0] + "://..." if "://" in url else "a URL without a scheme"
+        raise ConfigError(
+            f"{WEBHOOK_FLAG}: {shown} is not an http(s) URL with a host "
+            "(a slack+, discord+ or json+ prefix may force the body format)"
+        )
+    if forced is not None:
+        kind = forced
+    elif parts.hostname == "hooks.slack.com":
+        kind = "slack"
+    elif parts.hostname in DISCORD_HOSTS and parts.path.startswith("/api/webhooks/"):
+        kind = "discord"
+    else:
+        kind = "json"
+    return Webhook(url, kind)
 
 
 def is_loopback(host: str) -> bool:

@@ -83,6 +83,24 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "e.g. the name a reverse proxy forwards (env TRAINPILOT_ALLOWED_HOSTS)",
     )
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--alert-webhook",
+        action="append",
+        metavar="URL",
+        help="post findings and runs that end failed, stopped or lost here (repeatable; env "
+        "TRAINPILOT_ALERT_WEBHOOKS, comma- or space-separated). Slack and Discord webhook URLs get their "
+        "own body; a slack+, discord+ or json+ prefix forces one",
+    )
+    p.add_argument(
+        "--alert-severity",
+        choices=["warning", "critical"],
+        help="the least severe finding that alerts (default warning; env TRAINPILOT_ALERT_SEVERITY)",
+    )
+    p.add_argument(
+        "--public-url",
+        help="the dashboard's address as people open it, for links in alerts (env TRAINPILOT_PUBLIC_URL; "
+        "default: the listen address)",
+    )
 
 
 def add_store_flags(p: argparse.ArgumentParser) -> None:
@@ -147,11 +165,9 @@ async def _opens(store: Any) -> None:
     """Nothing: opening is the check (a wrong URL or an unmigrated database is one line, not a traceback)."""
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from trainpilot.server.runner import serve_forever
-    from trainpilot.store import redact_url
-
-    settings = Settings.from_env(
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """The flags of `serve` over the environment; repeated --alert-webhook flags replace the variable."""
+    return Settings.from_env(
         host=args.host,
         port=args.port,
         data_dir=args.data_dir,
@@ -162,7 +178,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cors_origins=args.cors_origins,
         allowed_hosts=args.allowed_hosts,
         log_level=args.log_level,
+        alert_webhooks=" ".join(args.alert_webhook) if args.alert_webhook else None,
+        alert_severity=args.alert_severity,
+        public_url=args.public_url,
     )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from trainpilot.server.runner import serve_forever
+    from trainpilot.store import redact_url
+
+    settings = serve_settings(args)
     if settings.port == 0:  # any free port, named in the banner (uvicorn would pick one it never tells)
         from trainpilot.server.runner import free_port
 
@@ -181,6 +207,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     print(f"  live stream: curl -N {settings.url}/api/stream/metrics", flush=True)
     print(f"  API docs:    {settings.url}/docs", flush=True)
+    if hooks := settings.webhooks:  # by scheme and host only: a webhook's path is its secret
+        shown = ", ".join(f"{w.redacted} ({w.format})" for w in hooks)
+        print(f"  alerts:      {settings.alert_severity} and above, to {shown}", flush=True)
     serve_forever(settings)
     return 0
 

@@ -513,7 +513,18 @@ async function refreshSystem() {
       `CPU ${info.cpu.count} cores, ${info.cpu.percent}% (server process ${info.cpu.process_percent}%)\n` +
       `RAM ${(info.memory.available_bytes / 2 ** 30).toFixed(1)} GiB free of ${(info.memory.total_bytes / 2 ** 30).toFixed(1)} GiB; server RSS ${(info.memory.process_rss_bytes / 2 ** 20).toFixed(0)} MiB\n` +
       `GPU ${gpus}\nlive connections: ${info.connections.sse} SSE, ${info.connections.ws} WebSocket`;
+    $("alerts").textContent = alertsText(info.alerts);
   } catch (e) { $("sysline").textContent = "server unreachable"; }
+}
+
+// Webhooks come redacted (scheme and host: a webhook's path is its secret), and as text like the rest.
+function alertsText(alerts) {
+  if (!alerts || !alerts.configured) return "no webhooks (trainpilot serve --alert-webhook URL)";
+  const rate = alerts.rate_limit;
+  const hooks = alerts.webhooks.map((w) => `${w.url} (${w.format}): ${w.sent} sent, ${w.failed} failed, ` +
+    `${w.dropped} dropped, ${w.pending} pending${w.last_error ? ` · last error ${w.last_error}` : ""}`);
+  return `${alerts.severity} findings and above, and runs that end failed, stopped or lost; ` +
+    `${rate.burst} at once, then one per ${rate.refill_s} s per webhook\n${hooks.join("\n")}`;
 }
 
 // -- wiring -----------------------------------------------------------------------------------------

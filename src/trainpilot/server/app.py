@@ -22,13 +22,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from trainpilot.broker import open_broker
+from trainpilot.events import Event
 from trainpilot.server import auth, errors, media, rest, sse, system, ws
+from trainpilot.server.alerts import Alerts
 from trainpilot.server.assistant import MCP_PATH, LazyMCP
 from trainpilot.server.explain import Explainer
 from trainpilot.server.guard import Guard, refuse, split_list
 from trainpilot.server.hub import Hub
 from trainpilot.settings import Settings
-from trainpilot.store import open_store
+from trainpilot.store import CommitListener, open_store
 from trainpilot.version import __version__
 
 STREAM_DOC = {
@@ -92,6 +94,9 @@ def create_app(settings: Settings) -> Dispatcher:
         store.on_commit = broker.publish
         await broker.start(await store.last_id())
         hub = Hub(settings, store, broker)
+        if hub.alerts.hooks:
+            store.on_commit = _publish_then_alert(broker.publish, hub.alerts)
+            hub.alerts.start()
         if settings.llm_url and settings.llm_model:
             hub.analysis.explainer = Explainer(settings, store)
         api.state.hub = hub
@@ -103,6 +108,7 @@ def create_app(settings: Settings) -> Dispatcher:
         finally:
             await assistant.close()
             watchdog.cancel()
+            await hub.alerts.close()
             await broker.close()
             await store.close()
 
@@ -129,6 +135,18 @@ def create_app(settings: Settings) -> Dispatcher:
 
 
 INGEST = re.compile(r"^/api/runs/([^/]+)/events$")
+
+
+def _publish_then_alert(publish: CommitListener, alerts: Alerts) -> CommitListener:
+    """The commit listener with webhooks: fan-out first, then the alert filter (which only queues)."""
+
+    def committed(events: list[Event]) -> None:
+        try:
+            publish(events)
+        finally:
+            alerts.observe(events)
+
+    return committed
 
 
 async def _watch_liveness(hub: Hub) -> None:

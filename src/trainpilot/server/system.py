@@ -63,6 +63,7 @@ def info(hub: Hub) -> dict[str, Any]:
         },
         "connections": hub.broker.counts(),
         "ingest": hub.ingest_latency.summary(),
+        "alerts": hub.alerts.info(),
         "llm": {
             "configured": bool(hub.settings.llm_url),
             "url": hub.settings.llm_url or None,
@@ -136,6 +137,28 @@ class _HubCollector:
         for transport, count in self.hub.broker.counts().items():
             subs.add_metric([transport], count)
         yield subs
+        yield from _alert_metrics(self.hub)
+
+
+def _alert_metrics(hub: Hub) -> Any:
+    """Per webhook, named by its position and its scheme and host (its path is a secret)."""
+    hooks = hub.alerts.hooks
+    if not hooks:
+        return
+    labels = ["webhook", "url"]
+    outcomes = CounterMetricFamily(
+        "trainpilot_alerts",
+        "alerts by webhook and outcome: sent, failed, dropped",
+        labels=[*labels, "outcome"],
+    )
+    pending = GaugeMetricFamily("trainpilot_alerts_pending", "alerts waiting or being sent", labels=labels)
+    for i, hook in enumerate(hooks):
+        names = [str(i), hook.webhook.redacted]
+        for outcome, count in hook.counts.items():
+            outcomes.add_metric([*names, outcome], count)
+        pending.add_metric(names, hook.pending)
+    yield outcomes
+    yield pending
 
 
 def registry(hub: Hub) -> CollectorRegistry:

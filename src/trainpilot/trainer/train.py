@@ -42,11 +42,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from trainpilot.exceptions import MissingExtra
 from trainpilot.extras import extra
 from trainpilot.sdk.run import Run
+from trainpilot.sdk.system import system_metrics
 from trainpilot.trainer.config import TrainConfig
 from trainpilot.trainer.datasets import Split, load
 from trainpilot.trainer.models import build
@@ -450,23 +449,3 @@ class Trainer:
             print(f"trainpilot: {exc} (or --no-progress)", file=sys.stderr)
             return None
         return tqdm(total=self.total_steps, initial=self.step, unit="step", desc=self.run.id, file=sys.stderr)
-
-
-_process = psutil.Process()
-
-
-def system_metrics(device: torch.device) -> dict[str, float]:
-    memory = psutil.virtual_memory()
-    out = {
-        "system/cpu_percent": psutil.cpu_percent(None),
-        "system/ram_percent": memory.percent,
-        "system/process_rss_mb": _process.memory_info().rss / 2**20,
-    }
-    if device.type == "cuda":
-        out["system/gpu_memory_mb"] = torch.cuda.memory_allocated(device) / 2**20
-        out["system/gpu_memory_reserved_mb"] = torch.cuda.memory_reserved(device) / 2**20
-        try:
-            out["system/gpu_utilization_percent"] = float(torch.cuda.utilization(device))
-        except Exception:  # needs pynvml; absent is fine
-            pass
-    return out
