@@ -17,6 +17,7 @@ import case_footprint
 import case_history
 import case_ingest
 import case_instructions
+import case_integrations
 import case_log_cost
 import case_replicas
 import case_training
@@ -39,6 +40,7 @@ CASES = [
     Case("5. history (one metric, downsampled)", "history", case_history),
     Case("6. footprint (import time, server RSS and CPU)", "footprint", case_footprint),
     Case("8. one replica vs two (PostgreSQL + Redis) vs SQLite", "replicas", case_replicas),
+    Case("9. framework integrations (cost per training step)", "integrations", case_integrations),
 ]
 
 

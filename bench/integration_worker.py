@@ -1,0 +1,112 @@
+"""One timed training of scikit-learn's digits under a framework, with or without trainpilot's
+integration, in a process of its own; prints ``RESULT {json}``.
+
+    python integration_worker.py --framework lightning --variant trainpilot --steps 600 --server URL
+
+Time per step is measured between the end of batch `--warmup` and the end of the last batch by a timing
+hook that is there in both variants, so the framework's start-up and the run's creation are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+from sklearn.datasets import load_digits
+
+
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    x, y = load_digits(return_X_y=True)
+    return (x / 16.0).astype("float32"), y.astype("int64")
+
+
+class Clock:
+    """perf_counter at the end of every batch."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def tick(self) -> None:
+        self.ends.append(time.perf_counter())
+
+
+def lightning(args: argparse.Namespace, clock: Clock, folder: str) -> None:
+    import lightning.pytorch as pl
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = nn.functional.cross_entropy(self.net(x), y)
+            self.log("train/loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    class Timing(pl.Callback):
+        def on_train_batch_end(self, *_: Any) -> None:
+            clock.tick()
+
+    x, y = digits()
+    loader = DataLoader(TensorDataset(torch.tensor(x), torch.tensor(y)), batch_size=16, shuffle=True)
+    callbacks: list[Any] = [Timing()]
+    logger: Any = False
+    if args.variant == "trainpilot":
+        from trainpilot.integrations.lightning import TrainpilotCallback, TrainpilotLogger
+
+        logger = TrainpilotLogger(project="bench-integrations", server=args.server, data_dir=folder)
+        callbacks.insert(0, TrainpilotCallback())
+    trainer = pl.Trainer(
+        default_root_dir=folder,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=callbacks,
+        max_steps=args.steps,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(Module(), loader)
+
+
+FRAMEWORKS = {"lightning": lightning}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--framework", choices=sorted(FRAMEWORKS), required=True)
+    parser.add_argument("--variant", choices=["none", "trainpilot"], required=True)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--server", default=os.environ.get("TRAINPILOT_SERVER", "http://127.0.0.1:8765"))
+    args = parser.parse_args()
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # the server has the other core; both variants alike
+    clock = Clock()
+    with tempfile.TemporaryDirectory(prefix="tp-integ-") as folder:
+        FRAMEWORKS[args.framework](args, clock, folder)
+    ends = clock.ends
+    if len(ends) <= args.warmup + 1:
+        sys.exit(f"only {len(ends)} batches ran")
+    per_step = (ends[-1] - ends[args.warmup]) / (len(ends) - 1 - args.warmup)
+    print("RESULT " + json.dumps({"steps": len(ends), "ms_per_step": 1000 * per_step}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
