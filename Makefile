@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck serve clean browser analysis-eval corpus-world corpus-world-check fuzz bench bench-quick bench-tools
+.PHONY: yolo-venv demo test lint typecheck serve clean browser analysis-eval corpus-world corpus-world-check fuzz bench bench-quick bench-tools
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,8 +39,23 @@ browser:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null) \
 		|| echo "WARNING: could not install nginx; the reverse-proxy tests will be skipped"
 
-test: lint typecheck browser
+test: lint typecheck browser yolo-venv
 	$(BIN)/pytest
+	$(YOLO)/bin/pytest -p no:cacheprovider tests/test_integration_ultralytics.py
+
+# Ultralytics needs torchvision, and the only torchvision that imports here is 0.29.1 beside torch
+# 2.14.1 (a CUDA build, ~6 GB): so its integration test gets a venv of its own, not the main one.
+YOLO := .venv-yolo
+YOLO_TORCH := torch==2.14.1 torchvision==0.29.1
+
+$(YOLO)/.installed: pyproject.toml
+	$(PY) -m venv $(YOLO)
+	$(YOLO)/bin/pip install --quiet --upgrade pip
+	$(YOLO)/bin/pip install --quiet $(YOLO_TORCH)
+	$(YOLO)/bin/pip install --quiet -e ".[dev,ultralytics]" $(YOLO_TORCH)
+	touch $@
+
+yolo-venv: $(YOLO)/.installed
 
 # Every endpoint of the OpenAPI schema, over 10,000 generated requests, against a real server: no 5xx.
 fuzz: $(STAMP)
