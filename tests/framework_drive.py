@@ -56,15 +56,15 @@ class Drive:
         found = self.api.get("/api/metrics/history", params=params).json()["series"].get(key)
         return (found["step"], found["value"]) if found else ([], [])
 
-    def events(self, kinds: str) -> list[dict[str, Any]]:
-        """The data of the run's stored events of `kinds`, read off the stream up to its last event."""
+    def events(self) -> list[dict[str, Any]]:
+        """Every stored event of the run (its kind as ``kind``), read off the stream up to its last one."""
         last = self.api.get(f"/api/runs/{self.run_id}").json()["last_event_id"]
         out: list[dict[str, Any]] = []
         params = {"after": "0", "run_id": self.run_id}  # every kind, so the last event is among them
         with httpx.stream("GET", self.url + "/api/stream/metrics", params=params, timeout=10) as response:
             for event in parse(response.iter_lines()):
-                if event.name in kinds.split(",") and isinstance(event.data, dict):
-                    out.append(event.data["data"])
+                if isinstance(event.data, dict):
+                    out.append({**event.data, "kind": event.name})
                 if event.id is not None and int(event.id) >= last:
                     break
         return out
@@ -72,8 +72,9 @@ class Drive:
     def hparams(self) -> dict[str, Any]:
         """The hyperparameters told after the run was made (``log`` events), merged."""
         merged: dict[str, Any] = {}
-        for data in self.events("log,status"):
-            merged.update(data.get("hparams", {}))
+        for event in self.events():
+            if event["kind"] == "log":
+                merged.update(event["data"].get("hparams", {}))
         return merged
 
     def command(self, action: str, value: float | None = None) -> dict[str, Any]:
@@ -85,9 +86,10 @@ class Drive:
         self.acks[action] = ack
         return ack
 
-    def exercise(self, first_step: int = 3) -> None:
+    def exercise(self, first_step: int = 3, lr_points: int = 3) -> None:
         """Every command once, each checked: pause holds the step, resume lets it go on, checkpoint
-        answers (the test checks the file), set_lr shows in the logged lr over the schedule, stop."""
+        answers (the test checks the file), set_lr shows in the next `lr_points` logged lrs over the
+        schedule, stop."""
         self.wait_for_run()
         wait_until(lambda: self.last_step() >= first_step, 120, f"{self.lr_key} at step {first_step}")
 
@@ -103,14 +105,20 @@ class Drive:
         self.command("checkpoint")
 
         at = self.command("set_lr", NEW_LR)["step"]
-        wait_until(lambda: len(self.series(self.lr_key, at)[0]) >= 3, 60, f"three {self.lr_key} after set_lr")
+        wait_until(
+            lambda: len(self.series(self.lr_key, at)[0]) >= lr_points,
+            60,
+            f"{lr_points} {self.lr_key} after set_lr",
+        )
         steps, values = self.series(self.lr_key, at)
         assert values == [NEW_LR] * len(values), (steps, values)  # pinned over the schedule
 
         self.command("stop")
 
 
-def drive_in_background(url: str, project: str, lr_key: str = "lr") -> tuple[threading.Thread, Drive, list]:
+def drive_in_background(
+    url: str, project: str, lr_key: str = "lr", lr_points: int = 3
+) -> tuple[threading.Thread, Drive, list[BaseException]]:
     """`Drive.exercise` on a thread; the list gets its exception. Stops the run if it failed half-way,
     so the training in the main thread always ends."""
     drive = Drive(url, project, lr_key)
@@ -118,7 +126,7 @@ def drive_in_background(url: str, project: str, lr_key: str = "lr") -> tuple[thr
 
     def go() -> None:
         try:
-            drive.exercise()
+            drive.exercise(lr_points=lr_points)
         except BaseException as exc:
             errors.append(exc)
             if drive.run_id:

@@ -13,7 +13,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,7 @@ from PIL import Image  # noqa: E402
 
 import trainpilot  # noqa: E402
 from tests.conftest import LiveServer, wait_until  # noqa: E402
-from tests.framework_drive import NEW_LR, Drive  # noqa: E402
-from trainpilot.client.sse import parse  # noqa: E402
+from tests.framework_drive import NEW_LR, Drive, drive_in_background, finished  # noqa: E402
 from trainpilot.integrations.ultralytics import add_callbacks  # noqa: E402
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
@@ -101,60 +99,19 @@ def train(model: Any, data: Path, root: Path, **kwargs: Any) -> Any:
     return model.train(**args)
 
 
-def stream(url: str, run_id: str) -> list[dict[str, Any]]:
-    """Every stored event of the run (its kind as ``kind``), from the start to the run's last event."""
-    last = httpx.get(f"{url}/api/runs/{run_id}", timeout=5).json()["last_event_id"]
-    out: list[dict[str, Any]] = []
-    params = {"after": "0", "run_id": run_id}
-    with httpx.stream("GET", f"{url}/api/stream/metrics", params=params, timeout=10) as response:
-        for event in parse(response.iter_lines()):
-            if isinstance(event.data, dict):
-                out.append({**event.data, "kind": event.name})
-            if event.id is not None and event.id >= last:
-                break
-    return out
-
-
-def steer(drive: Drive, errors: list[BaseException]) -> None:
-    """Every command once, as framework_drive's `exercise`, with set_lr held for two epochs' batches
-    (4 a epoch) so that warmup and two scheduler steps have had their chance to move it."""
-    try:
-        drive.wait_for_run()
-        wait_until(lambda: drive.last_step() >= 3, 120, "lr/pg0 at step 3")
-        drive.command("pause")
-        time.sleep(0.5)  # what the last batch logged before it paused lands
-        held = drive.last_step()
-        time.sleep(1.5)
-        assert drive.last_step() == held, "training went on while paused"
-        assert drive.current()["status"] == "paused"
-        drive.command("resume")
-        wait_until(lambda: drive.last_step() > held, 60, "a step after resume")
-        drive.command("checkpoint")
-        at = drive.command("set_lr", NEW_LR)["step"]
-        wait_until(lambda: len(drive.series("lr/pg0", at)[0]) >= 9, 60, "nine lr/pg0 after set_lr")
-        drive.command("stop")
-    except BaseException as exc:
-        errors.append(exc)
-        if drive.run_id:  # end the training in the main thread
-            drive.api.post("/api/training/control", json={"run_id": drive.run_id, "action": "stop"})
-
-
 def test_yolo_training_streams_and_obeys_pause_resume_checkpoint_set_lr_and_stop(
     offline: None, server: LiveServer, tmp_path: Path
 ) -> None:
     from ultralytics import YOLO
 
     data = shapes(tmp_path / "shapes")
-    drive = Drive(server.url, "yolo", lr_key="lr/pg0")
-    errors: list[BaseException] = []
-    thread = threading.Thread(target=steer, args=(drive, errors), name="drive", daemon=True)
-    thread.start()
+    # set_lr held for two epochs' batches (4 an epoch): warmup and two scheduler steps had their chance
+    thread, drive, errors = drive_in_background(server.url, "yolo", lr_key="lr/pg0", lr_points=9)
     model = YOLO("yolov8n.yaml")
     callbacks = add_callbacks(model, project="yolo", server=server.url, data_dir=str(tmp_path / "tp"))
     with drive:
         # warmup over the first 200 batches: set_lr lands inside it, where the lr moves every batch
         train(model, data, tmp_path, epochs=300, warmup_epochs=50)
-        thread.join(60)
         check(drive, thread, errors, callbacks, tmp_path)
 
 
@@ -165,10 +122,7 @@ def check(
     from ultralytics import YOLO
 
     url = drive.url
-    if errors:
-        raise errors[0]
-    assert not thread.is_alive()
-    run = drive.api.get(f"/api/runs/{drive.run_id}").json()
+    run = finished(drive, thread, errors)
     assert run["status"] == "stopped"
     assert run["name"] == "shapes"  # Ultralytics' run name
     assert run["config"]["imgsz"] == 64 and run["config"]["epochs"] == 300
@@ -196,7 +150,7 @@ def check(
         assert len(set(values_before[: at - 1])) > 1, key  # warmup moved it before the pin
 
     # pause: no step logged while paused (the drive checked the stored step did not move for 1.5 s)
-    events = stream(url, drive.run_id)
+    events = drive.events()
     statuses = [e["data"]["status"] for e in events if e["kind"] == "status"]
     assert statuses == ["created", "running", "paused", "running", "stopped"], statuses
 
