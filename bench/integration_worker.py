@@ -83,7 +83,61 @@ def lightning(args: argparse.Namespace, clock: Clock, folder: str) -> None:
     trainer.fit(Module(), loader)
 
 
-FRAMEWORKS = {"lightning": lightning}
+def huggingface(args: argparse.Namespace, clock: Clock, folder: str) -> None:
+    import torch
+    from torch import nn
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    class Module(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+        def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits = self.net(pixel_values)
+            return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+    class Images(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+        def __init__(self) -> None:
+            x, y = digits()
+            self.x, self.y = torch.tensor(x), torch.tensor(y)
+
+        def __len__(self) -> int:
+            return len(self.y)
+
+        def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+            return {"pixel_values": self.x[index], "labels": self.y[index]}
+
+    class Timing(TrainerCallback):
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            clock.tick()
+
+    callbacks: list[Any] = [Timing()]  # last, so a step's time includes the integration's on_step_end
+    if args.variant == "trainpilot":
+        from trainpilot.integrations.huggingface import TrainpilotCallback
+
+        callbacks.insert(
+            0, TrainpilotCallback(project="bench-integrations", server=args.server, data_dir=folder)
+        )
+    training = TrainingArguments(
+        output_dir=folder,
+        max_steps=args.steps,
+        per_device_train_batch_size=16,
+        learning_rate=0.05,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=Module(), args=training, train_dataset=Images(), callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # printing every log would dwarf what is measured
+    trainer.train()
+
+
+FRAMEWORKS = {"lightning": lightning, "huggingface": huggingface}
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """A small classifier of scikit-learn's digits (real 8x8 images, shipped with the package) trained by the
-Hugging Face `Trainer`, for the integration tests and bench/integrations_overhead.py. The Trainer takes
-any `nn.Module` whose forward returns a dict with ``loss``; the dataset yields dicts of its arguments."""
+Hugging Face `Trainer`, for the integration tests. The Trainer takes any `nn.Module` whose forward
+returns a dict with ``loss``; the dataset yields dicts of its arguments."""
 
 from __future__ import annotations
 
