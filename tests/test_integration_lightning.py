@@ -41,7 +41,7 @@ def test_lightning_run_streams_and_obeys_pause_resume_checkpoint_set_lr_and_stop
         assert {"train/loss", "val/loss", "val/acc", "lr", "system/cpu_percent"} <= keys, keys
 
 
-def test_the_logger_alone_streams_without_control(server: LiveServer, tmp_path: Path) -> None:
+def test_the_logger_alone_streams_the_run_and_its_hyperparameters(server: LiveServer, tmp_path: Path) -> None:
     logger = TrainpilotLogger(project="lightning-logger", server=server.url, data_dir=str(tmp_path / "tp"))
     fit = trainer(str(tmp_path), [], logger, max_steps=20)
     fit.fit(Digits(), *digits())

@@ -14,7 +14,6 @@ is not installed. The extras in pyproject.toml match features, not packages:
     redis     the Redis broker, for several server replicas (redis)
     lightning    trainpilot.integrations.lightning (lightning)
     huggingface  trainpilot.integrations.huggingface (transformers, accelerate)
-    keras        trainpilot.integrations.keras (keras 3)
     ultralytics  trainpilot.integrations.ultralytics (ultralytics; it needs torchvision)
 
 Reading TensorBoard files (`trainpilot watch`, `trainpilot analyze`) needs no extra.
@@ -32,7 +31,6 @@ from trainpilot.exceptions import MissingExtra
 NAMES = {
     "PIL": "Pillow",
     "accelerate": "Accelerate",
-    "keras": "Keras 3",
     "lightning": "PyTorch Lightning",
     "transformers": "Hugging Face Transformers",
     "ultralytics": "Ultralytics",

@@ -4,7 +4,6 @@ Each module is a framework's own extension point and imports its framework only 
 
     lightning     `TrainpilotLogger` (Lightning's Logger API) and `TrainpilotCallback` (commands)
     huggingface   `TrainpilotCallback`, a `transformers.TrainerCallback`
-    keras         `TrainpilotCallback`, a `keras.callbacks.Callback` (Keras 3, any backend)
     ultralytics   `add_callbacks(model)`: Ultralytics YOLO's own callbacks (``model.add_callback``)
 
 All of them stream metrics, config and system load, and apply the run's commands at batch boundaries
