@@ -15,7 +15,7 @@ TORCH ?= torch==2.13.0
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,train,lightning,huggingface]" "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev,train,lightning,huggingface,keras]" "$(TORCH)"
 	touch $(STAMP)
 
 demo: $(STAMP)

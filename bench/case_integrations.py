@@ -1,5 +1,5 @@
 """Case 9, the framework integrations' cost per training step: scikit-learn's digits trained by
-Lightning and the Hugging Face Trainer, each without trainpilot and with its integration
+Lightning, the Hugging Face Trainer and Keras 3's `fit()`, each without trainpilot and with its integration
 streaming to a real server (started here, on the same machine), each run in its own process.
 
 Variants are interleaved (none, trainpilot, none, ...) so drifts of the machine hit both alike; the
@@ -22,8 +22,8 @@ from common import save
 from served import served
 
 WORKER = Path(__file__).resolve().parent / "integration_worker.py"
-FRAMEWORKS = {"lightning": "lightning", "huggingface": "transformers"}
-LABELS = {"lightning": "PyTorch Lightning", "huggingface": "Hugging Face Trainer"}
+FRAMEWORKS = {"lightning": "lightning", "huggingface": "transformers", "keras": "keras"}
+LABELS = {"lightning": "PyTorch Lightning", "huggingface": "Hugging Face Trainer", "keras": "Keras 3 (torch)"}
 
 
 def once(framework: str, variant: str, steps: int, url: str) -> float:

@@ -137,7 +137,36 @@ def huggingface(args: argparse.Namespace, clock: Clock, folder: str) -> None:
     trainer.train()
 
 
-FRAMEWORKS = {"lightning": lightning, "huggingface": huggingface}
+def keras_fit(args: argparse.Namespace, clock: Clock, folder: str) -> None:
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    class Timing(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            clock.tick()
+            if len(clock.ends) >= args.steps:  # `fit()` counts epochs, not steps
+                self.model.stop_training = True
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    callbacks: list[Any] = [Timing()]  # last, so a step's time includes the integration's batch end
+    if args.variant == "trainpilot":
+        from trainpilot.integrations.keras import TrainpilotCallback
+
+        callbacks.insert(
+            0, TrainpilotCallback(project="bench-integrations", server=args.server, data_dir=folder)
+        )
+    x, y = digits()
+    model.fit(x, y, batch_size=16, epochs=10_000, callbacks=callbacks, verbose=0)
+
+
+FRAMEWORKS = {"lightning": lightning, "huggingface": huggingface, "keras": keras_fit}
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ is not installed. The extras in pyproject.toml match features, not packages:
     lightning    trainpilot.integrations.lightning (lightning)
     huggingface  trainpilot.integrations.huggingface (transformers, accelerate)
     ultralytics  trainpilot.integrations.ultralytics (ultralytics; it needs torchvision)
+    keras        trainpilot.integrations.keras (keras 3, on the torch backend)
 
 Reading TensorBoard files (`trainpilot watch`, `trainpilot analyze`) needs no extra.
 """
@@ -31,6 +32,7 @@ from trainpilot.exceptions import MissingExtra
 NAMES = {
     "PIL": "Pillow",
     "accelerate": "Accelerate",
+    "keras": "Keras 3",
     "lightning": "PyTorch Lightning",
     "transformers": "Hugging Face Transformers",
     "ultralytics": "Ultralytics",
