@@ -23,10 +23,12 @@ from trainpilot.client.sse import parse
 from trainpilot.server.runner import free_port
 
 ANSWER = ["Lower ", "the learning ", "rate to 0.01."]
+WRONG = ["Your run ", "looks healthy; ", "keep training."]  # what a small model may say of a diverged run
 
 
 class FakeLLM:
-    """/ok/v1 streams ANSWER; /fail/v1 answers 500; /garbage/v1 streams a line that is not SSE."""
+    """/ok/v1 streams ANSWER, /wrong/v1 WRONG; /fail/v1 answers 500; /garbage/v1 streams a line that is
+    not SSE."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -45,7 +47,7 @@ class FakeLLM:
                 if mode == "garbage":
                     yield b"this is not a server-sent event\n\n"
                     return
-                for text in ANSWER:
+                for text in WRONG if mode == "wrong" else ANSWER:
                     yield (
                         b"data: " + json.dumps({"choices": [{"delta": {"content": text}}]}).encode() + b"\n\n"
                     )
@@ -102,18 +104,42 @@ def test_the_advisor_streams_the_models_answer_and_sends_only_the_summary(
         seeded(client)
         text, events = ask(client, "adv", "why is my loss rising?")
         assert text == "".join(ANSWER)
-        assert events[-1] == ("done", {"source": "llm", "model": "tiny"})
+        name, done = events[-1]
+        assert name == "done" and done["source"] == "llm" and done["model"] == "tiny"
+        assert [f["kind"] for f in done["findings"]][:1] == ["lr_too_high"]  # what it was grounded on
+        assert "note" not in [name for name, _ in events]  # it named the learning rate
         request = llm.requests[-1]
         assert request["body"]["model"] == "tiny" and request["body"]["stream"] is True
         assert request["auth"] == "Bearer sk-secret"
         system, user = request["body"]["messages"]
         assert system["role"] == "system" and user["role"] == "user"
-        assert "why is my loss rising?" in user["content"] and '"train/loss"' in user["content"]
-        assert '"lr_too_high"' in user["content"]  # the detectors' findings are part of the summary
+        assert "why is my loss rising?" in user["content"] and "- train/loss: " in user["content"]
+        assert "1. [critical] lr too high at step" in user["content"]  # the findings come first
+        assert "Suggested fix: " in user["content"] and "Looked for and not found: " in user["content"]
         assert len(user["content"]) < 8000  # a compact summary, not the points
         info = client.get("/api/system/info").json()
-        assert info["llm"] == {"configured": True, "url": llm.url("ok"), "model": "tiny"}
+        assert info["llm"] == {
+            "configured": True,
+            "source": "endpoint",
+            "url": llm.url("ok"),
+            "model": "tiny",
+        }
         assert "sk-secret" not in json.dumps(info)
+
+
+def test_an_answer_that_calls_a_diverged_run_healthy_gets_the_finding_restated(
+    llm: FakeLLM, tmp_path: Path
+) -> None:
+    with in_process(tmp_path / "d", llm_url=llm.url("wrong"), llm_model="tiny") as client:
+        seeded(client)
+        text, events = ask(client, "adv", "is it fine?")
+    assert text == "".join(WRONG)  # the model's words, as it said them
+    names = [name for name, _ in events]
+    assert names[-2:] == ["note", "done"]
+    note = events[-2][1]
+    assert note["text"].startswith("The detectors disagree with that answer:")
+    assert "lr too high (critical)" in note["text"] and "Fix first: " in note["text"]
+    assert note["findings"] == ["lr_too_high"]
 
 
 @pytest.mark.parametrize(
@@ -134,7 +160,10 @@ def test_without_an_llm_the_rules_answer_and_say_so(app_client: TestClient) -> N
     seeded(app_client)
     text, events = ask(app_client, "adv", "is it healthy?")
     assert text.startswith("(Rules only: no LLM is configured")
-    assert "lr_too_high" in text and events[-1] == ("done", {"source": "rules"})
+    name, done = events[-1]
+    assert "lr_too_high" in text and name == "done" and done["source"] == "rules"
+    assert done["reason"].startswith("no LLM is configured: start the server with --llm-model PATH.gguf")
+    assert done["findings"][0]["kind"] == "lr_too_high"
     assert app_client.post("/api/runs/adv/ask", json={"question": ""}).status_code == 422
     assert app_client.post("/api/runs/ghost/ask", json={"question": "x"}).status_code == 404
 

@@ -45,6 +45,10 @@ class Settings:
     llm_url: str = ""  # an OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1 (Ollama)
     llm_model: str = ""
     llm_key: str | None = field(default=None, repr=False)
+    llm_model_path: str = ""  # a GGUF file the server runs itself (--llm-model), when llm_url is not set
+    llm_threads: int = 0  # the local model's CPU threads; 0: half the cores
+    llm_ctx: int = 4096  # the local model's context, in tokens: the prompt and the answer
+    llm_max_tokens: int = 400  # the longest answer, in tokens
     public_url: str = ""  # the dashboard's address as people open it (behind a proxy), for alert links
     alert_webhooks: str = field(default="", repr=False)  # URLs, comma- or space-separated: secrets
     alert_severity: str = "warning"  # the least severe finding that alerts: warning | critical
@@ -106,6 +110,11 @@ class Settings:
             raise ConfigError(
                 "alert rate settings: TRAINPILOT_ALERT_BACKOFF_S must be >= 0, TRAINPILOT_ALERT_BURST "
                 ">= 1 and TRAINPILOT_ALERT_REFILL_S > 0"
+            )
+        if self.llm_threads < 0 or self.llm_ctx < 512 or self.llm_max_tokens < 16:
+            raise ConfigError(
+                "local LLM settings: --llm-threads (TRAINPILOT_LLM_THREADS) must be >= 0, --llm-ctx "
+                "(TRAINPILOT_LLM_CTX) >= 512 and --llm-max-tokens (TRAINPILOT_LLM_MAX_TOKENS) >= 16"
             )
         self.webhooks  # noqa: B018 (parsing is the check)
         return self

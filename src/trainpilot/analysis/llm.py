@@ -1,6 +1,7 @@
 """The LLM advisor: any OpenAI-compatible chat endpoint (Ollama, vLLM, llama.cpp server, LM Studio, hosted).
 
-Only the run's compact summary (summary.py) and the question are sent. Answers stream token by token.
+Only the run's compact summary (summary.py), put as advice.py's grounded prompt, and the question
+are sent. Answers stream token by token.
 Connection failures are retried before the first token; a timeout, an HTTP error or a malformed
 stream ends the answer with an `AdvisorError` whose message says what happened.
 """
@@ -14,13 +15,7 @@ from typing import Any
 
 import orjson
 
-SYSTEM = (
-    "You are trainpilot's training advisor for computer-vision models. You get a compact numeric summary "
-    "of one training run (its config, per-metric statistics for the early, middle and late thirds of the "
-    "run, and the findings of rule-based detectors) and a question. Answer briefly and concretely: say what "
-    "the numbers show, the likely cause, and specific changes to try (with values). Say when the summary "
-    "does not contain enough to tell."
-)
+from trainpilot.analysis.advice import messages
 
 
 class AdvisorError(Exception):
@@ -34,23 +29,24 @@ class Advisor:
     key: str | None = field(default=None, repr=False)
     timeout_s: float = 60.0
     retries: int = 2
+    max_tokens: int | None = None  # the answer's length limit; None: the endpoint's own
+    options: dict[str, Any] = field(default_factory=dict)  # more body fields (temperature, ...)
 
     def messages(self, summary: dict[str, Any], question: str) -> list[dict[str, str]]:
-        return [
-            {"role": "system", "content": SYSTEM},
-            {
-                "role": "user",
-                "content": "Run summary (JSON):\n"
-                + orjson.dumps(summary).decode()
-                + f"\n\nQuestion: {question}",
-            },
-        ]
+        return messages(summary, question)
 
     async def stream(self, summary: dict[str, Any], question: str) -> AsyncIterator[str]:
         """Text chunks of the answer as they arrive."""
         import httpx
 
-        body = {"model": self.model, "messages": self.messages(summary, question), "stream": True}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": self.messages(summary, question),
+            "stream": True,
+        }
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
+        body.update(self.options)
         headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
         endpoint = self.url.rstrip("/") + "/chat/completions"
         for attempt in range(self.retries + 1):

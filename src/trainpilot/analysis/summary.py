@@ -53,7 +53,8 @@ def summarize(
         "config": {k: v for k, v in list(run.config.items())[:40] if isinstance(v, int | float | str | bool)},
         "metrics": {s.key: curve(s) for s in ranked[:max_metrics] if s.points},
         "insights": [
-            {k: i.get(k) for k in ("kind", "severity", "step", "message", "evidence")} for i in insights[-20:]
+            {k: i.get(k) for k in ("kind", "severity", "step", "message", "evidence", "suggestion")}
+            for i in insights[-20:]
         ],
     }
 

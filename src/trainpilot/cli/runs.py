@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import Any
 
-from trainpilot.cli.common import CLIError, add_server_flag, print_table
+from trainpilot.cli.common import CLIError, add_llm_flags, add_server_flag, llm_settings, print_table
 from trainpilot.client.rest import ApiClient, env_token, run_path
 from trainpilot.client.sse import SSEClient
 from trainpilot.events import ACTIONS
@@ -20,6 +20,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     ask.add_argument("run", help="run id")
     ask.add_argument("question")
     add_server_flag(ask)
+    add_llm_flags(ask)
     ask.set_defaults(func=cmd_ask)
 
     mcp = sub.add_parser(
@@ -61,15 +62,54 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    """The server's advisor answers; with --llm-model a local model here answers from the server's
+    summary of the run, grounded and checked the same way."""
     api = ApiClient(args.server, env_token(), timeout_s=120, connect_s=5)
+    if args.llm_model:
+        return _ask_here(api, args)
     for event in api.events("POST", run_path(args.run, "/ask"), json={"question": args.question}):
         data = event.data if isinstance(event.data, dict) else {}
         if event.name == "token":
             print(data.get("text", ""), end="", flush=True)
+        elif event.name == "note":
+            print("\n\n" + str(data.get("text", "")), end="")
+        elif event.name == "done" and data.get("source") == "rules" and data.get("reason"):
+            print(f"\n\n({data['reason']})", end="")
         elif event.name == "error":
             print()
             raise CLIError(str(data.get("message")))
     print()
+    return 0
+
+
+def _ask_here(api: ApiClient, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from trainpilot.analysis import advice
+    from trainpilot.analysis.llm import AdvisorError
+    from trainpilot.server.advisor import AdvisorSource
+    from trainpilot.settings import Settings
+
+    summary = api.call("GET", run_path(args.run, "/summary"))
+    source = AdvisorSource(Settings.from_env(**llm_settings(args)))
+
+    async def answer() -> str:
+        print(f"(loading {source.model} ...)", file=sys.stderr, flush=True)
+        try:
+            said = []
+            async for text in (await source.advisor()).stream(summary, args.question):
+                said.append(text)
+                print(text, end="", flush=True)
+            return "".join(said)
+        finally:
+            await source.close()
+
+    try:
+        text = asyncio.run(answer())
+    except AdvisorError as exc:
+        raise CLIError(str(exc)) from None
+    note = advice.check(text, summary)
+    print("\n\n" + note if note else "")
     return 0
 
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from trainpilot.cli.common import CLIError
+from trainpilot.cli.common import CLIError, add_llm_flags, llm_settings
 from trainpilot.exceptions import TrainpilotError
 from trainpilot.settings import DEFAULT_PORT, Settings
 
@@ -20,6 +20,7 @@ T = TypeVar("T")
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser("serve", help="run the server")
     add_serve_flags(serve)
+    add_llm_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
     export = sub.add_parser(
@@ -181,10 +182,12 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         alert_webhooks=" ".join(args.alert_webhook) if args.alert_webhook else None,
         alert_severity=args.alert_severity,
         public_url=args.public_url,
+        **llm_settings(args),
     )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from trainpilot.server.advisor import check_model, describe
     from trainpilot.server.runner import serve_forever
     from trainpilot.store import redact_url
 
@@ -195,6 +198,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, port=free_port(settings.host))
     try:
         settings.check()
+        check_model(settings)
         asyncio.run(using_store(settings.store_url, _opens))
     except TrainpilotError as exc:
         raise CLIError(str(exc)) from None
@@ -210,6 +214,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if hooks := settings.webhooks:  # by scheme and host only: a webhook's path is its secret
         shown = ", ".join(f"{w.redacted} ({w.format})" for w in hooks)
         print(f"  alerts:      {settings.alert_severity} and above, to {shown}", flush=True)
+    if advisor := describe(settings):
+        print(f"  advisor:     {advisor}", flush=True)
     serve_forever(settings)
     return 0
 

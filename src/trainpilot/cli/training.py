@@ -10,7 +10,7 @@ import sys
 import threading
 from typing import Any
 
-from trainpilot.cli.common import CLIError, add_server_flag
+from trainpilot.cli.common import CLIError, add_llm_flags, add_server_flag, llm_settings
 from trainpilot.exceptions import MissingExtra
 from trainpilot.settings import DEFAULT_PORT
 from trainpilot.trainer.config import TrainConfig, add_flags, config_from
@@ -31,6 +31,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     demo.add_argument("--project", default="demo")
     demo.add_argument("--exit", action="store_true", help="stop the server when training ends")
     add_flags(demo)
+    add_llm_flags(demo)
     demo.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="train with the reference trainer, streaming to a server")
@@ -111,6 +112,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import trainpilot
 
     cfg = _config(args, demo=True)
+    for name, value in llm_settings(args).items():  # the embedded server reads its settings from these
+        if value is not None:
+            os.environ[f"TRAINPILOT_{name.upper()}"] = str(value)
+    if args.llm_model:
+        from trainpilot.exceptions import TrainpilotError
+        from trainpilot.server.advisor import check_model
+        from trainpilot.settings import Settings
+
+        try:
+            check_model(Settings.from_env().check())
+        except TrainpilotError as exc:
+            raise CLIError(str(exc)) from None
     run = trainpilot.init(
         project=args.project,
         name=f"{cfg.model}-{cfg.data}",
@@ -123,7 +136,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"trainpilot demo: training run {run.id} ({cfg.model} on {cfg.data}, {cfg.epochs} epochs)\n"
         f"  server:      {run.url}/  (API docs at /docs)\n"
         f"  live stream: curl -N {run.url}/api/stream/metrics\n"
-        f"  control:     trainpilot control {run.id} pause --server {run.url}",
+        f"  control:     trainpilot control {run.id} pause --server {run.url}\n"
+        f"  advisor:     trainpilot ask {run.id} 'what should I change?' --server {run.url}"
+        + ("" if args.llm_model else "  (rules only; --llm-model PATH.gguf for a local model)"),
         flush=True,
     )
     code = _train(cfg, run)

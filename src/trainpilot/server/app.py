@@ -97,8 +97,8 @@ def create_app(settings: Settings) -> Dispatcher:
         if hub.alerts.hooks:
             store.on_commit = _publish_then_alert(broker.publish, hub.alerts)
             hub.alerts.start()
-        if settings.llm_url and settings.llm_model:
-            hub.analysis.explainer = Explainer(settings, store)
+        if hub.advisors.configured:
+            hub.analysis.explainer = Explainer(hub.advisors, store)
         api.state.hub = hub
         api.state.registry = system.registry(hub)
         await hub.load_lost()
@@ -109,6 +109,7 @@ def create_app(settings: Settings) -> Dispatcher:
             await assistant.close()
             watchdog.cancel()
             await hub.alerts.close()
+            await hub.advisors.close()
             await broker.close()
             await store.close()
 

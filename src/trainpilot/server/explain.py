@@ -12,10 +12,10 @@ import asyncio
 import logging
 import time
 
-from trainpilot.analysis.llm import Advisor, AdvisorError
+from trainpilot.analysis.llm import AdvisorError
 from trainpilot.analysis.summary import run_summary
 from trainpilot.events import Event, NewEvent
-from trainpilot.settings import Settings
+from trainpilot.server.advisor import AdvisorSource
 from trainpilot.store import Store
 
 log = logging.getLogger("trainpilot.server")
@@ -23,8 +23,8 @@ MAX_PER_RUN = 10
 
 
 class Explainer:
-    def __init__(self, settings: Settings, store: Store) -> None:
-        self.advisor = Advisor(settings.llm_url, settings.llm_model, settings.llm_key, timeout_s=60)
+    def __init__(self, advisors: AdvisorSource, store: Store) -> None:
+        self.advisors = advisors
         self.store = store
         self.busy: set[str] = set()
         self.count: dict[str, int] = {}
@@ -52,7 +52,8 @@ class Explainer:
         )
         try:
             summary = await run_summary(self.store, insight.run_id)
-            text = "".join([chunk async for chunk in self.advisor.stream(summary, question)]).strip()
+            advisor = await self.advisors.advisor(timeout_s=60)
+            text = "".join([chunk async for chunk in advisor.stream(summary, question)]).strip()
             if text:
                 data = {
                     "kind": "explanation",
@@ -62,7 +63,7 @@ class Explainer:
                     "step": insight.step,
                     "message": text,
                     "source": "llm",
-                    "model": self.advisor.model,
+                    "model": advisor.model,
                 }
                 await self.store.append(
                     [NewEvent(insight.run_id, "insight", data, ts=time.time(), step=insight.step)]

@@ -17,6 +17,7 @@ from typing import Any
 from trainpilot.broker import Broker
 from trainpilot.events import ACTIONS, ACTIVE_STATUSES, Event, NewEvent, Run
 from trainpilot.exceptions import Conflict, InvalidInput
+from trainpilot.server.advisor import AdvisorSource
 from trainpilot.server.alerts import Alerts
 from trainpilot.server.insights import LiveAnalysis
 from trainpilot.server.latency import LatencyHistogram
@@ -46,6 +47,7 @@ class Hub:
     )
     analysis: LiveAnalysis = field(init=False)
     alerts: Alerts = field(init=False)  # fed by the store's commit listener where webhooks are configured
+    advisors: AdvisorSource = field(init=False)  # which LLM answers questions and explains findings
     ingest_latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # receipt -> durable
     heard: dict[str, float] = field(default_factory=dict)  # run id -> monotonic time of its last batch
     touched: dict[str, float] = field(default_factory=dict)  # run id -> monotonic time of store.touch
@@ -55,6 +57,7 @@ class Hub:
     def __post_init__(self) -> None:
         self.analysis = LiveAnalysis(self.store)
         self.alerts = Alerts(self.settings, self.store)
+        self.advisors = AdvisorSource(self.settings)
 
     async def load_lost(self) -> None:
         self.lost = {run.id for run in await self.store.list_runs(status="lost", limit=100_000)}

@@ -217,33 +217,43 @@ class AskRequest(BaseModel):
 @router.post(
     "/api/runs/{run_id}/ask",
     tags=["runs"],
-    summary="Ask about a run: an SSE stream of `token` events, then `done` (or `error`)",
+    summary="Ask about a run: an SSE stream of `token` events, a `note` where the answer misses a critical "
+    "finding, then `done` with the findings it was grounded on (or `error`)",
     dependencies=READ,
 )
 async def ask(request: Request, run_id: str, body: AskRequest) -> Response:
-    from trainpilot.analysis.llm import Advisor, AdvisorError
+    from trainpilot.analysis import advice
+    from trainpilot.analysis.llm import AdvisorError
     from trainpilot.analysis.summary import rules_answer, run_summary
+    from trainpilot.server.advisor import NOT_CONFIGURED
 
     hub = hub_of(request)
     summary = await run_summary(hub.store, run_id)
-    settings = hub.settings
+    source = hub.advisors
+    findings = advice.relied_on(summary)
 
     def frame(name: str, payload: dict[str, Any]) -> bytes:
         return b"event: %s\ndata: %s\n\n" % (name.encode(), orjson.dumps(payload))
 
     async def answer() -> AsyncIterator[bytes]:
-        if not (settings.llm_url and settings.llm_model):
+        if not source.configured:
             yield frame("token", {"text": rules_answer(summary, body.question)})
-            yield frame("done", {"source": "rules"})
+            yield frame("done", {"source": "rules", "reason": NOT_CONFIGURED, "findings": findings})
             return
-        advisor = Advisor(settings.llm_url, settings.llm_model, settings.llm_key)
+        said: list[str] = []
         try:
+            advisor = await source.advisor()
             async for text in advisor.stream(summary, body.question):
+                said.append(text)
                 yield frame("token", {"text": text})
         except AdvisorError as exc:
             yield frame("error", {"message": str(exc)})
             return
-        yield frame("done", {"source": "llm", "model": settings.llm_model})
+        note = advice.check("".join(said), summary)
+        if note is not None:
+            missed = [f["kind"] for f in findings if f["severity"] == "critical"]
+            yield frame("note", {"text": note, "findings": missed})
+        yield frame("done", {"source": "llm", "model": advisor.model, "findings": findings})
 
     return StreamingResponse(answer(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 

@@ -64,11 +64,7 @@ def info(hub: Hub) -> dict[str, Any]:
         "connections": hub.broker.counts(),
         "ingest": hub.ingest_latency.summary(),
         "alerts": hub.alerts.info(),
-        "llm": {
-            "configured": bool(hub.settings.llm_url),
-            "url": hub.settings.llm_url or None,
-            "model": hub.settings.llm_model or None,
-        },
+        "llm": hub.advisors.info(),
         "uptime_s": round(time.time() - hub.started_at, 3),
     }
 

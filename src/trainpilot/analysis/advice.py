@@ -1,0 +1,129 @@
+"""What the advisor tells a model about a run, and what is checked in the answer it gets back.
+
+Small local models (0.5B to 1.5B parameters) give the right advice when the facts are put to them as
+facts: the detectors' findings first, most severe first, each with its evidence and the fix the
+detector suggests, then what the detectors looked for and did not find, then the curves in a few
+numbers. Asked for the cause first and one fix per finding, they mostly follow; when they do not,
+`check` notices an answer that leaves a critical finding out or calls the run healthy, and the
+finding is restated under the answer instead of leaving the user with advice that contradicts it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from trainpilot.analysis.findings import NATURAL
+
+SYSTEM = (
+    "You are trainpilot's training advisor for computer-vision models. The detectors measured one "
+    "training run; their findings are facts about it. Answer in this order: first the cause, in one "
+    "sentence, from the most severe finding; then one concrete fix per finding, most severe first, "
+    "with values, starting from the detector's suggested fix. Do not name a problem the findings do "
+    "not list: what the detectors did not find was looked for and is not there. With no findings, say "
+    "the run looks healthy so far and that nothing needs changing. At most 150 words."
+)
+
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+# Words that name each kind of finding in an answer: the check asks for one of them.
+NAMES: dict[str, str] = {
+    "nan_inf": r"\bnan\b|\binf\b|not a number|numerical",
+    "divergence": r"diverg|learning rate|\blr\b|blow|explod",
+    "lr_too_high": r"learning rate|\blr\b",
+    "exploding_gradient": r"gradient|clip",
+    "loss_spike": r"spike",
+    "oscillation": r"oscillat|unstable|learning rate|\blr\b",
+    "lr_too_low": r"learning rate|\blr\b",
+    "stuck_at_chance": r"chance|not learning|random",
+    "underfitting": r"underfit|capacity|too (small|simple)|not learning",
+    "plateau": r"plateau|stall|flat",
+    "bad_initial_loss": r"initiali[sz]|initial loss|\binit\b",
+    "overfitting": r"overfit|generali[sz]",
+    "vanishing_gradient": r"vanish|gradient",
+    "dying_relu": r"relu|dead|dying",
+    "input_bottleneck": r"data ?load|input|worker|bottleneck|pipeline",
+    "noisy_labels": r"label",
+    "class_weakness": r"class",
+    "unshuffled_data": r"shuffl|order",
+}
+HEALTHY = re.compile(
+    r"\b(looks|is|seems) (healthy|fine|good)|no (problems?|issues?) (found|detected)?|"
+    r"training (is )?(going|progressing) well|nothing needs chang",
+    re.IGNORECASE,
+)
+
+
+def findings(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's findings, most severe first, then in the order they were found."""
+    found = [f for f in summary.get("insights", []) if f.get("kind") in NATURAL]
+    return sorted(found, key=lambda f: SEVERITY_ORDER.get(str(f.get("severity")), 3))
+
+
+def messages(summary: dict[str, Any], question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt(summary, question)}]
+
+
+def prompt(summary: dict[str, Any], question: str) -> str:
+    """The run as plain text: findings, what was not found, config, curves, then the question."""
+    run = summary.get("run", {})
+    lines = [f"Run {run.get('name')!r} ({run.get('status')}, at step {run.get('last_step')})."]
+    found = findings(summary)
+    if found:
+        lines.append("Findings of the detectors, most severe first:")
+        for index, f in enumerate(found, 1):
+            lines.append(
+                f"{index}. [{f.get('severity')}] {_kind(f)} at step {f.get('step')}: {f.get('message')}"
+            )
+            evidence = f.get("evidence") or {}
+            if evidence:
+                lines.append("   Evidence: " + ", ".join(f"{k}={v}" for k, v in list(evidence.items())[:8]))
+            if f.get("suggestion"):
+                lines.append(f"   Suggested fix: {f['suggestion']}")
+    else:
+        lines.append("Findings of the detectors: none.")
+    kinds = {f.get("kind") for f in found}
+    absent = [_kind({"kind": k}) for k in NATURAL if k not in kinds]
+    lines.append("Looked for and not found: " + ", ".join(absent) + ".")
+    config = summary.get("config") or {}
+    if config:
+        lines.append("Config: " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    metrics = summary.get("metrics") or {}
+    if metrics:
+        lines.append("Curves (mean of the first, middle and last third of the run; last value):")
+        for key, stats in list(metrics.items())[:12]:
+            means = " -> ".join(str(stats[p]["mean"]) for p in ("early", "middle", "late") if p in stats)
+            lines.append(f"- {key}: {means}; last {stats.get('last')} at step {stats.get('last_step')}")
+    lines.append(f"Question: {question}")
+    lines.append("Answer with the cause first, then one fix per finding.")
+    return "\n".join(lines)
+
+
+def check(answer: str, summary: dict[str, Any]) -> str | None:
+    """The critical findings an answer leaves out or contradicts (calling the run healthy), restated
+    with their fixes; None when the answer agrees with them."""
+    critical = [f for f in findings(summary) if f.get("severity") == "critical"]
+    if not critical:
+        return None
+    healthy = HEALTHY.search(answer) is not None
+    missed = [f for f in critical if healthy or not re.search(NAMES.get(f["kind"], f["kind"]), answer, re.I)]
+    if not missed:
+        return None
+    lines = [
+        "The detectors disagree with that answer:"
+        if healthy
+        else "The answer leaves out what the detectors found:"
+    ]
+    for f in missed:
+        fix = f" Fix first: {f['suggestion']}" if f.get("suggestion") else ""
+        lines.append(f"- {_kind(f)} (critical) at step {f.get('step')}: {f.get('message')}{fix}")
+    return "\n".join(lines)
+
+
+def relied_on(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The findings an answer was given, as the ask endpoint reports them."""
+    return [{k: f.get(k) for k in ("kind", "severity", "step", "message")} for f in findings(summary)]
+
+
+def _kind(finding: dict[str, Any]) -> str:
+    return str(finding.get("kind", "")).replace("_", " ")
