@@ -4,74 +4,23 @@ process (whose advisor calls that server over a real socket), and the CLI's `ask
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from tests.conftest import Client, LiveServer, create_run, in_process, wait_until
+from tests.fake_llm import ANSWER, WRONG, FakeLLM, running_llm
 from trainpilot.client.sse import parse
 from trainpilot.server.runner import free_port
-
-ANSWER = ["Lower ", "the learning ", "rate to 0.01."]
-WRONG = ["Your run ", "looks healthy; ", "keep training."]  # what a small model may say of a diverged run
-
-
-class FakeLLM:
-    """/ok/v1 streams ANSWER, /wrong/v1 WRONG; /fail/v1 answers 500; /garbage/v1 streams a line that is
-    not SSE."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.port = free_port()
-
-        async def chat(request: Request) -> Response:
-            body = await request.json()
-            self.requests.append(
-                {"path": request.url.path, "body": body, "auth": request.headers.get("authorization")}
-            )
-            mode = request.url.path.split("/")[1]
-            if mode == "fail":
-                return Response("model exploded", status_code=500)
-
-            async def chunks() -> AsyncIterator[bytes]:
-                if mode == "garbage":
-                    yield b"this is not a server-sent event\n\n"
-                    return
-                for text in WRONG if mode == "wrong" else ANSWER:
-                    yield (
-                        b"data: " + json.dumps({"choices": [{"delta": {"content": text}}]}).encode() + b"\n\n"
-                    )
-                yield b"data: [DONE]\n\n"
-
-            return StreamingResponse(chunks(), media_type="text/event-stream")
-
-        app = Starlette(routes=[Route("/{mode}/v1/chat/completions", chat, methods=["POST"])])
-        self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def url(self, mode: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{mode}/v1"
 
 
 @pytest.fixture(scope="module")
 def llm() -> Iterator[FakeLLM]:
-    fake = FakeLLM()
-    fake.thread.start()
-    while not fake.server.started:
-        time.sleep(0.01)
-    yield fake
-    fake.server.should_exit = True
-    fake.thread.join(5)
+    with running_llm() as fake:
+        yield fake
 
 
 def ask(client: Client, run_id: str, question: str) -> tuple[str, list[tuple[str, Any]]]:

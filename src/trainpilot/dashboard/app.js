@@ -1,4 +1,4 @@
-// trainpilot dashboard: run list, live charts (SSE, resumable), control, CV panels, insights.
+// trainpilot dashboard: run list, live charts (SSE, resumable), control, CV panels, insights, ask.
 // Plain JS and the vendored uPlot: no build step. Every number comes from the server's API.
 "use strict";
 
@@ -35,20 +35,28 @@ function askToken(why) {
   return asking;
 }
 
-async function api(path, options = {}, retried = false) {
+// fetch() with the token, asking for one once when the server refuses: the response, body unread.
+async function request(path, options = {}, retried = false) {
   const headers = Object.assign({}, options.headers || {});
   if (state.token) headers.Authorization = `Bearer ${state.token}`;
   const response = await fetch(path, Object.assign({}, options, { headers }));
-  const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
   if (response.status === 401 && !retried && await askToken("This trainpilot server needs a token. Token:")) {
-    return api(path, options, true);
+    return request(path, options, true);
   }
-  if (!response.ok) {
-    const error = new Error(body?.error?.message || `HTTP ${response.status}`);
-    error.status = response.status;
-    throw error;
-  }
-  return body;
+  return response;
+}
+
+async function failure(response) {
+  const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
+  const error = new Error(body?.error?.message || `HTTP ${response.status}`);
+  error.status = response.status;
+  return error;
+}
+
+async function api(path, options = {}) {
+  const response = await request(path, options);
+  if (!response.ok) throw await failure(response);
+  return response.headers.get("content-type")?.includes("json") ? response.json() : null;
 }
 
 // -- metric grouping: train/loss and val/loss share the chart "loss" ----------------------------
@@ -128,6 +136,7 @@ function closeStreams() {
 
 async function selectRun(runId) {
   closeStreams();
+  if (runId !== state.selected) resetAdvisor(); // an answer is about the run it was asked of
   state.selected = runId;
   history.replaceState(null, "", `#run=${encodeURIComponent(runId)}`);
   $("compareview").hidden = true;
@@ -470,6 +479,123 @@ function addInsight(event) {
   list.prepend(item(`[${d.severity}] ${d.kind} at step ${d.step ?? event.step ?? "?"}: ${d.message || ""}${d.suggestion ? " — " + d.suggestion : ""}`, d.severity));
 }
 
+// -- ask the advisor ------------------------------------------------------------------------------
+// POST /api/runs/{id}/ask answers with an SSE stream: `token`s of the answer, an optional `note` (a
+// critical finding the answer contradicted or left out), then `done` (who answered, the findings it
+// was grounded on) or `error`. EventSource cannot POST, so the stream is read from fetch().
+
+const NO_MODEL = "No model answered: no LLM is configured (start the server with --llm-model PATH.gguf " +
+  "or set TRAINPILOT_LLM_URL). The detectors' rules answered instead.";
+let advisorAsk = null; // { controller, runId } while an answer streams
+
+async function* serverEvents(body) {
+  // The SSE wire format: fields up to a blank line make one event; ":" lines are comments.
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "", name = "message", data = [];
+  const line = (text) => {
+    if (text === "") {
+      const event = data.length ? { name, data: data.join("\n") } : null;
+      name = "message"; data = [];
+      return event;
+    }
+    const colon = text.indexOf(":");
+    const field = colon < 0 ? text : text.slice(0, colon);
+    const value = colon < 0 ? "" : text.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") name = value;
+    else if (field === "data") data.push(value);
+    return null; // comments (":" first) and other fields
+  };
+  while (true) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    // A "\r" that ends a chunk may be half of a "\r\n": it waits in the buffer for the next chunk.
+    const lines = (buffer + value).split(/\r\n|\r(?!$)|\n/);
+    buffer = lines.pop();
+    for (const text of lines) { const event = line(text); if (event) yield event; }
+  }
+  // A last event the server did not end with a blank line.
+  const last = line(buffer.replace(/\r$/, "")) || line("");
+  if (last) yield last;
+}
+
+function resetAdvisor() {
+  if (advisorAsk) advisorAsk.controller.abort();
+  advisorAsk = null;
+  $("advisor-answer").replaceChildren();
+  for (const id of ["advisor-refusal", "advisor-note", "advisor-grounds"]) $(id).hidden = true;
+  $("advisor-findings").replaceChildren();
+  advisorStatus("");
+  advisorBusy(false);
+}
+
+function advisorBusy(busy) {
+  $("advisor-question").readOnly = busy; // not disabled: it keeps the keyboard's focus
+  $("advisor-ask").disabled = busy;
+  $("advisor-stop").hidden = !busy;
+  $("advisor-answer").setAttribute("aria-busy", String(busy)); // read out once, when complete
+}
+
+function advisorStatus(text, error = false) {
+  $("advisor-status").textContent = text;
+  $("advisor-status").classList.toggle("error", error);
+}
+
+function advisorDone(data) {
+  const findings = Array.isArray(data.findings) ? data.findings : null;
+  if (findings) {
+    $("advisor-findings").replaceChildren(...(findings.length ? findings.map((f) =>
+      item(`[${f.severity ?? "?"}] ${f.kind ?? "?"} at step ${f.step ?? "?"}: ${f.message ?? ""}`, f.severity)) : [item("none")]));
+    $("advisor-grounds").hidden = false;
+  }
+  if (data.source === "rules") {
+    $("advisor-refusal").textContent = data.reason ? `No model answered: ${data.reason}. The detectors' rules answered instead.` : NO_MODEL;
+    $("advisor-refusal").hidden = false;
+    advisorStatus("answered by the detectors' rules, not a model");
+  } else {
+    advisorStatus(`answered by ${data.model || "the model"}`);
+  }
+}
+
+function advisorNote(data) {
+  const kinds = Array.isArray(data.findings) && data.findings.length ? ` (${data.findings.join(", ")})` : "";
+  $("advisor-note").textContent = `Checked against the detectors${kinds}: ${data.text ?? ""}`;
+  $("advisor-note").hidden = false;
+}
+
+async function askAdvisor() {
+  const question = $("advisor-question").value.trim();
+  const runId = state.selected;
+  if (!runId || advisorAsk) return;
+  if (!question) { advisorStatus("type a question first", true); return; }
+  resetAdvisor();
+  const ask = advisorAsk = { controller: new AbortController(), runId };
+  advisorBusy(true);
+  advisorStatus("asking…");
+  let ended = false;
+  try {
+    const response = await request(`/api/runs/${encodeURIComponent(runId)}/ask`, {
+      method: "POST", signal: ask.controller.signal, body: JSON.stringify({ question }),
+      headers: { "content-type": "application/json", accept: "text/event-stream" },
+    });
+    if (!response.ok) throw await failure(response);
+    advisorStatus("answering…");
+    for await (const event of serverEvents(response.body)) {
+      let data;
+      try { data = JSON.parse(event.data); } catch (e) { continue; } // not ours to show
+      if (event.name === "token") $("advisor-answer").append(String(data.text ?? ""));
+      else if (event.name === "note") advisorNote(data);
+      else if (event.name === "done") { advisorDone(data); ended = true; }
+      else if (event.name === "error") { advisorStatus(`error: ${data.message ?? "the advisor failed"}`, true); ended = true; }
+    }
+    if (!ended) advisorStatus("the answer ended early: the connection closed before it was done", true);
+  } catch (error) {
+    if (advisorAsk !== ask) return; // reset meanwhile (another run): its panel is not ours
+    advisorStatus(error.name === "AbortError" ? "stopped" : `error: ${error.message}`, error.name !== "AbortError");
+  } finally {
+    if (advisorAsk === ask) { advisorAsk = null; advisorBusy(false); }
+  }
+}
+
 // -- compare ----------------------------------------------------------------------------------------
 
 async function openCompare() {
@@ -533,6 +659,11 @@ $("search").addEventListener("input", renderRuns);
 for (const button of document.querySelectorAll("#controls button")) button.addEventListener("click", () => sendControl(button.dataset.action));
 for (const id of ["smooth", "logscale", "xaxis"]) $(id).addEventListener("input", () => { for (const c of state.charts.values()) c.zoomed = false; redrawAll(); });
 $("compare-btn").addEventListener("click", openCompare);
+$("advisor-form").addEventListener("submit", (event) => { event.preventDefault(); askAdvisor(); });
+$("advisor-question").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); askAdvisor(); }
+});
+$("advisor-stop").addEventListener("click", () => advisorAsk?.controller.abort());
 $("compare-close").addEventListener("click", () => { const id = state.selected || state.runs[0]?.id; if (id) selectRun(id); });
 refreshRuns();
 refreshSystem();
