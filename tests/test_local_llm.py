@@ -134,3 +134,29 @@ def test_a_packaged_model_is_found_by_name_and_a_wrong_name_says_what_exists() -
     assert resolve(MODEL).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     with pytest.raises(ModelNotFound, match=r"qwen2\.5-coder-1\.5b"):
         resolve("no-such-model")
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["stopped", "killed"])
+def test_the_model_process_ends_with_the_server_even_one_killed_with_sigkill(
+    tmp_path: Path, kill: bool
+) -> None:
+    import psutil
+
+    flags = ("--llm-model", MODEL, "--llm-threads", "1", "--llm-max-tokens", "16")
+    live = LiveServer(tmp_path / "data", args=flags).start()
+    try:
+        with live.client() as client:
+            seeded(client)
+            question = {"question": "what now?"}
+            with client.stream("POST", "/api/runs/adv/ask", json=question, timeout=120) as reply:
+                assert reply.status_code == 200 and "event: token" in reply.read().decode()
+        assert live.proc is not None
+        (child,) = [
+            p
+            for p in psutil.Process(live.proc.pid).children()
+            if "trainpilot.analysis.runtime" in p.cmdline()
+        ]
+    finally:
+        live.stop(kill=kill)
+    child.wait(15)  # raises psutil.TimeoutExpired if it is still there, orphaned with the model
+    assert not child.is_running()
