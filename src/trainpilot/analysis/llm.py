@@ -69,6 +69,8 @@ class Advisor:
                 raise AdvisorError(
                     f"the LLM endpoint {self.url} did not answer within {self.timeout_s:g} s"
                 ) from None
+            except httpx.HTTPError as exc:  # the connection broke mid-answer: the model's process ended
+                raise AdvisorError(f"the LLM endpoint {self.url} broke off the answer: {exc}") from None
 
 
 async def _deltas(lines: AsyncIterator[str]) -> AsyncIterator[str]:

@@ -61,6 +61,13 @@ class AdvisorSource:
         return self.local is not None or bool(self.settings.llm_url and self.settings.llm_model)
 
     @property
+    def explains(self) -> bool:
+        """Serious findings get an explanation of their own from an endpoint only: a local model
+        would load and take the CPU from the training on the same machine without anyone asking, and
+        hold its one slot while someone does ask."""
+        return self.local is None and self.configured
+
+    @property
     def model(self) -> str:
         return self.local.name if self.local is not None else self.settings.llm_model
 

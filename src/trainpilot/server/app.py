@@ -97,7 +97,7 @@ def create_app(settings: Settings) -> Dispatcher:
         if hub.alerts.hooks:
             store.on_commit = _publish_then_alert(broker.publish, hub.alerts)
             hub.alerts.start()
-        if hub.advisors.configured:
+        if hub.advisors.explains:
             hub.analysis.explainer = Explainer(hub.advisors, store)
         api.state.hub = hub
         api.state.registry = system.registry(hub)
