@@ -18,6 +18,7 @@ from trainpilot.analysis.advisor_eval import (
     load_rubric,
     mentions,
     plan,
+    rescore,
     run_eval,
     score,
     summary_of,
@@ -151,3 +152,10 @@ def test_an_evaluation_writes_every_answer_and_its_score(
     assert lr["first_token_s"] is not None
     row = table([saved]).splitlines()[-1]
     assert row.startswith("| scripted | 2 | 100% (1/1) | 100% (1/1) | 0/1 | 1/1 | 0 |")
+
+
+def test_a_rescore_applies_the_rubric_to_saved_answers(rubric: Rubric, runs: list[LabelledRun]) -> None:
+    run = next(r for r in runs if r.label == "lr_high")
+    saved = {"runs": [{"run": run.name, "label": run.label, "findings": [], "answer": LR_HIGH_RIGHT}]}
+    row = rescore(saved, runs, rubric)["runs"][0]
+    assert (row["cause"], row["fix_first"], row["invented"]) == (True, True, [])  # NaN: its expect backs it

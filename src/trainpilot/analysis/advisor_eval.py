@@ -280,40 +280,54 @@ async def run_eval(advisor: Advisor, runs: list[LabelledRun], rubric: Rubric, ou
     return result
 
 
+def rescore(result: dict[str, Any], runs: list[LabelledRun], rubric: Rubric) -> dict[str, Any]:
+    """Saved answers scored again with the rubric as it is now: a changed pattern costs no model time."""
+    expect = {r.name: r.expect for r in runs}
+    for row in result["runs"]:
+        s = score(row["answer"], row["label"], frozenset(row["findings"]) | expect[row["run"]], rubric)
+        row.update(cause=s.cause, fix_first=s.fix_first, invented=s.invented)
+    return result
+
+
 def _default_out(model: str) -> Path:
     return Path("bench/results") / f"advisor_eval-{re.sub(r'[^A-Za-z0-9._-]+', '_', model)}.json"
+
+
+def _saved(args: argparse.Namespace, rubric_path: Path) -> None:
+    """--table and --rescore: work on results files, ask no model."""
+    paths: list[Path] = args.rescore or args.table
+    results = [orjson.loads(p.read_bytes()) for p in paths]
+    if args.rescore:
+        runs, rubric = load_corpus(Path(args.corpus)), load_rubric(rubric_path)
+        for path, result in zip(paths, results, strict=True):
+            path.write_bytes(orjson.dumps(rescore(result, runs, rubric), option=orjson.OPT_INDENT_2))
+    print(table(results))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("corpus", nargs="?", default="corpus/world", help="a folder of manifests and runs")
-    parser.add_argument(
-        "--url", default=os.environ.get("TRAINPILOT_LLM_URL", ""), help="OpenAI-compatible /v1"
-    )
-    parser.add_argument("--model", default=os.environ.get("TRAINPILOT_LLM_MODEL", ""))
-    parser.add_argument("--key", default=os.environ.get("TRAINPILOT_LLM_KEY"), help="bearer token, if any")
+    env = os.environ.get
+    parser.add_argument("--url", default=env("TRAINPILOT_LLM_URL", ""), help="OpenAI-compatible .../v1")
+    parser.add_argument("--model", default=env("TRAINPILOT_LLM_MODEL", ""))
+    parser.add_argument("--key", default=env("TRAINPILOT_LLM_KEY"), help="bearer token, if any")
     parser.add_argument("--limit", type=int, default=None, help="ask about the first N runs of the plan")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="results JSON (bench/results/advisor_eval-<model>.json)"
-    )
-    parser.add_argument(
-        "--rubric", type=Path, default=None, help="default: advisor_rubric.toml beside the corpus"
-    )
+    parser.add_argument("--out", type=Path, help="results JSON (bench/results/advisor_eval-<model>.json)")
+    parser.add_argument("--rubric", type=Path, help="default: advisor_rubric.toml beside the corpus folder")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds the endpoint may stay silent")
+    parser.add_argument("--table", type=Path, nargs="+", metavar="RESULTS", help="print these files' table")
     parser.add_argument(
-        "--table", type=Path, nargs="+", metavar="RESULTS", help="only print the table of these"
+        "--rescore", type=Path, nargs="+", metavar="RESULTS", help="score saved answers again"
     )
     args = parser.parse_args()
-    if args.table:
-        print(table([orjson.loads(p.read_bytes()) for p in args.table]))
+    rubric_path = args.rubric or Path(args.corpus).parent / "advisor_rubric.toml"
+    if args.table or args.rescore:
+        _saved(args, rubric_path)
         return
     if not args.url or not args.model:
-        parser.error(
-            "an endpoint is needed: --url and --model (or TRAINPILOT_LLM_URL and TRAINPILOT_LLM_MODEL)"
-        )
-    corpus = Path(args.corpus)
-    rubric = load_rubric(args.rubric or corpus.parent / "advisor_rubric.toml")
-    runs = plan(load_corpus(corpus), rubric, args.limit)
+        parser.error("needs --url and --model (or TRAINPILOT_LLM_URL and TRAINPILOT_LLM_MODEL)")
+    rubric = load_rubric(rubric_path)
+    runs = plan(load_corpus(Path(args.corpus)), rubric, args.limit)
     advisor = Advisor(args.url, args.model, args.key, timeout_s=args.timeout)
     out = args.out or _default_out(args.model)
     result = asyncio.run(run_eval(advisor, runs, rubric, out))
