@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: llm yolo-venv demo test lint typecheck serve clean browser analysis-eval corpus-world corpus-world-check fuzz bench bench-quick bench-tools
+.PHONY: llm yolo-venv demo test lint typecheck serve clean browser analysis-eval advisor-eval corpus-world corpus-world-check fuzz bench bench-quick bench-tools
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -87,6 +87,12 @@ bench-quick: bench-tools
 
 analysis-eval: $(STAMP)
 	$(BIN)/python -m trainpilot.analysis.evaluate corpus/world
+
+# The LLM advisor's answers on the corpus, scored by corpus/advisor_rubric.toml (docs/analysis.md). Not
+# part of test: it needs a model at TRAINPILOT_LLM_URL / TRAINPILOT_LLM_MODEL (TRAINPILOT_LLM_KEY if any).
+# LIMIT=10 asks about the first 10 runs of the plan only.
+advisor-eval: $(STAMP)
+	$(BIN)/python -m trainpilot.analysis.advisor_eval corpus/world $(if $(LIMIT),--limit $(LIMIT))
 
 # The world corpus (corpus/world/): real runs of Lightning, Hugging Face, timm, Keras, a YOLO-style loop,
 # ad-hoc loops and the reference trainer, in their own environment (torchvision needs torch 2.14.1).
