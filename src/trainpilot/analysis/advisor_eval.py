@@ -262,13 +262,16 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def run_eval(advisor: Advisor, runs: list[LabelledRun], rubric: Rubric, out: Path) -> dict[str, Any]:
+async def run_eval(
+    advisor: Advisor, runs: list[LabelledRun], rubric: Rubric, out: Path, threads: int | None = None
+) -> dict[str, Any]:
     """Ask about each run in turn, printing a line per answer and rewriting `out` after each one, so
     an interrupted evaluation keeps what it measured."""
     result: dict[str, Any] = {
         "model": advisor.model,
         "url": advisor.url,
         "question": rubric.question,
+        "settings": {"max_tokens": advisor.max_tokens, **advisor.options, "threads": threads},
         "runs": [],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -311,6 +314,15 @@ def main() -> None:
     parser.add_argument("--url", default=env("TRAINPILOT_LLM_URL", ""), help="OpenAI-compatible .../v1")
     parser.add_argument("--model", default=env("TRAINPILOT_LLM_MODEL", ""))
     parser.add_argument("--key", default=env("TRAINPILOT_LLM_KEY"), help="bearer token, if any")
+    parser.add_argument(
+        "--llm-model",
+        metavar="NAME|PATH.gguf",
+        help="a local model, run as the server runs it (analysis/runtime.py), instead of --url",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="the local model's threads (half the cores)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=400, help="the longest answer, as the server's default"
+    )
     parser.add_argument("--limit", type=int, default=None, help="ask about the first N runs of the plan")
     parser.add_argument("--out", type=Path, help="results JSON (bench/results/advisor_eval-<model>.json)")
     parser.add_argument("--rubric", type=Path, help="default: advisor_rubric.toml beside the corpus folder")
@@ -324,14 +336,41 @@ def main() -> None:
     if args.table or args.rescore:
         _saved(args, rubric_path)
         return
-    if not args.url or not args.model:
-        parser.error("needs --url and --model (or TRAINPILOT_LLM_URL and TRAINPILOT_LLM_MODEL)")
+    if not args.llm_model and (not args.url or not args.model):
+        parser.error(
+            "needs --llm-model, or --url and --model (or TRAINPILOT_LLM_URL and TRAINPILOT_LLM_MODEL)"
+        )
     rubric = load_rubric(rubric_path)
     runs = plan(load_corpus(Path(args.corpus)), rubric, args.limit)
-    advisor = Advisor(args.url, args.model, args.key, timeout_s=args.timeout)
-    out = args.out or _default_out(args.model)
-    result = asyncio.run(run_eval(advisor, runs, rubric, out))
-    print(f"\n{table([result])}\n\nper-run answers and scores: {out}")
+    result = asyncio.run(_evaluate(args, runs, rubric))
+    print(f"\n{table([result])}\n\nper-run answers and scores: {result['out']}")
+
+
+async def _evaluate(args: argparse.Namespace, runs: list[LabelledRun], rubric: Rubric) -> dict[str, Any]:
+    """With --llm-model the answers come from the local runtime the server would start, with its
+    settings (temperature 0, the answer limit); else from the endpoint."""
+    if not args.llm_model:
+        advisor = Advisor(args.url, args.model, args.key, timeout_s=args.timeout, max_tokens=args.max_tokens)
+        out = args.out or _default_out(args.model)
+        return {**await run_eval(advisor, runs, rubric, out), "out": str(out)}
+    from trainpilot.analysis.runtime import LOCAL_OPTIONS, LocalModel
+
+    model = LocalModel(args.llm_model, threads=args.threads, log_dir="bench/results")
+    try:
+        url = await model.start()
+        advisor = Advisor(
+            url,
+            model.name,
+            model.key,
+            timeout_s=args.timeout,
+            max_tokens=args.max_tokens,
+            options=dict(LOCAL_OPTIONS),
+        )
+        out = args.out or _default_out(model.name)
+        result = await run_eval(advisor, runs, rubric, out, threads=model.threads)
+        return {**result, "out": str(out)}
+    finally:
+        await model.close()
 
 
 if __name__ == "__main__":

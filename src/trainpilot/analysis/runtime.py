@@ -27,6 +27,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
 from trainpilot.analysis.llm import AdvisorError
 from trainpilot.analysis.models import MODELS, ModelNotFound, resolve
@@ -34,6 +35,8 @@ from trainpilot.extras import extra
 
 KEY_ENV = "TRAINPILOT_LLM_RUNTIME_KEY"
 READY = "READY "
+# A local model answers deterministically: the same run and question, the same advice.
+LOCAL_OPTIONS: dict[str, Any] = {"temperature": 0.0}
 LOAD_TIMEOUT_S = 300.0  # a cold 1.5B model from a slow disk; a warm one loads in seconds
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainpilot.analysis.llm import Advisor, AdvisorError
-from trainpilot.analysis.runtime import LocalModel
+from trainpilot.analysis.runtime import LOCAL_OPTIONS, LocalModel
 from trainpilot.exceptions import ConfigError
 from trainpilot.settings import Settings
 
@@ -19,8 +19,6 @@ NOT_CONFIGURED = (
     "no LLM is configured: start the server with --llm-model PATH.gguf (pip install 'trainpilot[llm]'), "
     "or set TRAINPILOT_LLM_URL and TRAINPILOT_LLM_MODEL to an OpenAI-compatible endpoint"
 )
-# A local model answers deterministically: the same run and question, the same advice.
-LOCAL_OPTIONS: dict[str, Any] = {"temperature": 0.0}
 
 
 def check_model(settings: Settings) -> None:
@@ -82,7 +80,7 @@ class AdvisorSource:
                 self.local.key,
                 timeout_s=timeout_s,
                 max_tokens=settings.llm_max_tokens,
-                options=LOCAL_OPTIONS,
+                options=dict(LOCAL_OPTIONS),
             )
         if not self.configured:
             raise AdvisorError(NOT_CONFIGURED)
