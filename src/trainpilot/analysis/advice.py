@@ -1,9 +1,10 @@
 """What the advisor tells a model about a run, and what is checked in the answer it gets back.
 
 Small local models (0.5B to 1.5B parameters) give the right advice when the facts are put to them as
-facts: the detectors' findings first, most severe first, each with its evidence and the fix the
-detector suggests, then what the detectors looked for and did not find, then the curves in a few
-numbers. Asked for the cause first and one fix per finding, they mostly follow; when they do not,
+facts: the detectors' findings first, most severe first, each with the fix the detector suggests,
+then the config and the curves in a few numbers. Asked for a set form (the cause, then one fix per
+finding) they mostly follow it; told what a healthy run looks like only when the run is healthy
+(a small model repeats any sentence it is given as an option); when they do not follow it,
 `check` notices an answer that leaves a critical finding out or calls the run healthy, and the
 finding is restated under the answer instead of leaving the user with advice that contradicts it.
 """
@@ -16,12 +17,18 @@ from typing import Any
 from trainpilot.analysis.findings import NATURAL
 
 SYSTEM = (
-    "You are trainpilot's training advisor for computer-vision models. The detectors measured one "
-    "training run; their findings are facts about it. Answer in this order: first the cause, in one "
-    "sentence, from the most severe finding; then one concrete fix per finding, most severe first, "
-    "with values, starting from the detector's suggested fix. Do not name a problem the findings do "
-    "not list: what the detectors did not find was looked for and is not there. With no findings, say "
-    "the run looks healthy so far and that nothing needs changing. At most 150 words."
+    "You are trainpilot's training advisor for computer-vision models. The detectors measured the run "
+    "below; their findings are facts about it. Answer in this form:\n"
+    "Cause: one sentence, the cause of the most severe finding.\n"
+    "Fixes:\n1. the fix for the first finding, concrete, with values\n2. the fix for the next one, "
+    "and so on, one per finding, in their order.\n"
+    "Then, if the question asks something else, answer it in at most two sentences. Name no problem "
+    "that is not among the findings. At most 150 words."
+)
+SYSTEM_HEALTHY = (
+    "You are trainpilot's training advisor for computer-vision models. The detectors measured the run "
+    "below and found no problem in it. Say in one sentence that it looks healthy so far, name no "
+    "problem, and answer the question briefly from the numbers. At most 80 words."
 )
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
@@ -61,41 +68,41 @@ def findings(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def messages(summary: dict[str, Any], question: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt(summary, question)}]
+    system = SYSTEM if findings(summary) else SYSTEM_HEALTHY
+    return [{"role": "system", "content": system}, {"role": "user", "content": prompt(summary, question)}]
 
 
 def prompt(summary: dict[str, Any], question: str) -> str:
-    """The run as plain text: findings, what was not found, config, curves, then the question."""
+    """The run as plain text, what changes least first (findings, config, then the curves), the
+    question last: a local model's cache keeps what two questions about a run share."""
+    form = "Answer as: Cause: ..., then Fixes: 1. ..." if findings(summary) else "Answer briefly."
+    return context(summary) + f"\nQuestion: {question}\n{form}"
+
+
+def context(summary: dict[str, Any]) -> str:
+    """Everything the model is told about the run, without the question."""
     run = summary.get("run", {})
     lines = [f"Run {run.get('name')!r} ({run.get('status')}, at step {run.get('last_step')})."]
     found = findings(summary)
     if found:
-        lines.append("Findings of the detectors, most severe first:")
+        lines.append("Findings, most severe first:")
         for index, f in enumerate(found, 1):
             lines.append(
-                f"{index}. [{f.get('severity')}] {_kind(f)} at step {f.get('step')}: {f.get('message')}"
+                f"{index}. [{f.get('severity')}] {_kind(f)} (step {f.get('step')}): {f.get('message')}"
             )
-            evidence = f.get("evidence") or {}
-            if evidence:
-                lines.append("   Evidence: " + ", ".join(f"{k}={v}" for k, v in list(evidence.items())[:8]))
             if f.get("suggestion"):
-                lines.append(f"   Suggested fix: {f['suggestion']}")
+                lines.append(f"   Fix: {f['suggestion']}")
     else:
-        lines.append("Findings of the detectors: none.")
-    kinds = {f.get("kind") for f in found}
-    absent = [_kind({"kind": k}) for k in NATURAL if k not in kinds]
-    lines.append("Looked for and not found: " + ", ".join(absent) + ".")
+        lines.append("Findings: none.")
     config = summary.get("config") or {}
     if config:
-        lines.append("Config: " + ", ".join(f"{k}={v}" for k, v in config.items()))
+        lines.append("Config: " + ", ".join(f"{k}={v}" for k, v in list(config.items())[:16]))
     metrics = summary.get("metrics") or {}
     if metrics:
         lines.append("Curves (mean of the first, middle and last third of the run; last value):")
-        for key, stats in list(metrics.items())[:12]:
+        for key, stats in list(metrics.items())[:8]:
             means = " -> ".join(str(stats[p]["mean"]) for p in ("early", "middle", "late") if p in stats)
             lines.append(f"- {key}: {means}; last {stats.get('last')} at step {stats.get('last_step')}")
-    lines.append(f"Question: {question}")
-    lines.append("Answer with the cause first, then one fix per finding.")
     return "\n".join(lines)
 
 
