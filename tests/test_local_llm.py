@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, in_process
+from tests.conftest import LiveServer, in_process, wait_until
 from tests.test_advisor import ask, seeded
 from trainpilot.analysis import advice
 from trainpilot.analysis.llm import Advisor
@@ -99,6 +99,18 @@ def test_the_ask_endpoint_streams_the_local_models_answer_checked_against_the_fi
     notes = [data["text"] for name, data in events if name == "note"]
     assert notes == ([expected] if expected else [])
     assert info["source"] == "local" and info["model"] == MODEL and info["state"] == "ready"
+
+
+def test_prepare_loads_the_model_and_has_it_read_the_run_before_the_question(tmp_path: Path) -> None:
+    with in_process(tmp_path / "d", llm_model_path=MODEL, llm_threads=1, llm_max_tokens=16) as client:
+        seeded(client)
+        assert client.get("/api/system/info").json()["llm"]["state"] == "not started"
+        reply = client.post("/api/runs/adv/ask/prepare")
+        assert reply.status_code == 202 and reply.json() == {"prepared": True}
+        wait_until(lambda: client.get("/api/system/info").json()["llm"]["state"] == "ready", 60, "loaded")
+        text, events = ask(client, "adv", "What should I change?")
+        assert text.strip() and events[-1][0] == "done"
+        assert client.post("/api/runs/ghost/ask/prepare").status_code == 404
 
 
 def test_a_model_file_that_cannot_load_ends_the_answer_with_the_reason(tmp_path: Path) -> None:

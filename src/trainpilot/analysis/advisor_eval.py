@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import math
 import os
@@ -178,13 +179,23 @@ class Asked:
     cause: bool | None
     fix_first: bool | None
     invented: list[str]
+    prefill_s: float | None = None  # --prefill: the model read the run first, then the question came
 
 
-async def ask(advisor: Advisor, run: LabelledRun, run_id: str, rubric: Rubric) -> Asked:
+async def ask(
+    advisor: Advisor, run: LabelledRun, run_id: str, rubric: Rubric, prefill: bool = False
+) -> Asked:
+    """One question and its answer, timed from the question; with `prefill` the model read the run
+    first, as the ask box has it do while the question is typed."""
     summary, kinds = await summary_of(run, run_id)
     prompt = sum(len(m["content"]) for m in advisor.messages(summary, rubric.question))
     chunks: list[str] = []
-    error, first = None, None
+    error, first, prefill_s = None, None, None
+    if prefill:
+        start = time.perf_counter()
+        with contextlib.suppress(AdvisorError):  # the question reports what fails
+            await advisor.prefill(summary)
+        prefill_s = time.perf_counter() - start
     start = time.perf_counter()
     try:
         async for chunk in advisor.stream(summary, rubric.question):
@@ -207,6 +218,7 @@ async def ask(advisor: Advisor, run: LabelledRun, run_id: str, rubric: Rubric) -
         s.cause,
         s.fix_first,
         s.invented,
+        prefill_s,
     )
 
 
@@ -216,6 +228,8 @@ def _mark(value: bool | None) -> str:
 
 def progress(i: int, n: int, a: Asked) -> str:
     ttft = "-" if a.first_token_s is None else f"{a.first_token_s:.1f}s"
+    if a.prefill_s is not None:
+        ttft += f" (after {a.prefill_s:.1f}s reading the run)"
     tail = f" ERROR {a.error}" if a.error else ""
     return (
         f"[{i}/{n}] {a.run} ({a.label}) {a.seconds:.1f}s, first token {ttft}: cause {_mark(a.cause)}, "
@@ -263,7 +277,12 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 async def run_eval(
-    advisor: Advisor, runs: list[LabelledRun], rubric: Rubric, out: Path, threads: int | None = None
+    advisor: Advisor,
+    runs: list[LabelledRun],
+    rubric: Rubric,
+    out: Path,
+    threads: int | None = None,
+    prefill: bool = False,
 ) -> dict[str, Any]:
     """Ask about each run in turn, printing a line per answer and rewriting `out` after each one, so
     an interrupted evaluation keeps what it measured."""
@@ -271,12 +290,17 @@ async def run_eval(
         "model": advisor.model,
         "url": advisor.url,
         "question": rubric.question,
-        "settings": {"max_tokens": advisor.max_tokens, **advisor.options, "threads": threads},
+        "settings": {
+            "max_tokens": advisor.max_tokens,
+            **advisor.options,
+            "threads": threads,
+            "prefill": prefill,
+        },
         "runs": [],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     for i, run in enumerate(runs, 1):
-        asked = await ask(advisor, run, f"eval-{i:03d}", rubric)
+        asked = await ask(advisor, run, f"eval-{i:03d}", rubric, prefill)
         print(progress(i, len(runs), asked), flush=True)
         result["runs"].append(asdict(asked))
         out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
@@ -323,6 +347,11 @@ def main() -> None:
     parser.add_argument(
         "--max-tokens", type=int, default=400, help="the longest answer, as the server's default"
     )
+    parser.add_argument(
+        "--prefill",
+        action="store_true",
+        help="have the model read each run first, as the ask box has it do; answers timed from the question",
+    )
     parser.add_argument("--limit", type=int, default=None, help="ask about the first N runs of the plan")
     parser.add_argument("--out", type=Path, help="results JSON (bench/results/advisor_eval-<model>.json)")
     parser.add_argument("--rubric", type=Path, help="default: advisor_rubric.toml beside the corpus folder")
@@ -352,7 +381,7 @@ async def _evaluate(args: argparse.Namespace, runs: list[LabelledRun], rubric: R
     if not args.llm_model:
         advisor = Advisor(args.url, args.model, args.key, timeout_s=args.timeout, max_tokens=args.max_tokens)
         out = args.out or _default_out(args.model)
-        return {**await run_eval(advisor, runs, rubric, out), "out": str(out)}
+        return {**await run_eval(advisor, runs, rubric, out, prefill=args.prefill), "out": str(out)}
     from trainpilot.analysis.runtime import LOCAL_OPTIONS, LocalModel
 
     model = LocalModel(args.llm_model, threads=args.threads, log_dir="bench/results")
@@ -367,7 +396,7 @@ async def _evaluate(args: argparse.Namespace, runs: list[LabelledRun], rubric: R
             options=dict(LOCAL_OPTIONS),
         )
         out = args.out or _default_out(model.name)
-        result = await run_eval(advisor, runs, rubric, out, threads=model.threads)
+        result = await run_eval(advisor, runs, rubric, out, threads=model.threads, prefill=args.prefill)
         return {**result, "out": str(out)}
     finally:
         await model.close()

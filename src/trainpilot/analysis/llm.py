@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from trainpilot.analysis.advice import messages
+from trainpilot.analysis.advice import context, messages
 
 
 class AdvisorError(Exception):
@@ -34,6 +34,30 @@ class Advisor:
 
     def messages(self, summary: dict[str, Any], question: str) -> list[dict[str, str]]:
         return messages(summary, question)
+
+    async def prefill(self, summary: dict[str, Any]) -> None:
+        """Have the model read the run before the question comes: llama.cpp keeps what it read of the
+        last prompt, so the question's prompt, which starts the same, is read from where this one
+        stopped and the answer starts in a second instead of after the whole prompt."""
+        import httpx
+
+        system = messages(summary, "")[0]  # the question's own, so its prompt starts with this one
+        body = {
+            "model": self.model,
+            "messages": [system, {"role": "user", "content": context(summary)}],
+            "max_tokens": 1,
+            **self.options,
+        }
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        try:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=5.0)) as client:
+                reply = await client.post(
+                    self.url.rstrip("/") + "/chat/completions", json=body, headers=headers
+                )
+        except httpx.HTTPError as exc:
+            raise AdvisorError(f"the LLM endpoint {self.url} could not read the run: {exc}") from None
+        if reply.status_code != 200:
+            raise AdvisorError(f"the LLM endpoint answered HTTP {reply.status_code}: {reply.text[:200]}")
 
     async def stream(self, summary: dict[str, Any], question: str) -> AsyncIterator[str]:
         """Text chunks of the answer as they arrive."""

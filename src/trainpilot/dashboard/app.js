@@ -664,6 +664,14 @@ $("advisor-question").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); askAdvisor(); }
 });
 $("advisor-stop").addEventListener("click", () => advisorAsk?.controller.abort());
+// A local model reads the run while the question is typed, so its answer starts within a second or two.
+let advisorPrepared = null; // the run it was last asked to read
+$("advisor-question").addEventListener("focus", () => {
+  const runId = state.selected;
+  if (!runId || advisorPrepared === runId) return;
+  advisorPrepared = runId;
+  request(`/api/runs/${encodeURIComponent(runId)}/ask/prepare`, { method: "POST" }).catch(() => {});
+});
 $("compare-close").addEventListener("click", () => { const id = state.selected || state.runs[0]?.id; if (id) selectRun(id); });
 refreshRuns();
 refreshSystem();

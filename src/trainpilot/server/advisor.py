@@ -8,6 +8,8 @@ stopped with the server. With neither, the ask endpoint answers from the rules a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from trainpilot.analysis.llm import Advisor, AdvisorError
@@ -46,6 +48,7 @@ class AdvisorSource:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.local: LocalModel | None = None
+        self._tasks: set[asyncio.Task[bool]] = set()
         if settings.llm_model_path and not settings.llm_url:
             self.local = LocalModel(
                 settings.llm_model_path,
@@ -92,6 +95,22 @@ class AdvisorSource:
             max_tokens=settings.llm_max_tokens,
         )
 
+    def prepare_soon(self, summary: dict[str, Any]) -> None:
+        """`prepare` in the background: the request that asked for it does not wait for a model to load."""
+        task = asyncio.create_task(self.prepare(summary), name="trainpilot-llm-prepare")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def prepare(self, summary: dict[str, Any]) -> bool:
+        """Load the local model and have it read the run, ahead of a question (the ask box calls this
+        when it gets the focus); False where there is nothing to prepare (an endpoint, no model).
+        Failures are left for the question itself to report."""
+        if self.local is None:
+            return False
+        with contextlib.suppress(AdvisorError):
+            await (await self.advisor()).prefill(summary)
+        return True
+
     def info(self) -> dict[str, Any]:
         """For /api/system/info: where answers come from, and the local model's state."""
         if self.local is not None:
@@ -112,5 +131,7 @@ class AdvisorSource:
         }
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self.local is not None:
             await self.local.close()

@@ -258,6 +258,26 @@ async def ask(request: Request, run_id: str, body: AskRequest) -> Response:
     return StreamingResponse(answer(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
+@router.post(
+    "/api/runs/{run_id}/ask/prepare",
+    tags=["runs"],
+    summary="Have the local model load and read the run before a question comes (202; a no-op, "
+    "prepared false, for an endpoint or no model)",
+    status_code=202,
+    dependencies=READ,
+)
+async def prepare_ask(request: Request, run_id: str) -> Response:
+    from trainpilot.analysis.summary import run_summary
+
+    hub = hub_of(request)
+    source = hub.advisors
+    if source.local is None:
+        return JSON({"prepared": False}, status_code=202)
+    summary = await run_summary(hub.store, run_id)  # 404 for a run that is not there
+    source.prepare_soon(summary)
+    return JSON({"prepared": True}, status_code=202)
+
+
 # -- metrics --------------------------------------------------------------------------------------
 
 
