@@ -56,6 +56,10 @@ def test_without_an_llm_the_box_says_no_model_answered_and_shows_the_rules_answe
 ) -> None:
     seed(shared_server, "ask-rules", lr=5.0)
     page = Page(browser, f"{shared_server.url}/#run=ask-rules")
+    page.page.wait_for_selector("#runview:not([hidden]) #advisor-question")
+    with page.page.expect_request(lambda r: r.url.endswith("/api/runs/ask-rules/ask/prepare")) as prepared:
+        page.page.focus("#advisor-question")  # a local model would start reading the run now
+    assert prepared.value.method == "POST"
     ask(page, f"{XSS} is it healthy?")
     page.page.wait_for_selector("#advisor-status:has-text('answered by the detectors')", timeout=20_000)
     refusal = page.page.inner_text("#advisor-refusal")
