@@ -89,10 +89,14 @@ analysis-eval: $(STAMP)
 	$(BIN)/python -m trainpilot.analysis.evaluate corpus/world
 
 # The LLM advisor's answers on the corpus, scored by corpus/advisor_rubric.toml (docs/analysis.md). Not
-# part of test: it needs a model at TRAINPILOT_LLM_URL / TRAINPILOT_LLM_MODEL (TRAINPILOT_LLM_KEY if any).
-# LIMIT=10 asks about the first 10 runs of the plan only.
-advisor-eval: $(STAMP)
-	$(BIN)/python -m trainpilot.analysis.advisor_eval corpus/world $(if $(LIMIT),--limit $(LIMIT))
+# part of test: it needs a model, and half a minute an answer on 2 cores. The local model (LLM=..., as
+# make llm installs it; THREADS=2), or the endpoint at TRAINPILOT_LLM_URL / TRAINPILOT_LLM_MODEL when set.
+# LIMIT=10 asks about the first 10 runs of the plan only; PREFILL=1 has the model read each run first
+# and times the answer from the question, as the ask box does.
+advisor-eval: llm
+	$(BIN)/python -m trainpilot.analysis.advisor_eval corpus/world \
+		$(if $(TRAINPILOT_LLM_URL),,--llm-model $(LLM) --threads $(or $(THREADS),0)) \
+		$(if $(LIMIT),--limit $(LIMIT)) $(if $(PREFILL),--prefill)
 
 # The world corpus (corpus/world/): real runs of Lightning, Hugging Face, timm, Keras, a YOLO-style loop,
 # ad-hoc loops and the reference trainer, in their own environment (torchvision needs torch 2.14.1).
