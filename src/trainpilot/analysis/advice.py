@@ -122,8 +122,9 @@ def check(answer: str, summary: dict[str, Any]) -> str | None:
         else "The answer leaves out what the detectors found:"
     ]
     for f in missed:
-        fix = f" Fix first: {f['suggestion']}" if f.get("suggestion") else ""
-        lines.append(f"- {_kind(f)} (critical) at step {f.get('step')}: {f.get('message')}{fix}")
+        fix = f" Fix first: {f['suggestion']}." if f.get("suggestion") else ""
+        said = str(f.get("message", "")).rstrip(".")
+        lines.append(f"- {_kind(f)} (critical) at step {f.get('step')}: {said}.{fix}")
     return "\n".join(lines)
 
 
