@@ -140,6 +140,9 @@ def test_trainpilot_ask_with_a_local_model_and_serve_refusing_a_missing_one(
     refused = subprocess.run(missing, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert refused.returncode != 0 and "no file at nope.gguf" in refused.stderr
     assert "smollm2-135m" in refused.stderr  # it names what --llm-model can be
+    demo = [sys.executable, "-m", "trainpilot.cli", "demo", "--exit", "--llm-model", "nope.gguf"]
+    refused = subprocess.run(demo, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert refused.returncode != 0 and "no file at nope.gguf" in refused.stderr  # before any training
 
 
 def test_a_packaged_model_is_found_by_name_and_a_wrong_name_says_what_exists() -> None:
