@@ -84,8 +84,8 @@ def rules_answer(summary: dict[str, Any], question: str) -> str:
             f"last {stats['last']} at step {stats['last_step']}."
         )
     lines.append(
-        f"Your question was: {question!r}. Configure an LLM (TRAINPILOT_LLM_URL, TRAINPILOT_LLM_MODEL) "
-        "for a free-form answer."
+        f"Your question was: {question!r}. Give the server a model (--llm-model, or TRAINPILOT_LLM_URL "
+        "and TRAINPILOT_LLM_MODEL) for a free-form answer."
     )
     return "\n".join(lines)
 
