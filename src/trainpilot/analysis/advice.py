@@ -62,9 +62,14 @@ HEALTHY = re.compile(
 
 
 def findings(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The run's findings, most severe first, then in the order they were found."""
+    """The run's findings, most severe first, then in the order they were found; one per kind (the
+    first, the most severe), since a NaN in five metrics is one fault with one fix, not five."""
     found = [f for f in summary.get("insights", []) if f.get("kind") in NATURAL]
-    return sorted(found, key=lambda f: SEVERITY_ORDER.get(str(f.get("severity")), 3))
+    ranked = sorted(found, key=lambda f: SEVERITY_ORDER.get(str(f.get("severity")), 3))
+    first: dict[str, dict[str, Any]] = {}
+    for finding in ranked:
+        first.setdefault(str(finding["kind"]), finding)
+    return list(first.values())
 
 
 def messages(summary: dict[str, Any], question: str) -> list[dict[str, str]]:

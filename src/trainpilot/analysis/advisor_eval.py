@@ -22,15 +22,17 @@ import math
 import os
 import re
 import statistics
+import tempfile
 import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from trainpilot.analysis import advice
 from trainpilot.analysis.corpus import LabelledRun, load_corpus
 from trainpilot.analysis.engine import RunAnalysis
 from trainpilot.analysis.llm import Advisor, AdvisorError
@@ -135,6 +137,26 @@ def score(answer: str, label: str, backed_kinds: frozenset[str], rubric: Rubric)
         return Score(None, None, made_up)
     expected = rubric.labels[label]
     return Score(_first(answer, expected.cause) is not None, label in first_fix(answer, rubric), made_up)
+
+
+class FindingsEcho(Advisor):
+    """No model: the answer a perfectly obedient one would give, the first finding's message as the
+    cause and the findings' suggested fixes in their order. What the grounding alone can reach, and
+    so the ceiling of a model that follows it (a model may do better only by knowing more)."""
+
+    def __init__(self) -> None:
+        super().__init__("", "findings, echoed (no model)")
+
+    async def prefill(self, summary: dict[str, Any]) -> None:
+        return None
+
+    async def stream(self, summary: dict[str, Any], question: str) -> AsyncIterator[str]:
+        found = advice.findings(summary)
+        if not found:
+            yield "The run looks healthy so far."
+            return
+        fixes = [f"{i}. {f['suggestion']}" for i, f in enumerate(found, 1) if f.get("suggestion")]
+        yield "Cause: " + str(found[0].get("message")) + "\nFixes:\n" + "\n".join(fixes)
 
 
 def plan(runs: list[LabelledRun], rubric: Rubric, limit: int | None = None) -> list[LabelledRun]:
@@ -343,6 +365,11 @@ def main() -> None:
         metavar="NAME|PATH.gguf",
         help="a local model, run as the server runs it (analysis/runtime.py), instead of --url",
     )
+    parser.add_argument(
+        "--findings-only",
+        action="store_true",
+        help="no model: score the findings' own messages and fixes as the answer (the grounding's ceiling)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="the local model's threads (half the cores)")
     parser.add_argument(
         "--max-tokens", type=int, default=400, help="the longest answer, as the server's default"
@@ -365,7 +392,7 @@ def main() -> None:
     if args.table or args.rescore:
         _saved(args, rubric_path)
         return
-    if not args.llm_model and (not args.url or not args.model):
+    if not (args.llm_model or args.findings_only) and (not args.url or not args.model):
         parser.error(
             "needs --llm-model, or --url and --model (or TRAINPILOT_LLM_URL and TRAINPILOT_LLM_MODEL)"
         )
@@ -378,13 +405,16 @@ def main() -> None:
 async def _evaluate(args: argparse.Namespace, runs: list[LabelledRun], rubric: Rubric) -> dict[str, Any]:
     """With --llm-model the answers come from the local runtime the server would start, with its
     settings (temperature 0, the answer limit); else from the endpoint."""
+    if args.findings_only:
+        out = args.out or _default_out("findings-only")
+        return {**await run_eval(FindingsEcho(), runs, rubric, out), "out": str(out)}
     if not args.llm_model:
         advisor = Advisor(args.url, args.model, args.key, timeout_s=args.timeout, max_tokens=args.max_tokens)
         out = args.out or _default_out(args.model)
         return {**await run_eval(advisor, runs, rubric, out, prefill=args.prefill), "out": str(out)}
     from trainpilot.analysis.runtime import LOCAL_OPTIONS, LocalModel
 
-    model = LocalModel(args.llm_model, threads=args.threads, log_dir="bench/results")
+    model = LocalModel(args.llm_model, threads=args.threads, log_dir=tempfile.gettempdir())
     try:
         url = await model.start()
         advisor = Advisor(

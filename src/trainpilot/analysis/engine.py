@@ -270,6 +270,16 @@ class RunAnalysis:
         candidates = same or totals
         return max(candidates, key=lambda t: t.n).ema if candidates else None
 
+    def _was_falling(self) -> bool:
+        """Whether the total loss had made progress and was not climbing: what a NaN out of the blue
+        (a bad batch, a log(0)) looks like, where a too-large step climbs first."""
+        totals = [t for t in self.losses.values() if not t.component and t.start is not None]
+        return (
+            bool(totals)
+            and not self._loss_rising()
+            and any(t.best < 0.9 * t.start for t in totals if t.start is not None and t.start > 0)
+        )
+
     def _loss_rising(self) -> bool:
         return any(t.rising >= 3 for t in self.losses.values() if not t.component)
 
@@ -283,16 +293,25 @@ class RunAnalysis:
             return []
         self.non_finite.update(bad)
         only_grads = all(grad_layer(k) is not None or role(k).quantity == "grad_norm" for k in bad)
+        falling = self._was_falling()
         return [
             Finding(
                 "nan_inf",
                 "warning" if only_grads else "critical",
                 step,
                 step,
-                {"metrics": bad},
-                f"non-finite value (NaN or Inf) in {', '.join(bad)} at step {step}",
-                "lower the learning rate, clip gradients, or check the input data and the loss for log(0) or "
-                "division by zero"
+                {"metrics": bad, "loss_was_falling": falling},
+                f"non-finite value (NaN or Inf) in {', '.join(bad)} at step {step}"
+                + (" out of a loss that was falling" if falling else ""),
+                (
+                    "check the batch at this step for NaN or Inf in the inputs and labels (torch.isfinite, "
+                    "torch.autograd.set_detect_anomaly) and skip bad batches; guard the loss against log(0) "
+                    "or division by zero; a loss that falls until it breaks points at the data, not the "
+                    "learning rate"
+                    if falling and not only_grads
+                    else "lower the learning rate, clip gradients, or check the input data and the loss for "
+                    "log(0) or division by zero"
+                )
                 + (
                     "; with mixed precision, skipped steps show as an infinite gradient norm"
                     if only_grads

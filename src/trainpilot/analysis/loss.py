@@ -182,17 +182,25 @@ class LossTracker:
                     "clipping",
                 )
             ]
+        # A loss that had learnt and then jumped at once (one point 10x its start) broke on something
+        # that step brought, a batch most often; one that climbs back slowly has too large a step.
+        sudden = exploded and not early
         return [
             Finding(
                 "divergence",
                 "critical",
                 step,
                 self.best_step,
-                evidence,
+                {**evidence, "sudden": sudden},
                 f"{self.key} is diverging: {self.ema:.4g} now against a best of {self.best:.4g} at step "
-                f"{self.best_step} (it started at {self.start:.4g})",
-                "lower the learning rate 3-10x (or restore the last good checkpoint), add gradient clipping, "
-                "check the inputs and that gradients are zeroed every step",
+                f"{self.best_step} (it started at {self.start:.4g})"
+                + (f", jumping to {value:.4g} at once" if sudden else ""),
+                "check the batch near this step for huge values or NaN in the inputs and labels and skip it, "
+                "restore the last good checkpoint, add gradient clipping; lower the learning rate if it "
+                "climbs again"
+                if sudden
+                else "lower the learning rate 3-10x (or restore the last good checkpoint), add gradient "
+                "clipping, check the inputs and that gradients are zeroed every step",
             )
         ]
 
