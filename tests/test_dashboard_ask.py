@@ -73,6 +73,8 @@ def test_without_an_llm_the_box_says_no_model_answered_and_shows_the_rules_answe
     answer_box = page.page.locator("#advisor-answer").bounding_box()
     assert refusal_box and answer_box and refusal_box["y"] < answer_box["y"], "the refusal comes first"
     assert page.page.is_enabled("#advisor-ask") and page.page.is_hidden("#advisor-stop")
+    # the server panel says where answers come from
+    assert "advisor: the detectors' rules only" in page.page.text_content("#system")
     assert page.errors == [] and page.console_errors == []
     page.page.close()
 
@@ -97,6 +99,7 @@ def test_with_an_llm_the_answer_streams_in_as_it_arrives_and_names_the_model(
     page.page.wait_for_selector("#advisor-status:has-text('answered by tiny')", timeout=20_000)
     assert answer(page) == "".join(ANSWER)
     assert page.page.is_hidden("#advisor-refusal") and page.page.is_enabled("#advisor-ask")
+    assert f"advisor: tiny at {llm.url('slow')}" in page.page.text_content("#system")
     asked = [r["body"]["messages"][1]["content"] for r in llm.requests]
     assert any("why is the loss falling?" in content for content in asked)
     assert page.errors == [] and page.console_errors == []

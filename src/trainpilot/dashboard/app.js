@@ -638,9 +638,17 @@ async function refreshSystem() {
       `store ${info.backends.store} · broker ${info.backends.broker} · uptime ${info.uptime_s.toFixed(0)} s\n` +
       `CPU ${info.cpu.count} cores, ${info.cpu.percent}% (server process ${info.cpu.process_percent}%)\n` +
       `RAM ${(info.memory.available_bytes / 2 ** 30).toFixed(1)} GiB free of ${(info.memory.total_bytes / 2 ** 30).toFixed(1)} GiB; server RSS ${(info.memory.process_rss_bytes / 2 ** 20).toFixed(0)} MiB\n` +
-      `GPU ${gpus}\nlive connections: ${info.connections.sse} SSE, ${info.connections.ws} WebSocket`;
+      `GPU ${gpus}\nlive connections: ${info.connections.sse} SSE, ${info.connections.ws} WebSocket\n` +
+      `advisor: ${advisorText(info.llm)}`;
     $("alerts").textContent = alertsText(info.alerts);
   } catch (e) { $("sysline").textContent = "server unreachable"; }
+}
+
+// Where answers come from: a local model (and whether it is loaded), an endpoint, or the rules alone.
+function advisorText(llm) {
+  if (!llm || !llm.configured) return "the detectors' rules only (trainpilot serve --llm-model PATH.gguf)";
+  if (llm.source === "local") return `local model ${llm.model} (${llm.state}; ${llm.threads} threads)`;
+  return `${llm.model} at ${llm.url}`;
 }
 
 // Webhooks come redacted (scheme and host: a webhook's path is its secret), and as text like the rest.
