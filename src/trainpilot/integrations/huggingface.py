@@ -21,7 +21,7 @@ import os
 from typing import Any
 
 from trainpilot.extras import extra
-from trainpilot.integrations.steering import Steering, jsonable, pin_torch_lr, scalars, start
+from trainpilot.integrations.steering import Steering, jsonable, pin_torch_lr, start
 from trainpilot.sdk.run import Run
 
 with extra("huggingface", "trainpilot.integrations.huggingface"):
@@ -60,8 +60,6 @@ class TrainpilotCallback(TrainerCallback):
         self._args: TrainingArguments | None = None
         self._state: TrainerState | None = None
         self._control: TrainerControl | None = None
-        self._sent_step = -1
-        self._sent: set[str] = set()  # the metrics already logged at `_sent_step`
 
     def on_train_begin(
         self,
@@ -93,7 +91,6 @@ class TrainpilotCallback(TrainerCallback):
             system_every_s=self._system_every_s,
         )
         self._owned = owned
-        self._sent_step, self._sent = -1, set()
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -140,16 +137,8 @@ class TrainpilotCallback(TrainerCallback):
                 self.steering = None  # finished: later logs (a trainer.evaluate()) have no run to go to
 
     def _log(self, values: dict[str, Any], step: int) -> None:
-        """Each metric once per step: the store keeps every point it is sent, and the Trainer repeats
-        itself (``epoch`` in every log of a step; an evaluation's metrics in on_log and on_evaluate)."""
-        if self.steering is None:
-            return
-        if step != self._sent_step:
-            self._sent_step, self._sent = step, set()
-        new = {key: value for key, value in scalars(values).items() if key not in self._sent}
-        if new:
-            self._sent.update(new)
-            self.steering.run.log(new, step=step)
+        if self.steering is not None:
+            self.steering.log_once(values, step)
 
     def _checkpoint_path(self) -> str:
         """The folder `Trainer._save_checkpoint` writes for this step (under a hyperparameter search the

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from trainpilot.extras import extra
-from trainpilot.integrations.steering import Steering, jsonable, scalars, start
+from trainpilot.integrations.steering import Steering, jsonable, start
 from trainpilot.sdk.run import Run
 
 if "keras" not in sys.modules:
@@ -80,8 +80,6 @@ class TrainpilotCallback(keras.callbacks.Callback):
         self._init_kwargs = init_kwargs
         self.steering: Steering | None = None
         self._step = 0
-        self._sent_step = -1
-        self._sent: set[str] = set()  # the metrics already logged at `_sent_step`
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         config = {**_config(self.model, self.params), **self._config}
@@ -97,7 +95,6 @@ class TrainpilotCallback(keras.callbacks.Callback):
             system_every_s=self._system_every_s,
         )
         self._step = self._iterations()
-        self._sent_step, self._sent = -1, set()
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         """A pinned lr goes back over whatever an epoch's callback (`LearningRateScheduler`,
@@ -109,28 +106,19 @@ class TrainpilotCallback(keras.callbacks.Callback):
         if self.steering is None:
             return
         self._step = self._iterations()
-        self._log({**(logs or {}), "learning_rate": self._lr()}, self._step)
+        self.steering.log_once({**(logs or {}), "learning_rate": self._lr()}, self._step)
         if self.steering.boundary(self._step):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         """The validation metrics; the training ones equal the last batch's, logged already."""
-        self._log({**(logs or {}), "epoch": epoch + 1}, self._step)
+        if self.steering is not None:
+            self.steering.log_once({**(logs or {}), "epoch": epoch + 1}, self._step)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.steering is not None:
             self.steering.end()
             self.steering = None
-
-    def _log(self, values: dict[str, Any], step: int) -> None:
-        """Each metric once per step: the store keeps every point it is sent."""
-        assert self.steering is not None
-        if step != self._sent_step:
-            self._sent_step, self._sent = step, set()
-        new = {key: value for key, value in scalars(values).items() if key not in self._sent}
-        if new:
-            self._sent.update(new)
-            self.steering.run.log(new, step=step)
 
     def _iterations(self) -> int:
         """The optimizer's step count: with ``steps_per_execution`` a batch callback covers several."""

@@ -41,6 +41,8 @@ class Steering:
         self._checkpoint_path = checkpoint_path
         self._save = save
         self._save_due: str | None = None
+        self._sent_step = -1
+        self._sent: set[str] = set()  # the metrics already logged at `_sent_step`
         if set_lr is not None:
             run.on_control("set_lr", self._pin)
         if save is not None and checkpoint_path is not None:
@@ -58,6 +60,17 @@ class Steering:
             if self.run.world_size > 1:
                 self.run.log_rank(system, step=step)
         return self.run.should_stop
+
+    def log_once(self, values: Mapping[str, Any], step: int) -> None:
+        """The numbers of a framework's metrics dict, each once per step: the store keeps every point
+        it is sent, and frameworks repeat themselves (the Hugging Face Trainer's ``epoch`` in every log
+        of a step and an evaluation in two hooks; Keras's last batch metrics again at the epoch end)."""
+        if step != self._sent_step:
+            self._sent_step, self._sent = step, set()
+        new = {key: value for key, value in scalars(values).items() if key not in self._sent}
+        if new:
+            self._sent.update(new)
+            self.run.log(new, step=step)
 
     def hold_lr(self) -> None:
         """Put a set lr back: after a scheduler or a warmup has moved it."""
