@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    import httpx
 
 from trainpilot.analysis.advice import context, messages
 
@@ -42,18 +45,10 @@ class Advisor:
         import httpx
 
         system = messages(summary, "")[0]  # the question's own, so its prompt starts with this one
-        body = {
-            "model": self.model,
-            "messages": [system, {"role": "user", "content": context(summary)}],
-            "max_tokens": 1,
-            **self.options,
-        }
-        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        body = self._body([system, {"role": "user", "content": context(summary)}], max_tokens=1)
         try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=5.0)) as client:
-                reply = await client.post(
-                    self.url.rstrip("/") + "/chat/completions", json=body, headers=headers
-                )
+            async with self._client() as client:
+                reply = await client.post(self._endpoint, json=body, headers=self._headers)
         except httpx.HTTPError as exc:
             raise AdvisorError(f"the LLM endpoint {self.url} could not read the run: {exc}") from None
         if reply.status_code != 200:
@@ -63,21 +58,12 @@ class Advisor:
         """Text chunks of the answer as they arrive."""
         import httpx
 
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": self.messages(summary, question),
-            "stream": True,
-        }
-        if self.max_tokens is not None:
-            body["max_tokens"] = self.max_tokens
-        body.update(self.options)
-        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
-        endpoint = self.url.rstrip("/") + "/chat/completions"
+        body = self._body(self.messages(summary, question), stream=True)
         for attempt in range(self.retries + 1):
             try:
                 async with (
-                    httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=5.0)) as client,
-                    client.stream("POST", endpoint, json=body, headers=headers) as response,
+                    self._client() as client,
+                    client.stream("POST", self._endpoint, json=body, headers=self._headers) as response,
                 ):
                     if response.status_code != 200:
                         text = (await response.aread())[:200].decode(errors="replace")
@@ -95,6 +81,24 @@ class Advisor:
                 ) from None
             except httpx.HTTPError as exc:  # the connection broke mid-answer: the model's process ended
                 raise AdvisorError(f"the LLM endpoint {self.url} broke off the answer: {exc}") from None
+
+    def _body(self, chat: list[dict[str, str]], **fields: Any) -> dict[str, Any]:
+        """A chat completion request: the answer limit, the options, then what the call needs."""
+        limit = {} if self.max_tokens is None else {"max_tokens": self.max_tokens}
+        return {"model": self.model, "messages": chat, **limit, **self.options, **fields}
+
+    def _client(self) -> httpx.AsyncClient:
+        import httpx
+
+        return httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=5.0))
+
+    @property
+    def _endpoint(self) -> str:
+        return self.url.rstrip("/") + "/chat/completions"
+
+    @property
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
 
 async def _deltas(lines: AsyncIterator[str]) -> AsyncIterator[str]:
