@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,26 +65,29 @@ class ModelNotFound(Exception):
     """A model name or path that leads to no usable file; the message says what to do."""
 
 
-def known(name_or_path: str) -> bool:
-    """A packaged model's name, or a file that exists: what --llm-model may say."""
-    return name_or_path in MODELS or Path(name_or_path).is_file()
+def unknown(name_or_path: str) -> str | None:
+    """Why --llm-model cannot be `name_or_path`, or None: a packaged model's name, or a file."""
+    if name_or_path in MODELS or Path(name_or_path).is_file():
+        return None
+    return (
+        f"no file at {name_or_path}; give a .gguf file's path or one of {', '.join(MODELS)} "
+        "(installed by `make llm`)"
+    )
 
 
 def resolve(name_or_path: str, cache: Path | None = None) -> str:
     """A GGUF file's path: the path given, or the named packaged model, joined and checked."""
     if name_or_path not in MODELS:
-        if Path(name_or_path).is_file():
-            return name_or_path
-        raise ModelNotFound(
-            f"no model file at {name_or_path}: --llm-model takes a .gguf file's path or one of "
-            f"{', '.join(MODELS)} (installed by `make llm`)"
-        )
+        if why := unknown(name_or_path):
+            raise ModelNotFound(why)
+        return name_or_path
     model = MODELS[name_or_path]
     folder = cache or cache_dir()
     sources = [_located(model, module, inner) for module, inner in model.parts]
     target = sources[0] if len(sources) == 1 else folder / model.file
     stamp = folder / f"{model.file}.checked"  # the file as last checked: hashing 1 GB takes seconds
-    if _mark(target, model) is not None and _read(stamp) == _mark(target, model):
+    mark = _mark(target, model)
+    if mark is not None and _read(stamp) == mark:
         return str(target)
     digest = _digest(target) if len(sources) == 1 else _join(sources, target)
     if digest != model.sha256:
@@ -125,11 +129,16 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
+def _chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as source:
         while chunk := source.read(1 << 20):
-            digest.update(chunk)
+            yield chunk
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for chunk in _chunks(path):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -140,10 +149,9 @@ def _join(sources: list[Path], target: Path) -> str:
     digest = hashlib.sha256()
     with partial.open("wb") as out:
         for path in sources:
-            with path.open("rb") as source:
-                while chunk := source.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
+            for chunk in _chunks(path):
+                digest.update(chunk)
+                out.write(chunk)
     partial.replace(target)
     return digest.hexdigest()
 

@@ -26,13 +26,10 @@ NOT_CONFIGURED = (
 def check_model(settings: Settings) -> None:
     """Refuse, at start, a --llm-model that names no file and no packaged model: a typo should not wait
     for the first question to show."""
-    from trainpilot.analysis.models import MODELS, known
+    from trainpilot.analysis.models import unknown
 
-    if settings.llm_model_path and not settings.llm_url and not known(settings.llm_model_path):
-        raise ConfigError(
-            f"--llm-model (TRAINPILOT_LLM_MODEL_PATH): no file at {settings.llm_model_path}; give a .gguf "
-            f"file's path or one of {', '.join(MODELS)} (installed by `make llm`)"
-        )
+    if settings.llm_model_path and not settings.llm_url and (why := unknown(settings.llm_model_path)):
+        raise ConfigError(f"--llm-model (TRAINPILOT_LLM_MODEL_PATH): {why}")
 
 
 def describe(settings: Settings) -> str | None:
