@@ -115,8 +115,10 @@ def test_without_an_llm_the_rules_answer_and_say_so(app_client: TestClient) -> N
     assert done["reason"].startswith("no LLM is configured: start the server with --llm-model PATH.gguf")
     assert done["findings"][0]["kind"] == "lr_too_high"
     assert app_client.post("/api/runs/adv/ask", json={"question": ""}).status_code == 422
-    prepared = app_client.post("/api/runs/adv/ask/prepare")
+    prepared = app_client.post("/api/runs/adv/ask/prepare", json={})
     assert prepared.status_code == 202 and prepared.json() == {"prepared": False}  # nothing to load
+    assert app_client.post("/api/runs/ghost/ask/prepare", json={}).status_code == 404
+    assert app_client.post("/api/runs/adv/ask/prepare").status_code == 422  # a JSON body, as every POST
     assert app_client.post("/api/runs/ghost/ask", json={"question": "x"}).status_code == 404
 
 

@@ -105,12 +105,12 @@ def test_prepare_loads_the_model_and_has_it_read_the_run_before_the_question(tmp
     with in_process(tmp_path / "d", llm_model_path=MODEL, llm_threads=1, llm_max_tokens=16) as client:
         seeded(client)
         assert client.get("/api/system/info").json()["llm"]["state"] == "not started"
-        reply = client.post("/api/runs/adv/ask/prepare")
+        reply = client.post("/api/runs/adv/ask/prepare", json={})
         assert reply.status_code == 202 and reply.json() == {"prepared": True}
         wait_until(lambda: client.get("/api/system/info").json()["llm"]["state"] == "ready", 60, "loaded")
         text, events = ask(client, "adv", "What should I change?")
         assert text.strip() and events[-1][0] == "done"
-        assert client.post("/api/runs/ghost/ask/prepare").status_code == 404
+        assert client.post("/api/runs/ghost/ask/prepare", json={}).status_code == 404
 
 
 def test_a_model_file_that_cannot_load_ends_the_answer_with_the_reason(tmp_path: Path) -> None:

@@ -137,7 +137,8 @@ def test_simple_bodies_and_foreign_origins_change_nothing(client: TestClient) ->
         None,
     ):
         headers = {"Content-Type": kind} if kind else {}
-        for path in ("/api/runs/csrf/events", "/api/runs", "/api/training/control", "/api/runs/csrf/ask"):
+        paths = ("/api/runs/csrf/events", "/api/runs", "/api/training/control", "/api/runs/csrf/ask")
+        for path in (*paths, "/api/runs/csrf/ask/prepare"):
             response = client.post(path, content=events, headers=headers)
             assert response.status_code == 415, (path, kind)
             assert error(response)["code"] == "unsupported_media_type"
@@ -154,6 +155,9 @@ def test_simple_bodies_and_foreign_origins_change_nothing(client: TestClient) ->
         "/api/training/control", json={"run_id": "csrf", "action": "stop"}, headers={"Origin": EVIL}
     )
     assert control.status_code == 403
+    for headers, status in (({"Origin": EVIL}, 403), ({"Host": "evil.example"}, 400)):  # a page, a rebinding
+        prepare = client.post("/api/runs/csrf/ask/prepare", json={}, headers=headers)
+        assert prepare.status_code == status, headers
     assert stored(client, "csrf") == 0
     kinds = [e["kind"] for e in client.get("/api/runs/csrf/insights").json()["insights"]]
     assert kinds == []

@@ -678,7 +678,9 @@ $("advisor-question").addEventListener("focus", () => {
   const runId = state.selected;
   if (!runId || advisorPrepared === runId) return;
   advisorPrepared = runId;
-  request(`/api/runs/${encodeURIComponent(runId)}/ask/prepare`, { method: "POST" }).catch(() => {});
+  request(`/api/runs/${encodeURIComponent(runId)}/ask/prepare`, {
+    method: "POST", body: "{}", headers: { "content-type": "application/json" },
+  }).catch(() => {});
 });
 $("compare-close").addEventListener("click", () => { const id = state.selected || state.runs[0]?.id; if (id) selectRun(id); });
 refreshRuns();

@@ -45,7 +45,7 @@ class AdvisorSource:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.local: LocalModel | None = None
-        self._tasks: set[asyncio.Task[bool]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         if settings.llm_model_path and not settings.llm_url:
             self.local = LocalModel(
                 settings.llm_model_path,
@@ -93,20 +93,16 @@ class AdvisorSource:
         )
 
     def prepare_soon(self, summary: dict[str, Any]) -> None:
-        """`prepare` in the background: the request that asked for it does not wait for a model to load."""
-        task = asyncio.create_task(self.prepare(summary), name="trainpilot-llm-prepare")
+        """Load the local model and have it read the run ahead of a question (the ask box asks when it
+        gets the focus), in the background: the request does not wait for a model to load. Failures
+        are left for the question itself to report."""
+        task = asyncio.create_task(self._prepare(summary), name="trainpilot-llm-prepare")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def prepare(self, summary: dict[str, Any]) -> bool:
-        """Load the local model and have it read the run, ahead of a question (the ask box calls this
-        when it gets the focus); False where there is nothing to prepare (an endpoint, no model).
-        Failures are left for the question itself to report."""
-        if self.local is None:
-            return False
+    async def _prepare(self, summary: dict[str, Any]) -> None:
         with contextlib.suppress(AdvisorError):
             await (await self.advisor()).prefill(summary)
-        return True
 
     def info(self) -> dict[str, Any]:
         """For /api/system/info: where answers come from, and the local model's state."""

@@ -258,6 +258,10 @@ async def ask(request: Request, run_id: str, body: AskRequest) -> Response:
     return StreamingResponse(answer(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
+class PrepareRequest(BaseModel):
+    """Nothing yet: the run is in the path."""
+
+
 @router.post(
     "/api/runs/{run_id}/ask/prepare",
     tags=["runs"],
@@ -266,16 +270,16 @@ async def ask(request: Request, run_id: str, body: AskRequest) -> Response:
     status_code=202,
     dependencies=READ,
 )
-async def prepare_ask(request: Request, run_id: str) -> Response:
+async def prepare_ask(request: Request, run_id: str, body: PrepareRequest) -> Response:
+    """A JSON body (``{}``), as every POST here takes: a page can send none across origins unasked."""
     from trainpilot.analysis.summary import run_summary
 
     hub = hub_of(request)
-    source = hub.advisors
-    if source.local is None:
-        return JSON({"prepared": False}, status_code=202)
-    summary = await run_summary(hub.store, run_id)  # 404 for a run that is not there
-    source.prepare_soon(summary)
-    return JSON({"prepared": True}, status_code=202)
+    await hub.store.get_run(run_id)  # 404 for a run that is not there, with a model or without
+    prepared = hub.advisors.local is not None
+    if prepared:
+        hub.advisors.prepare_soon(await run_summary(hub.store, run_id))
+    return JSON({"prepared": prepared}, status_code=202)
 
 
 # -- metrics --------------------------------------------------------------------------------------
