@@ -16,9 +16,11 @@ from typing import Any
 
 from trainpilot.analysis.findings import NATURAL
 
+ADVISOR = (
+    "You are trainpilot's training advisor for computer-vision models. The detectors measured the run below"
+)
 SYSTEM = (
-    "You are trainpilot's training advisor for computer-vision models. The detectors measured the run "
-    "below; their findings are facts about it. Answer in this form:\n"
+    ADVISOR + "; their findings are facts about it. Answer in this form:\n"
     "Cause: one sentence, the cause of the most severe finding.\n"
     "Fixes:\n1. the fix for the first finding, concrete, with values\n2. the fix for the next one, "
     "and so on, one per finding, in their order.\n"
@@ -26,8 +28,7 @@ SYSTEM = (
     "that is not among the findings. At most 150 words."
 )
 SYSTEM_HEALTHY = (
-    "You are trainpilot's training advisor for computer-vision models. The detectors measured the run "
-    "below and found no problem in it. Say in one sentence that it looks healthy so far, name no "
+    ADVISOR + " and found no problem in it. Say in one sentence that it looks healthy so far, name no "
     "problem, and answer the question briefly from the numbers. At most 80 words."
 )
 

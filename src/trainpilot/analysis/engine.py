@@ -273,12 +273,12 @@ class RunAnalysis:
     def _was_falling(self) -> bool:
         """Whether the total loss had made progress and was not climbing: what a NaN out of the blue
         (a bad batch, a log(0)) looks like, where a too-large step climbs first."""
-        totals = [t for t in self.losses.values() if not t.component and t.start is not None]
-        return (
-            bool(totals)
-            and not self._loss_rising()
-            and any(t.best < 0.9 * t.start for t in totals if t.start is not None and t.start > 0)
+        learnt = any(
+            t.start is not None and t.start > 0 and t.best < 0.9 * t.start
+            for t in self.losses.values()
+            if not t.component
         )
+        return learnt and not self._loss_rising()
 
     def _loss_rising(self) -> bool:
         return any(t.rising >= 3 for t in self.losses.values() if not t.component)

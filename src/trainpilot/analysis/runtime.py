@@ -57,6 +57,7 @@ class LocalModel:
         self.state = "not started"  # not started | loading | ready | failed: <why> | stopped
         self._url: str | None = None
         self._process: asyncio.subprocess.Process | None = None
+        self._log_from = 0  # where this start's lines begin in the log
         self._lock = asyncio.Lock()
 
     async def start(self) -> str:
@@ -81,6 +82,7 @@ class LocalModel:
         except ModelNotFound as exc:
             raise LocalModelError(str(exc)) from None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
         command = [sys.executable, "-m", "trainpilot.analysis.runtime", path]
         command += ["--threads", str(self.threads), "--ctx", str(self.ctx)]
         with open(self.log_path, "ab") as log:
@@ -107,9 +109,12 @@ class LocalModel:
         return text[len(READY) :].rstrip("/") + "/v1"
 
     def _log_tail(self) -> str:
-        """The runtime's last error line, for the message."""
+        """This start's last error line in the runtime's log (which keeps earlier starts), for the message."""
         with contextlib.suppress(OSError):
-            lines = [x for x in self.log_path.read_text(errors="replace").splitlines() if x.strip()]
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_from)
+                text = log.read().decode(errors="replace")
+            lines = [x for x in text.splitlines() if x.strip()]
             errors = [x for x in lines if " E " in x or "error" in x.lower()]
             return (errors or lines or [""])[-1][-300:]
         return ""

@@ -484,8 +484,6 @@ function addInsight(event) {
 // critical finding the answer contradicted or left out), then `done` (who answered, the findings it
 // was grounded on) or `error`. EventSource cannot POST, so the stream is read from fetch().
 
-const NO_MODEL = "No model answered: no LLM is configured (start the server with --llm-model PATH.gguf " +
-  "or set TRAINPILOT_LLM_URL). The detectors' rules answered instead.";
 let advisorAsk = null; // { controller, runId } while an answer streams
 
 async function* serverEvents(body) {
@@ -548,7 +546,7 @@ function advisorDone(data) {
     $("advisor-grounds").hidden = false;
   }
   if (data.source === "rules") {
-    $("advisor-refusal").textContent = data.reason ? `No model answered: ${data.reason}. The detectors' rules answered instead.` : NO_MODEL;
+    $("advisor-refusal").textContent = `No model answered: ${data.reason ?? "no LLM is configured"}. The detectors' rules answered instead.`;
     $("advisor-refusal").hidden = false;
     advisorStatus("answered by the detectors' rules, not a model");
   } else {
