@@ -64,7 +64,7 @@ def test_the_advisor_streams_the_models_answer_and_sends_only_the_summary(
         assert system["role"] == "system" and user["role"] == "user"
         assert "why is my loss rising?" in user["content"] and "- train/loss: " in user["content"]
         assert "1. [critical] lr too high (step 31)" in user["content"]  # the findings come first
-        assert "   Fix: restart with lr around" in user["content"]  # the detector's fix, with values
+        assert "   Fix: lower the learning rate 10x (restart with lr around" in user["content"]  # with values
         assert "Cause:" in system["content"] and user["content"].endswith("then Fixes: 1. ...")
         assert len(user["content"]) < 8000  # a compact summary, not the points
         info = client.get("/api/system/info").json()

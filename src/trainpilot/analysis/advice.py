@@ -1,7 +1,7 @@
 """What the advisor tells a model about a run, and what is checked in the answer it gets back.
 
 Small local models (0.5B to 1.5B parameters) give the right advice when the facts are put to them as
-facts: the detectors' findings first, most severe first, each with the fix the detector suggests,
+facts: the detectors' findings first, a cause before what it explains, each with its suggested fix,
 then the config and the curves in a few numbers. Asked for a set form (the cause, then one fix per
 finding) they mostly follow it; told what a healthy run looks like only when the run is healthy
 (a small model repeats any sentence it is given as an option); when they do not follow it,
@@ -14,14 +14,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from trainpilot.analysis.findings import NATURAL
+from trainpilot.analysis.findings import CAUSES, NATURAL
 
 ADVISOR = (
     "You are trainpilot's training advisor for computer-vision models. The detectors measured the run below"
 )
 SYSTEM = (
     ADVISOR + "; their findings are facts about it. Answer in this form:\n"
-    "Cause: one sentence, the cause of the most severe finding.\n"
+    "Cause: one sentence, the cause the first finding names.\n"
     "Fixes:\n1. the fix for the first finding, concrete, with values\n2. the fix for the next one, "
     "and so on, one per finding, in their order.\n"
     "Then, if the question asks something else, answer it in at most two sentences. Name no problem "
@@ -63,14 +63,22 @@ HEALTHY = re.compile(
 
 
 def findings(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The run's findings, most severe first, then in the order they were found; one per kind (the
-    first, the most severe), since a NaN in five metrics is one fault with one fix, not five."""
+    """The run's findings, one per kind (the first, the most severe), since a NaN in five metrics is one
+    fault with one fix, not five; a cause before what it explains (vanishing gradients before the
+    loss stuck at chance they produce, whatever their severities) and a plateau last, then most
+    severe first, then in the order they were found."""
     found = [f for f in summary.get("insights", []) if f.get("kind") in NATURAL]
     ranked = sorted(found, key=lambda f: SEVERITY_ORDER.get(str(f.get("severity")), 3))
     first: dict[str, dict[str, Any]] = {}
     for finding in ranked:
         first.setdefault(str(finding["kind"]), finding)
-    return list(first.values())
+    kinds = set(first)
+
+    def explained(kind: str) -> bool:
+        return any(kind in CAUSES.get(other, ()) and other not in CAUSES.get(kind, ()) for other in kinds)
+
+    # a plateau describes the curve; any other finding says more about why
+    return sorted(first.values(), key=lambda f: (explained(str(f["kind"])), f["kind"] == "plateau"))
 
 
 def messages(summary: dict[str, Any], question: str) -> list[dict[str, str]]:
@@ -91,7 +99,7 @@ def context(summary: dict[str, Any]) -> str:
     lines = [f"Run {run.get('name')!r} ({run.get('status')}, at step {run.get('last_step')})."]
     found = findings(summary)
     if found:
-        lines.append("Findings, most severe first:")
+        lines.append("Findings, a cause before what it explains, then the most severe first:")
         for index, f in enumerate(found, 1):
             lines.append(
                 f"{index}. [{f.get('severity')}] {_kind(f)} (step {f.get('step')}): {f.get('message')}"

@@ -115,7 +115,8 @@ class PerClass:
                     "weak": {k: v for k, (v, _) in weak.items()},
                     "others_mean": {k: m for k, (_, m) in weak.items()},
                 },
-                f"class(es) {names} stay far below the other classes' validation accuracy "
+                f"{'class' if len(weak) == 1 else 'classes'} {names} "
+                f"{'stays' if len(weak) == 1 else 'stay'} far below the other classes' validation accuracy "
                 f"({', '.join(f'{k}: {v:.2f} vs {m:.2f}' for k, (v, m) in sorted(weak.items()))})",
                 "look at their confusion-matrix rows and their share of the training set: add or relabel "
                 "examples of them, oversample them, or weight the loss",

@@ -23,10 +23,11 @@ from trainpilot.analysis.classes import (
 )
 from trainpilot.analysis.findings import CAUSES, Finding, Thresholds, r4
 from trainpilot.analysis.gradients import GradTracker
-from trainpilot.analysis.loss import Context, LossTracker
+from trainpilot.analysis.loss import Context, LossTracker, low_rate, raise_rate
 from trainpilot.analysis.names import Role, grad_layer, per_class, role, score_kind, time_scale, words
 from trainpilot.analysis.pace import InputShareTracker, PaceTracker
 from trainpilot.analysis.policy import POLICY
+from trainpilot.analysis.rates import Rate
 from trainpilot.analysis.validation import AccuracyTracker, Quality, ValLossTracker, broke
 from trainpilot.events import Event, NewEvent
 
@@ -120,7 +121,7 @@ class RunAnalysis:
                 found += self._train_loss(step, key, value, component)
             elif quantity == "loss":
                 tracker = self.vals.setdefault(key, ValLossTracker(key, self.t))
-                found += tracker.observe(step, value, self._train_level(base), self.quality)
+                found += tracker.observe(step, value, self._train_level(base), self.quality, self._rate())
                 self.val_evals = max(self.val_evals, tracker.evals)
             elif quantity == "acc" and split == "val":
                 value = self._fraction(key, value)
@@ -131,10 +132,18 @@ class RunAnalysis:
                             step,
                             {"metric": key, "value": r4(value), "best": r4(self.quality.best)},
                             f"{key} fell to {value:.3g} from its best {self.quality.best:.3g}",
+                            self._rate(),
                         )
                     )
                 found += self.accuracy.observe_val(
-                    step, key, value, self.quality, self.classes, self._trained(), self.regularised
+                    step,
+                    key,
+                    value,
+                    self.quality,
+                    self.classes,
+                    self._trained(),
+                    self.regularised,
+                    self._rate(),
                 )
             elif quantity == "acc":
                 value = self._fraction(key, value)
@@ -155,7 +164,9 @@ class RunAnalysis:
             elif split != "train" and score is not None:  # YOLO's metrics/mAP50(B) ...
                 self.quality.observe(key, self._fraction(key, value), score)
                 if key == self.quality.key:
-                    found += self.accuracy.observe_score(step, key, self.quality, self._trained())
+                    found += self.accuracy.observe_score(
+                        step, key, self.quality, self._trained(), self._rate()
+                    )
         if class_scores:
             found += self.per_class.observe(step, class_scores, self.quality.stalled())
         return [f for f in map(self._capped, found) if self._news(f)]
@@ -206,7 +217,11 @@ class RunAnalysis:
         ordered = self.accuracy.class_ordered(self.classes)
         enough = self.t.chance_points if dense else self.t.slow_evals
         trained = tracker.n >= enough or (self.epochs_seen >= 3 and tracker.n >= 20)
-        return Context(self.lr, self.classes, dense, score, self.regularised, ordered, trained)
+        return Context(self.lr, self.classes, dense, score, self.regularised, ordered, trained, self._rate())
+
+    def _rate(self) -> Rate:
+        """The learning rate chosen (the peak: a schedule decays it late) against its optimiser's range."""
+        return Rate(self.peak_lr, self.optimiser)
 
     def _train_loss(self, step: int, key: str, value: float, component: bool) -> list[Finding]:
         tracker = self.losses.get(key)
@@ -238,9 +253,30 @@ class RunAnalysis:
             return []
         lr = f" with lr={self.lr:.3g}" if self.lr is not None else ""
         # A flat loss alone does not tell a tiny step from a tiny model or a wrong loss: only a learning
-        # rate far below any optimiser's usual range (SGD 1e-3..1, Adam 1e-5..1e-2) makes it the cause.
-        peak = self.peak_lr  # a schedule decays the lr late in a run: the peak says what was chosen
-        low = peak is not None and (peak < 1e-5 or (peak < 1e-3 and self.optimiser == "sgd"))
+        # rate below its optimiser's usual range (rates.USUAL) makes it the cause.
+        rate = self._rate()
+        low = rate.verdict == "low"
+        flowing = self.grads.known()
+        if low:
+            said, fix = low_rate(rate), raise_rate(rate)
+        elif rate.verdict == "usual":
+            said = f", within {rate.span()}"
+            fix = (
+                "the step size is not the likely cause: check that the layers you mean to train are not "
+                "frozen (requires_grad=True, trainable=True), that the model is big enough and that the loss "
+                "fits the task (raw logits into CrossEntropyLoss); raise the learning rate only if those are "
+                "right"
+                if flowing
+                else "the step size is not the likely cause: gradients may not reach the first layers (add "
+                "batch normalisation, ReLU-family activations, a standard initialisation) or layers you mean "
+                "to train are frozen; raise the learning rate only if those are right"
+            )
+        else:
+            said = ""
+            fix = (
+                "raise the learning rate (try 10x); if it is in the usual range, check that the layers you "
+                "mean to train are not frozen, that the model is big enough and the loss fits the task"
+            )
         return [
             Finding(
                 "lr_too_low",
@@ -256,9 +292,9 @@ class RunAnalysis:
                     "lr": self.lr,
                 },
                 f"{tracker.key} moved {100 * moved:.1f} % in {tracker.n} points{lr}"
-                + (" while gradients flow normally" if self.grads.known() else ""),
-                "raise the learning rate (try 10x); if it is in the usual range, check that the layers you "
-                "mean to train are not frozen, that the model is big enough and the loss fits the task",
+                + (" while gradients flow normally" if flowing else "")
+                + said,
+                fix,
             )
         ]
 
@@ -293,7 +329,10 @@ class RunAnalysis:
             return []
         self.non_finite.update(bad)
         only_grads = all(grad_layer(k) is not None or role(k).quantity == "grad_norm" for k in bad)
+        # a NaN out of a falling loss, or one at a usual learning rate with no climb before it, came from
+        # what that step brought (a batch, a log(0)); after a climb, or at a rate far too high, the step
         falling = self._was_falling()
+        data_first = falling or (self._rate().verdict == "usual" and not self._loss_rising())
         return [
             Finding(
                 "nan_inf",
@@ -308,7 +347,7 @@ class RunAnalysis:
                     "torch.autograd.set_detect_anomaly) and skip bad batches; guard the loss against log(0) "
                     "or division by zero; a loss that falls until it breaks points at the data, not the "
                     "learning rate"
-                    if falling and not only_grads
+                    if data_first and not only_grads
                     else "lower the learning rate, clip gradients, or check the input data and the loss for "
                     "log(0) or division by zero"
                 )

@@ -116,7 +116,8 @@ class GradTracker:
                 step,
                 step - self.t.persist,
                 {"first_layer": r4(self.first), "last_layer": r4(self.last), "ratio": r4(ratio)},
-                f"the first layer's gradient is {ratio:.1e} of the last layer's: it barely learns",
+                f"the first layer's gradient is {ratio:.1e} of the last layer's: it barely learns (vanishing "
+                "gradients)",
                 "use ReLU-family activations instead of sigmoid/tanh, batch normalisation, residual "
                 "connections, or a better initialisation",
             )

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from trainpilot.analysis.findings import Finding, Thresholds, r4
+from trainpilot.analysis.rates import Rate
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Context:
     regularised: bool = False  # mixup, cutmix or label smoothing: the training loss has a high floor
     class_ordered: bool = False  # training accuracy below chance: batches of one class (unshuffled data)
     trained: bool = False  # training went on long enough to call a curve that has not moved stuck
+    rate: Rate = field(default_factory=Rate)  # the learning rate chosen, against its optimiser's range
 
 
 @dataclass
@@ -169,6 +171,9 @@ class LossTracker:
             "lr": ctx.lr,
         }
         if early and ctx.lr is not None:
+            blew = f"{self.key} blew up early ({self.start:.4g} at the start, {self.ema:.4g} now)"
+            if ctx.rate.verdict in ("usual", "low"):
+                return [self._blew_at_usual_rate(step, evidence, blew, ctx)]
             return [
                 Finding(
                     "lr_too_high",
@@ -176,10 +181,9 @@ class LossTracker:
                     step,
                     self.best_step,
                     evidence,
-                    f"{self.key} blew up early ({self.start:.4g} at the start, {self.ema:.4g} now) with "
-                    f"lr={ctx.lr:.3g}: the learning rate is too high",
-                    f"restart with lr around {ctx.lr / 10:.2g} (10x lower), or add warm-up and gradient "
-                    "clipping",
+                    f"{blew} with lr={ctx.lr:.3g}: the learning rate is too high",
+                    f"lower the learning rate 10x (restart with lr around {ctx.lr / 10:.2g}), or add warm-up "
+                    "and gradient clipping",
                 )
             ]
         # A loss that had learnt and then jumped at once (one point 10x its start) broke on something
@@ -204,6 +208,30 @@ class LossTracker:
             )
         ]
 
+    def _blew_at_usual_rate(self, step: int, evidence: dict[str, object], what: str, ctx: Context) -> Finding:
+        """A loss that blew up early although its learning rate is a usual one: a step of that size
+        does not blow up by itself, so the code comes first. Gradients never zeroed add up, and the
+        steps grow with them; a loss that started far above ln(C) was fed unnormalised inputs."""
+        rate = ctx.rate
+        assert self.start is not None and rate.lr is not None
+        unscaled = bool(ctx.classes) and self.start > self.t.start_ratio * math.log(ctx.classes or 2)
+        zero = (
+            "check that the gradients are zeroed every step (optimizer.zero_grad() before each backward: "
+            "without it they add up and every step is larger than the last)"
+        )
+        normalise = "normalise the inputs (mean 0, std 1 per channel)"
+        first, then = (normalise, zero) if unscaled else (zero, normalise)
+        return Finding(
+            "divergence",
+            "critical",
+            step,
+            self.best_step,
+            {**evidence, "lr_verdict": rate.verdict},
+            f"{what} although lr={rate.lr:.3g} is within {rate.span()}: a step of that size does not "
+            "blow up by itself",
+            f"{first}; {then}; if both are right, clip gradients or lower the learning rate",
+        )
+
     def _initial(self, step: int, ctx: Context) -> list[Finding]:
         """A cross-entropy that starts far above ln(classes): unnormalised inputs or a bad initialisation.
 
@@ -215,27 +243,33 @@ class LossTracker:
             return []
         chance = math.log(classes)
         if not ctx.dense and ctx.lr is not None and self.start > self.t.first_epoch_ratio * chance:
+            evidence = {
+                "metric": self.key,
+                "first_epoch_mean": r4(self.start),
+                "ln_classes": r4(chance),
+                "lr": ctx.lr,
+            }
+            rose = (
+                f"{self.key} averaged {self.start:.4g} over the first epoch, {self.start / chance:.1f}x "
+                f"the ln({classes}) = {chance:.3g} of an untrained model: the loss rose while it trained"
+            )
+            if ctx.rate.verdict in ("usual", "low"):
+                return [self._blew_at_usual_rate(step, evidence, rose, ctx)]
             return [
                 Finding(
                     "lr_too_high",
                     "critical",
                     step,
                     0,
-                    {
-                        "metric": self.key,
-                        "first_epoch_mean": r4(self.start),
-                        "ln_classes": r4(chance),
-                        "lr": ctx.lr,
-                    },
-                    f"{self.key} averaged {self.start:.4g} over the first epoch, {self.start / chance:.1f}x "
-                    f"the ln({classes}) = {chance:.3g} of an untrained model: the loss rose while it trained "
-                    f"(lr={ctx.lr:.3g})",
-                    f"lower the learning rate around 10x (to {ctx.lr / 10:.2g}), add warm-up; if the inputs "
-                    "are not normalised, normalise them",
+                    evidence,
+                    f"{rose}: the learning rate is too high (lr={ctx.lr:.3g})",
+                    f"lower the learning rate 10x (to {ctx.lr / 10:.2g}), add warm-up; if the inputs are not "
+                    "normalised, normalise them",
                 )
             ]
         if self.start <= self.t.start_ratio * chance:
             return []
+        high = ctx.rate.verdict == "high"
         return [
             Finding(
                 "bad_initial_loss",
@@ -244,9 +278,17 @@ class LossTracker:
                 0,
                 {"metric": self.key, "start": r4(self.start), "ln_classes": r4(chance), "classes": classes},
                 f"{self.key} starts at {self.start:.4g}, {self.start / chance:.1f}x the ln({classes}) = "
-                f"{chance:.3g} an untrained classifier gives",
-                "normalise the inputs (mean 0, std 1 per channel), check the initialisation and the scale of "
-                "the last layer's outputs",
+                f"{chance:.3g} an untrained classifier gives"
+                + (
+                    f"; the learning rate is too high (lr={ctx.rate.lr:.3g}, above {ctx.rate.span()}): the "
+                    "first steps may have raised it"
+                    if high
+                    else ""
+                ),
+                # the start is the mean of the first points: a rate far too high can raise it within them
+                (f"lower the learning rate 10x (to {(ctx.rate.lr or 0) / 10:.2g}); then " if high else "")
+                + "normalise the inputs (mean 0, std 1 per channel), check the initialisation and the scale "
+                "of the last layer's outputs",
             )
         ]
 
@@ -272,6 +314,7 @@ class LossTracker:
                     "ln_classes": r4(chance),
                     "classes": ctx.classes,
                 },
+                ctx.rate,
             )
         ]
 
@@ -296,9 +339,12 @@ class LossTracker:
                     "smoothed": r4(self.ema),
                     "lr": ctx.lr,
                 },
-                f"{self.key} improved {100 * gain:.2g} % over the last {step - old_step} steps",
-                "if it is not done: lower the learning rate (a schedule step), or raise it if it has been "
-                "tiny throughout; otherwise stop early",
+                f"{self.key} improved {100 * gain:.2g} % over the last {step - old_step} steps"
+                + (low_rate(ctx.rate) if ctx.rate.verdict == "low" else ""),
+                raise_rate(ctx.rate)
+                if ctx.rate.verdict == "low"
+                else "if it is not done: lower the learning rate (a schedule step), or raise it if it has "
+                "been tiny throughout; otherwise stop early",
             )
         ]
         out += self.underfit(step, ctx, "stopped improving")
@@ -347,22 +393,58 @@ class LossTracker:
                     "level": r4(level),
                 },
                 f"{self.key} {why} at {self.ema:.4g}, {100 * level:.0f} % of {what}: "
-                "the model does not fit even its training data",
-                "a bigger model, unfreeze the backbone, train longer or with a higher learning rate, or "
+                "the model underfits, it does not fit even its training data"
+                + (low_rate(ctx.rate) if ctx.rate.verdict == "low" else ""),
+                (raise_rate(ctx.rate) + "; then " if ctx.rate.verdict == "low" else "")
+                + "a bigger model, unfreeze the backbone, train longer or with a higher learning rate, or "
                 "less regularisation (weight decay, dropout, augmentation)",
             )
         ]
 
 
-def stuck(step: int, key: str, what: str, evidence: dict[str, object]) -> Finding:
-    """The model predicts every class alike: from a loss at ln(C) or an accuracy at 1/C."""
+def low_rate(rate: Rate) -> str:
+    """What a finding adds to its message when the learning rate is below its optimiser's range."""
+    return f"; the learning rate is too low (lr={rate.lr:.3g}, below {rate.span()})"
+
+
+def raise_rate(rate: Rate) -> str:
+    assert rate.lr is not None
+    return f"raise the learning rate 10x (to {10 * rate.lr:.2g}) or more, into {rate.span()}"
+
+
+def stuck(step: int, key: str, what: str, evidence: dict[str, object], rate: Rate) -> Finding:
+    """The model predicts every class alike: from a loss at ln(C) or an accuracy at 1/C.
+
+    Which fix comes first depends on the learning rate: below its optimiser's range it is the
+    cause; far above, too; inside it, something keeps the gradients from the first layers."""
+    verdict = rate.verdict
+    if verdict == "low":
+        said, fix = low_rate(rate), raise_rate(rate) + "; then check that the labels match the inputs"
+    elif verdict == "high":
+        assert rate.lr is not None
+        said = f"; the learning rate is too high (lr={rate.lr:.3g}, above {rate.span()})"
+        fix = f"lower the learning rate 10x (to {rate.lr / 10:.2g}), add warm-up"
+    elif verdict == "usual":
+        said = ""
+        fix = (
+            f"at lr={rate.lr:.3g} (within {rate.span()}) the step size is not the likely cause: gradients "
+            "may not reach the first layers (saturated sigmoid or tanh layers, ReLUs that output zero), so "
+            "add batch normalisation, use ReLU-family activations and a "
+            "standard (Kaiming) initialisation; check that no layer you mean to train is frozen, that the "
+            "loss gets raw logits (no softmax before CrossEntropyLoss) and that the labels match the inputs"
+        )
+    else:
+        said = ""
+        fix = (
+            "check that the labels match the inputs and the data is shuffled, the learning rate (too low or "
+            "far too high), the initialisation, and that gradients reach the first layers"
+        )
     return Finding(
         "stuck_at_chance",
         "warning",
         step,
         0,
-        dict(evidence),
-        f"{what}: the model predicts every class equally, it has learned nothing",
-        "check that the labels match the inputs and the data is shuffled, the learning rate (too low or far "
-        "too high), the initialisation, and that gradients reach the first layers",
+        {**evidence, "lr_verdict": verdict},
+        f"{what}: the model predicts every class equally, it has learned nothing{said}",
+        fix,
     )

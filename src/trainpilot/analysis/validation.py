@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from trainpilot.analysis.findings import Finding, Thresholds, r4
 from trainpilot.analysis.loss import stuck
+from trainpilot.analysis.rates import Rate
 from trainpilot.analysis.trend import kendall_tau, median
 
 # which validation score speaks for the run when it logs several: accuracy first, recall last
@@ -65,18 +66,30 @@ class Quality:
         return self.latest is None or self.evals - self.improved_at >= 2
 
 
-def broke(step: int, evidence: dict[str, object], what: str) -> Finding:
-    """A sudden collapse of validation: the run diverged between two evaluations."""
+def broke(step: int, evidence: dict[str, object], what: str, rate: Rate) -> Finding:
+    """A sudden collapse of validation: the run diverged between two evaluations. At a learning rate
+    far above its optimiser's range the rate is the first suspect; otherwise the data."""
+    if rate.verdict == "high":
+        said = f"; the learning rate is too high (lr={rate.lr:.3g}, above {rate.span()})"
+        fix = (
+            f"lower the learning rate 10x (to {(rate.lr or 0) / 10:.2g}) and restore the last good "
+            "checkpoint; add gradient clipping; if it breaks again, check the data near this step"
+        )
+    else:
+        said = ""
+        fix = (
+            "a corrupted batch (NaN or huge values in the inputs or labels), a learning-rate spike or "
+            "wrecked batch-norm statistics: check the data near this step, clip gradients, restore the last "
+            "good checkpoint"
+        )
     return Finding(
         "divergence",
         "critical",
         step,
         step,
-        dict(evidence),
-        f"{what}: the model broke between two evaluations",
-        "a corrupted batch (NaN or huge values in the inputs or labels), a learning-rate spike or "
-        "wrecked batch-norm statistics: check the data near this step, clip gradients, restore the last "
-        "good checkpoint",
+        {**evidence, "lr_verdict": rate.verdict},
+        f"{what}: the model broke between two evaluations{said}",
+        fix,
     )
 
 
@@ -93,7 +106,9 @@ class ValLossTracker:
     evals: int = 0
     best_before: float = math.inf  # the best of the evaluations before the latest
 
-    def observe(self, step: int, value: float, train: float | None, quality: Quality) -> list[Finding]:
+    def observe(
+        self, step: int, value: float, train: float | None, quality: Quality, rate: Rate | None = None
+    ) -> list[Finding]:
         self.evals += 1
         self.recent.append(value)
         if self.first is None:
@@ -104,12 +119,12 @@ class ValLossTracker:
         else:
             self.since_best = [*self.since_best[-63:], value]
         return (
-            self._collapse(step, value)
+            self._collapse(step, value, rate or Rate())
             + self._overfitting(step, value, train, quality)
             + self._swinging(step)
         )
 
-    def _collapse(self, step: int, value: float) -> list[Finding]:
+    def _collapse(self, step: int, value: float, rate: Rate) -> list[Finding]:
         """One evaluation far above every earlier one: the model broke between two evaluations (a
         corrupted batch, a learning-rate spike, wrecked batch-norm statistics), whatever the training
         loss logged in between shows."""
@@ -123,6 +138,7 @@ class ValLossTracker:
                 {"metric": self.key, "value": r4(value), "best_before": r4(previous)},
                 f"{self.key} jumped to {value:.4g}, {value / max(previous, 1e-12):.0f}x its best so far "
                 f"{previous:.4g}",
+                rate,
             )
         ]
 
@@ -253,6 +269,7 @@ class AccuracyTracker:
         classes: int | None,
         trained: bool,
         regularised: bool = False,
+        rate: Rate | None = None,
     ) -> list[Finding]:
         """One validation accuracy; `trained`: the training loss has had enough steps to judge chance."""
         self.val_points += 1
@@ -267,6 +284,7 @@ class AccuracyTracker:
                         key,
                         f"{key} stays at {value:.3g}, chance for {classes} classes ({1 / classes:.3g})",
                         {"metric": key, "val_acc": r4(value), "chance": r4(1 / classes), "classes": classes},
+                        rate or Rate(),
                     )
                 )
         # A smoothed training accuracy lags a model that learns fast, so the gap must hold for three
@@ -289,14 +307,18 @@ class AccuracyTracker:
                     step,
                     {"val_metric": key, "val_acc": r4(value), "train_acc": r4(self.train)},
                     f"training accuracy stays at {self.train:.2f}, far below validation accuracy "
-                    f"{value:.2f}: the model cannot fit its own training labels",
-                    "look for noisy or wrong training labels; if you train with mixup, cutmix, heavy "
-                    "augmentation or strong label smoothing this gap is expected",
+                    f"{value:.2f}: the model cannot fit its own training labels, which points at label noise "
+                    "(wrong labels in the training set)",
+                    "check and clean the training labels (relabel or drop the wrong ones, or train with a "
+                    "noise-robust loss); with mixup, cutmix, heavy augmentation or strong label smoothing "
+                    "this gap is expected",
                 )
             )
         return out
 
-    def observe_score(self, step: int, key: str, quality: Quality, trained: bool) -> list[Finding]:
+    def observe_score(
+        self, step: int, key: str, quality: Quality, trained: bool, rate: Rate | None = None
+    ) -> list[Finding]:
         """An IoU, mAP or F1 still about zero after training had time to work: nothing was learnt."""
         if not trained or quality.accuracy or quality.evals < self.t.chance_evals or quality.best >= 0.05:
             return []
@@ -306,6 +328,7 @@ class AccuracyTracker:
                 key,
                 f"{key} is still {quality.best:.3g} at best after {quality.evals} evaluations",
                 {"metric": key, "best": r4(quality.best), "evaluations": quality.evals},
+                rate or Rate(),
             )
         ]
 
