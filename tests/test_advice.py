@@ -73,3 +73,19 @@ def test_an_answer_that_leaves_out_or_contradicts_a_critical_finding_gets_it_res
 
 def test_the_findings_an_answer_relied_on_are_reported_most_severe_first() -> None:
     assert [f["kind"] for f in advice.relied_on(summary(PLATEAU, DIVERGED))] == ["divergence", "plateau"]
+
+
+def finding(kind: str, severity: str) -> dict[str, Any]:
+    return {"kind": kind, "severity": severity, "step": 50, "message": kind, "suggestion": f"fix {kind}"}
+
+
+def test_a_cause_comes_before_what_it_explains_and_a_plateau_last_whatever_their_severities() -> None:
+    """Vanishing gradients (an info by the policy) explain the loss stuck at chance (a warning): the
+    model is told the cause first, and a plateau, which only describes the curve, after the rest."""
+    stuck, vanishing = finding("stuck_at_chance", "warning"), finding("vanishing_gradient", "info")
+    slow = finding("input_bottleneck", "info")
+    order = [f["kind"] for f in advice.findings(summary(PLATEAU, stuck, vanishing, slow))]
+    assert order == ["vanishing_gradient", "input_bottleneck", "stuck_at_chance", "plateau"]
+    # two findings that explain each other keep the severity order
+    low = finding("lr_too_low", "info")
+    assert [f["kind"] for f in advice.findings(summary(low, stuck))] == ["stuck_at_chance", "lr_too_low"]

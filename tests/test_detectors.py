@@ -11,6 +11,7 @@ import pytest
 from trainpilot.analysis import analyze_events
 from trainpilot.analysis.classes import classes_from_config, classes_from_start, regularised
 from trainpilot.analysis.names import per_class, role, time_scale
+from trainpilot.analysis.rates import Rate
 from trainpilot.analysis.trend import kendall_tau
 
 NO_POLICY: dict[str, str] = {}  # the detectors' own severities, before the policy caps them
@@ -86,6 +87,66 @@ def test_a_far_too_high_learning_rate_is_flagged_within_a_few_dozen_steps() -> N
     (finding, *_) = analyze_events(diverging(), policy=NO_POLICY)
     assert finding.kind == "lr_too_high" and finding.severity == "critical" and finding.step is not None
     assert finding.step <= 30 and "lower" in finding.suggestion
+
+
+@pytest.mark.parametrize(
+    ("lr", "optimiser", "verdict"),
+    [
+        (0.05, "sgd", "usual"),
+        (10.0, "sgd", "high"),
+        (5e-4, "sgd", "low"),
+        (0.05, "adam", "high"),
+        (1e-3, "adam", "usual"),
+        (2e-7, "adam", "low"),
+        (0.05, None, "usual"),
+        (0.5, None, "high"),
+        (None, "sgd", None),
+    ],
+)
+def test_a_learning_rate_is_judged_against_its_optimisers_usual_range(
+    lr: float | None, optimiser: str | None, verdict: str | None
+) -> None:
+    assert Rate(lr, optimiser).verdict == verdict
+
+
+def test_an_early_blow_up_at_a_usual_rate_is_a_divergence_that_suspects_the_gradients_first() -> None:
+    """SGD at 0.05 does not blow a loss up by itself: gradients never zeroed (they add up) do."""
+    (finding, *_) = analyze_events(diverging(lr=0.05), config={"optimizer": "SGD"}, policy=NO_POLICY)
+    assert finding.kind == "divergence" and finding.severity == "critical"
+    assert "within SGD's usual 0.001-0.5" in finding.message
+    assert finding.suggestion.startswith("check that the gradients are zeroed every step")
+    # the same at SGD lr 10 is the learning rate
+    (high, *_) = analyze_events(diverging(lr=10.0), config={"optimizer": "SGD"}, policy=NO_POLICY)
+    assert high.kind == "lr_too_high" and high.suggestion.startswith("lower the learning rate 10x")
+
+
+def test_a_usual_rate_blow_up_that_started_far_above_ln_c_suspects_the_inputs_first() -> None:
+    rows = [{"train/loss": 30.0 * 1.08**i, "lr": 0.05} for i in range(80)]
+    found = analyze_events(steps(rows), config={"optimizer": "sgd", "num_classes": 10}, policy=NO_POLICY)
+    (blew,) = [f for f in found if f.kind == "divergence"]
+    assert blew.suggestion.startswith("normalise the inputs")
+
+
+@pytest.mark.parametrize(
+    ("optimiser", "lr", "kind", "first_fix"),
+    [
+        ("adam", 2e-7, "lr_too_low", "raise the learning rate 10x (to 2e-06)"),  # it explains the rest
+        ("adam", 0.05, "stuck_at_chance", "lower the learning rate 10x (to 0.005)"),
+        ("adam", 0.05, "lr_too_low", "lower the learning rate 10x (to 0.005)"),
+        ("sgd", 0.05, "stuck_at_chance", "at lr=0.05 (within SGD's usual 0.001-0.5) the step size is not"),
+        ("sgd", None, "stuck_at_chance", "check that the labels match the inputs"),
+    ],
+)
+def test_a_loss_flat_at_chance_orders_its_fixes_by_the_learning_rate(
+    optimiser: str, lr: float | None, kind: str, first_fix: str
+) -> None:
+    rows = [
+        {"train/loss": math.log(10) + 0.001 * (-1) ** i, **({"lr": lr} if lr is not None else {})}
+        for i in range(300)
+    ]
+    found = analyze_events(steps(rows), config={"optimizer": optimiser, "num_classes": 10}, policy=NO_POLICY)
+    (finding,) = [f for f in found if f.kind == kind]
+    assert finding.suggestion.startswith(first_fix), finding.suggestion
 
 
 def val_curve(val_loss: list[float], val_acc: list[float], train_end: float = 0.01) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from trainpilot.analysis.classes import (
 )
 from trainpilot.analysis.findings import CAUSES, Finding, Thresholds, r4
 from trainpilot.analysis.gradients import GradTracker
-from trainpilot.analysis.loss import Context, LossTracker, low_rate, raise_rate
+from trainpilot.analysis.loss import Context, LossTracker
 from trainpilot.analysis.names import Role, grad_layer, per_class, role, score_kind, time_scale, words
 from trainpilot.analysis.pace import InputShareTracker, PaceTracker
 from trainpilot.analysis.policy import POLICY
@@ -258,7 +258,9 @@ class RunAnalysis:
         low = rate.verdict == "low"
         flowing = self.grads.known()
         if low:
-            said, fix = low_rate(rate), raise_rate(rate)
+            said, fix = rate.judged(), rate.higher()
+        elif rate.verdict == "high":  # a step far too large knocks a model flat: dead units, saturation
+            said, fix = rate.judged(), rate.lower() + ", add warm-up"
         elif rate.verdict == "usual":
             said = f", within {rate.span()}"
             fix = (

@@ -279,14 +279,9 @@ class LossTracker:
                 {"metric": self.key, "start": r4(self.start), "ln_classes": r4(chance), "classes": classes},
                 f"{self.key} starts at {self.start:.4g}, {self.start / chance:.1f}x the ln({classes}) = "
                 f"{chance:.3g} an untrained classifier gives"
-                + (
-                    f"; the learning rate is too high (lr={ctx.rate.lr:.3g}, above {ctx.rate.span()}): the "
-                    "first steps may have raised it"
-                    if high
-                    else ""
-                ),
+                + (ctx.rate.judged() + ": the first steps may have raised it" if high else ""),
                 # the start is the mean of the first points: a rate far too high can raise it within them
-                (f"lower the learning rate 10x (to {(ctx.rate.lr or 0) / 10:.2g}); then " if high else "")
+                (ctx.rate.lower() + "; then " if high else "")
                 + "normalise the inputs (mean 0, std 1 per channel), check the initialisation and the scale "
                 "of the last layer's outputs",
             )
@@ -340,8 +335,8 @@ class LossTracker:
                     "lr": ctx.lr,
                 },
                 f"{self.key} improved {100 * gain:.2g} % over the last {step - old_step} steps"
-                + (low_rate(ctx.rate) if ctx.rate.verdict == "low" else ""),
-                raise_rate(ctx.rate)
+                + (ctx.rate.judged() if ctx.rate.verdict == "low" else ""),
+                ctx.rate.higher()
                 if ctx.rate.verdict == "low"
                 else "if it is not done: lower the learning rate (a schedule step), or raise it if it has "
                 "been tiny throughout; otherwise stop early",
@@ -394,22 +389,12 @@ class LossTracker:
                 },
                 f"{self.key} {why} at {self.ema:.4g}, {100 * level:.0f} % of {what}: "
                 "the model underfits, it does not fit even its training data"
-                + (low_rate(ctx.rate) if ctx.rate.verdict == "low" else ""),
-                (raise_rate(ctx.rate) + "; then " if ctx.rate.verdict == "low" else "")
+                + (ctx.rate.judged() if ctx.rate.verdict == "low" else ""),
+                (ctx.rate.higher() + "; then " if ctx.rate.verdict == "low" else "")
                 + "a bigger model, unfreeze the backbone, train longer or with a higher learning rate, or "
                 "less regularisation (weight decay, dropout, augmentation)",
             )
         ]
-
-
-def low_rate(rate: Rate) -> str:
-    """What a finding adds to its message when the learning rate is below its optimiser's range."""
-    return f"; the learning rate is too low (lr={rate.lr:.3g}, below {rate.span()})"
-
-
-def raise_rate(rate: Rate) -> str:
-    assert rate.lr is not None
-    return f"raise the learning rate 10x (to {10 * rate.lr:.2g}) or more, into {rate.span()}"
 
 
 def stuck(step: int, key: str, what: str, evidence: dict[str, object], rate: Rate) -> Finding:
@@ -419,11 +404,9 @@ def stuck(step: int, key: str, what: str, evidence: dict[str, object], rate: Rat
     cause; far above, too; inside it, something keeps the gradients from the first layers."""
     verdict = rate.verdict
     if verdict == "low":
-        said, fix = low_rate(rate), raise_rate(rate) + "; then check that the labels match the inputs"
+        said, fix = rate.judged(), rate.higher() + "; then check that the labels match the inputs"
     elif verdict == "high":
-        assert rate.lr is not None
-        said = f"; the learning rate is too high (lr={rate.lr:.3g}, above {rate.span()})"
-        fix = f"lower the learning rate 10x (to {rate.lr / 10:.2g}), add warm-up"
+        said, fix = rate.judged(), rate.lower() + ", add warm-up"
     elif verdict == "usual":
         said = ""
         fix = (

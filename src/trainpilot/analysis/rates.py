@@ -39,3 +39,17 @@ class Rate:
         """The range in words: "SGD's usual 0.001-0.5"."""
         low, high = USUAL.get(self.optimiser, USUAL[None])
         return f"{_NAMES.get(self.optimiser, _NAMES[None])} {low:g}-{high:g}"
+
+    def judged(self) -> str:
+        """What a finding adds to its message: the rate, where it is outside its range."""
+        if self.verdict == "low":
+            return f"; the learning rate is too low (lr={self.lr:.3g}, below {self.span()})"
+        if self.verdict == "high":
+            return f"; the learning rate is too high (lr={self.lr:.3g}, above {self.span()})"
+        return ""
+
+    def lower(self) -> str:
+        return f"lower the learning rate 10x (to {(self.lr or 0) / 10:.2g})"
+
+    def higher(self) -> str:
+        return f"raise the learning rate 10x (to {10 * (self.lr or 0):.2g}) or more, into {self.span()}"

@@ -70,10 +70,11 @@ def broke(step: int, evidence: dict[str, object], what: str, rate: Rate) -> Find
     """A sudden collapse of validation: the run diverged between two evaluations. At a learning rate
     far above its optimiser's range the rate is the first suspect; otherwise the data."""
     if rate.verdict == "high":
-        said = f"; the learning rate is too high (lr={rate.lr:.3g}, above {rate.span()})"
+        said = rate.judged()
         fix = (
-            f"lower the learning rate 10x (to {(rate.lr or 0) / 10:.2g}) and restore the last good "
-            "checkpoint; add gradient clipping; if it breaks again, check the data near this step"
+            rate.lower()
+            + " and restore the last good checkpoint; add gradient clipping; if it breaks again, check the "
+            "data near this step"
         )
     else:
         said = ""
