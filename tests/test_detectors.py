@@ -133,7 +133,7 @@ def test_a_usual_rate_blow_up_that_started_far_above_ln_c_suspects_the_inputs_fi
         ("adam", 2e-7, "lr_too_low", "raise the learning rate 10x (to 2e-06)"),  # it explains the rest
         ("adam", 0.05, "stuck_at_chance", "lower the learning rate 10x (to 0.005)"),
         ("adam", 0.05, "lr_too_low", "lower the learning rate 10x (to 0.005)"),
-        ("sgd", 0.05, "stuck_at_chance", "at lr=0.05 (within SGD's usual 0.001-0.5) the step size is not"),
+        ("sgd", 0.05, "stuck_at_chance", "add batch normalisation, use ReLU-family activations"),
         ("sgd", None, "stuck_at_chance", "check that the labels match the inputs"),
     ],
 )

@@ -264,14 +264,14 @@ class RunAnalysis:
         elif rate.verdict == "usual":
             said = f", within {rate.span()}"
             fix = (
-                "the step size is not the likely cause: check that the layers you mean to train are not "
-                "frozen (requires_grad=True, trainable=True), that the model is big enough and that the loss "
-                "fits the task (raw logits into CrossEntropyLoss); raise the learning rate only if those are "
-                "right"
+                "check that the layers you mean to train are not frozen (requires_grad=True, "
+                "trainable=True), that the model is big enough and that the loss fits the task (raw logits "
+                "into CrossEntropyLoss); the step size is not the likely cause: change the learning rate "
+                "only if those are right"
                 if flowing
-                else "the step size is not the likely cause: gradients may not reach the first layers (add "
-                "batch normalisation, ReLU-family activations, a standard initialisation) or layers you mean "
-                "to train are frozen; raise the learning rate only if those are right"
+                else "add batch normalisation, ReLU-family activations and a standard initialisation (the "
+                "gradients may not reach the first layers), or unfreeze the layers you mean to train; the "
+                "step size is not the likely cause: change the learning rate only if those are right"
             )
         else:
             said = ""

@@ -339,7 +339,9 @@ class LossTracker:
                 ctx.rate.higher()
                 if ctx.rate.verdict == "low"
                 else "if it is not done: lower the learning rate (a schedule step), or raise it if it has "
-                "been tiny throughout; otherwise stop early",
+                "been tiny throughout; otherwise stop early"
+                if ctx.rate.verdict is None
+                else "if it is not done: lower the learning rate (a schedule step); otherwise stop early",
             )
         ]
         out += self.underfit(step, ctx, "stopped improving")
@@ -408,13 +410,14 @@ def stuck(step: int, key: str, what: str, evidence: dict[str, object], rate: Rat
     elif verdict == "high":
         said, fix = rate.judged(), rate.lower() + ", add warm-up"
     elif verdict == "usual":
-        said = ""
+        # the fix leads with what to do: told the rate first, a small model changes the rate
+        said = f", at a usual learning rate (lr={rate.lr:.3g}, within {rate.span()})"
         fix = (
-            f"at lr={rate.lr:.3g} (within {rate.span()}) the step size is not the likely cause: gradients "
-            "may not reach the first layers (saturated sigmoid or tanh layers, ReLUs that output zero), so "
-            "add batch normalisation, use ReLU-family activations and a "
-            "standard (Kaiming) initialisation; check that no layer you mean to train is frozen, that the "
-            "loss gets raw logits (no softmax before CrossEntropyLoss) and that the labels match the inputs"
+            "add batch normalisation, use ReLU-family activations and a standard (Kaiming) initialisation: "
+            "the gradients may not reach the first layers (saturated sigmoid or tanh layers, ReLUs that "
+            "output zero); check that no layer you mean to train is frozen, that the loss gets raw logits "
+            "(no softmax before CrossEntropyLoss) and that the labels match the inputs; the step size is "
+            "not the likely cause"
         )
     else:
         said = ""
