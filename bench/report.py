@@ -20,7 +20,9 @@ def main() -> None:
     from run import CASES
 
     # the cases' own results (advisor_eval-*.json beside them are make advisor-eval's, docs/advisor.md's)
-    results = {c.result: json.loads(p.read_text()) for c in CASES if (p := RESULTS / f"{c.result}.json").exists()}
+    results = {
+        c.result: json.loads(p.read_text()) for c in CASES if (p := RESULTS / f"{c.result}.json").exists()
+    }
     any_result = next(iter(results.values()), None)
     lines = [
         "# Benchmarks: trainpilot next to the tools users would pick instead",

@@ -145,10 +145,7 @@ class SQLiteStore:
         self._last_error: str | None = None
         self._answers = SeriesCache()
         self._stale = False
-        # Each metric's open block (its latest point's, not summarised: readers read its points) and
-        # the blocks this transaction's points left, summarised before it commits (blocks.py).
-        self._open_blocks: dict[int, int] = {}
-        self._leaving: set[tuple[int, int]] = set()
+        self._summaries = blocks.Summaries()  # each metric's open block, summarised as it is written
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -171,7 +168,7 @@ class SQLiteStore:
         self._runs = {r[0]: _run_from_row(r) for r in conn.execute(f"SELECT {RUN_COLUMNS} FROM runs")}
         self._max_seq = {}
         self._key_ids = {}
-        self._open_blocks = {}
+        self._summaries.reset()
         self._stale = False
 
     async def close(self) -> None:
@@ -254,7 +251,7 @@ class SQLiteStore:
                 except NotFound as exc:
                     results.append((fut, None, exc))
             self._flush_runs(conn, committed)
-            blocks.refresh(conn, self._leaving)
+            self._summaries.write(conn)
             conn.execute("COMMIT")
             self._last_error = None
         except Exception as exc:  # the writer thread must survive anything, or every write hangs
@@ -268,7 +265,7 @@ class SQLiteStore:
             results = [(fut, None, error) for _, _, fut in jobs]
             committed = []
             self._stale = True
-        self._leaving.clear()
+            self._summaries.reset()
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._deliver, committed, results)
 
@@ -307,7 +304,8 @@ class SQLiteStore:
         event_rows = []
         point_rows = []
         latest: dict[int, tuple[int, int, int, float, float]] = {}
-        open_blocks = self._open_blocks
+        summaries = self._summaries
+        opened = summaries.open
         key_ids = self._key_ids
         next_id = self._next_id
         for e in fresh:
@@ -324,12 +322,17 @@ class SQLiteStore:
                     row = (key_id, step, next_id, value, ts)
                     point_rows.append(row)
                     latest[key_id] = row
-                    # a metric's block changes once in 64 steps: the one it leaves is summarised
-                    was = open_blocks.get(key_id)
-                    if was != block:
-                        if was is not None:
-                            self._leaving.add((key_id, was))
-                        open_blocks[key_id] = block
+                    # the open block's summary (blocks.Summaries' rule inline: this runs once per point on
+                    # the ingest path; ids only grow here, so a tie is decided by the step)
+                    part = opened.get(key_id)
+                    if part is None or part[1] != block:
+                        summaries.enter(conn, key_id, block, value, step, next_id, ts)
+                        continue
+                    part[2] += 1
+                    if value < part[3] or (value == part[3] and step < part[4]):
+                        part[3:7] = value, step, next_id, ts
+                    if value > part[7] or (value == part[7] and step < part[8]):
+                        part[7:11] = value, step, next_id, ts
             next_id += 1
         conn.executemany("INSERT INTO events VALUES(?,?,?,?,?,?,?)", event_rows)
         if point_rows:
@@ -379,11 +382,6 @@ class SQLiteStore:
             "SELECT id FROM metric_keys WHERE run_id=? AND name=?", (run_id, key)
         ).fetchone()[0]
         self._key_ids[(run_id, key)] = key_id
-        # the block this metric's latest point is in was open, never summarised, when that point was
-        # stored: by this process before a failed transaction, or by an earlier one
-        stored = conn.execute("SELECT step FROM latest WHERE key_id=?", (key_id,)).fetchone()
-        if stored is not None:
-            self._leaving.add((key_id, stored[0] >> blocks.SHIFT))
         return key_id
 
     def _flush_runs(self, conn: sqlite3.Connection, events: list[Event]) -> None:
