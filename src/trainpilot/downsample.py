@@ -33,20 +33,21 @@ def downsample(points: Sequence[Point], max_points: int) -> list[Point]:
     for p in points:
         b = (p.step - first) // width
         if b != bucket:
-            out.extend(_ordered(lo, hi))
+            out.extend(ordered(lo, hi))
             lo = hi = p
             bucket = b
         elif p.value < lo.value:
             lo = p
         elif p.value > hi.value:
             hi = p
-    out.extend(_ordered(lo, hi))
+    out.extend(ordered(lo, hi))
     if out[-1] is not points[-1]:
         out.append(points[-1])
     return out
 
 
-def _ordered(lo: Point, hi: Point) -> tuple[Point, ...]:
-    if lo is hi:
+def ordered(lo: Point, hi: Point) -> tuple[Point, ...]:
+    """A bucket's lowest and highest point in step order; one point where they are the same."""
+    if lo.event_id == hi.event_id and lo.step == hi.step:
         return (lo,)
     return (lo, hi) if (lo.step, lo.event_id) <= (hi.step, hi.event_id) else (hi, lo)

@@ -85,7 +85,8 @@ class RunAnalysis:
         self.grads = GradTracker(self.t)
         self.per_class = PerClass(self.t)
         self.lr: float | None = None
-        self.peak_lr: float | None = None
+        # the learning rate chosen, its peak (a schedule decays it late), against its optimiser's range
+        self.rate = Rate(None, self.optimiser)
         self.decayed = False  # the learning rate fell below a tenth of its peak: training nears its end
         self.epoch: float | None = None
         self.epochs_seen = 0
@@ -121,7 +122,7 @@ class RunAnalysis:
                 found += self._train_loss(step, key, value, component)
             elif quantity == "loss":
                 tracker = self.vals.setdefault(key, ValLossTracker(key, self.t))
-                found += tracker.observe(step, value, self._train_level(base), self.quality, self._rate())
+                found += tracker.observe(step, value, self._train_level(base), self.quality, self.rate)
                 self.val_evals = max(self.val_evals, tracker.evals)
             elif quantity == "acc" and split == "val":
                 value = self._fraction(key, value)
@@ -132,7 +133,7 @@ class RunAnalysis:
                             step,
                             {"metric": key, "value": r4(value), "best": r4(self.quality.best)},
                             f"{key} fell to {value:.3g} from its best {self.quality.best:.3g}",
-                            self._rate(),
+                            self.rate,
                         )
                     )
                 found += self.accuracy.observe_val(
@@ -143,7 +144,7 @@ class RunAnalysis:
                     self.classes,
                     self._trained(),
                     self.regularised,
-                    self._rate(),
+                    self.rate,
                 )
             elif quantity == "acc":
                 value = self._fraction(key, value)
@@ -164,9 +165,7 @@ class RunAnalysis:
             elif split != "train" and score is not None:  # YOLO's metrics/mAP50(B) ...
                 self.quality.observe(key, self._fraction(key, value), score)
                 if key == self.quality.key:
-                    found += self.accuracy.observe_score(
-                        step, key, self.quality, self._trained(), self._rate()
-                    )
+                    found += self.accuracy.observe_score(step, key, self.quality, self._trained(), self.rate)
         if class_scores:
             found += self.per_class.observe(step, class_scores, self.quality.stalled())
         return [f for f in map(self._capped, found) if self._news(f)]
@@ -185,8 +184,10 @@ class RunAnalysis:
         for _, value, r in known:
             if r.role.quantity == "lr":
                 self.lr = value
-                self.peak_lr = max(self.peak_lr or value, value)
-                self.decayed = self.decayed or value < 0.1 * self.peak_lr
+                peak = value if self.rate.lr is None else max(self.rate.lr, value)
+                if peak != self.rate.lr:
+                    self.rate = Rate(peak, self.optimiser)
+                self.decayed = self.decayed or value < 0.1 * peak
             elif r.epoch_counter:
                 if math.floor(value) != self.epoch:  # Hugging Face counts fractions of epochs
                     self.epoch = math.floor(value)
@@ -217,11 +218,7 @@ class RunAnalysis:
         ordered = self.accuracy.class_ordered(self.classes)
         enough = self.t.chance_points if dense else self.t.slow_evals
         trained = tracker.n >= enough or (self.epochs_seen >= 3 and tracker.n >= 20)
-        return Context(self.lr, self.classes, dense, score, self.regularised, ordered, trained, self._rate())
-
-    def _rate(self) -> Rate:
-        """The learning rate chosen (the peak: a schedule decays it late) against its optimiser's range."""
-        return Rate(self.peak_lr, self.optimiser)
+        return Context(self.lr, self.classes, dense, score, self.regularised, ordered, trained, self.rate)
 
     def _train_loss(self, step: int, key: str, value: float, component: bool) -> list[Finding]:
         tracker = self.losses.get(key)
@@ -254,7 +251,7 @@ class RunAnalysis:
         lr = f" with lr={self.lr:.3g}" if self.lr is not None else ""
         # A flat loss alone does not tell a tiny step from a tiny model or a wrong loss: only a learning
         # rate below its optimiser's usual range (rates.USUAL) makes it the cause.
-        rate = self._rate()
+        rate = self.rate
         low = rate.verdict == "low"
         flowing = self.grads.known()
         if low:
@@ -334,7 +331,7 @@ class RunAnalysis:
         # a NaN out of a falling loss, or one at a usual learning rate with no climb before it, came from
         # what that step brought (a batch, a log(0)); after a climb, or at a rate far too high, the step
         falling = self._was_falling()
-        data_first = falling or (self._rate().verdict == "usual" and not self._loss_rising())
+        data_first = falling or (self.rate.verdict == "usual" and not self._loss_rising())
         return [
             Finding(
                 "nan_inf",

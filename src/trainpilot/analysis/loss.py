@@ -336,12 +336,7 @@ class LossTracker:
                 },
                 f"{self.key} improved {100 * gain:.2g} % over the last {step - old_step} steps"
                 + (ctx.rate.judged() if ctx.rate.verdict == "low" else ""),
-                ctx.rate.higher()
-                if ctx.rate.verdict == "low"
-                else "if it is not done: lower the learning rate (a schedule step), or raise it if it has "
-                "been tiny throughout; otherwise stop early"
-                if ctx.rate.verdict is None
-                else "if it is not done: lower the learning rate (a schedule step); otherwise stop early",
+                plateau_fix(ctx.rate),
             )
         ]
         out += self.underfit(step, ctx, "stopped improving")
@@ -397,6 +392,19 @@ class LossTracker:
                 "less regularisation (weight decay, dropout, augmentation)",
             )
         ]
+
+
+def plateau_fix(rate: Rate) -> str:
+    """A flat loss: below its optimiser's range, raise the rate; else a schedule step or stopping
+    (and raising it only where no rate was logged to say it is not tiny)."""
+    if rate.verdict == "low":
+        return rate.higher()
+    if rate.verdict is None:
+        return (
+            "if it is not done: lower the learning rate (a schedule step), or raise it if it has been "
+            "tiny throughout; otherwise stop early"
+        )
+    return "if it is not done: lower the learning rate (a schedule step); otherwise stop early"
 
 
 def stuck(step: int, key: str, what: str, evidence: dict[str, object], rate: Rate) -> Finding:

@@ -108,7 +108,7 @@ class ValLossTracker:
     best_before: float = math.inf  # the best of the evaluations before the latest
 
     def observe(
-        self, step: int, value: float, train: float | None, quality: Quality, rate: Rate | None = None
+        self, step: int, value: float, train: float | None, quality: Quality, rate: Rate
     ) -> list[Finding]:
         self.evals += 1
         self.recent.append(value)
@@ -120,7 +120,7 @@ class ValLossTracker:
         else:
             self.since_best = [*self.since_best[-63:], value]
         return (
-            self._collapse(step, value, rate or Rate())
+            self._collapse(step, value, rate)
             + self._overfitting(step, value, train, quality)
             + self._swinging(step)
         )
@@ -269,8 +269,8 @@ class AccuracyTracker:
         quality: Quality,
         classes: int | None,
         trained: bool,
-        regularised: bool = False,
-        rate: Rate | None = None,
+        regularised: bool,
+        rate: Rate,
     ) -> list[Finding]:
         """One validation accuracy; `trained`: the training loss has had enough steps to judge chance."""
         self.val_points += 1
@@ -285,7 +285,7 @@ class AccuracyTracker:
                         key,
                         f"{key} stays at {value:.3g}, chance for {classes} classes ({1 / classes:.3g})",
                         {"metric": key, "val_acc": r4(value), "chance": r4(1 / classes), "classes": classes},
-                        rate or Rate(),
+                        rate,
                     )
                 )
         # A smoothed training accuracy lags a model that learns fast, so the gap must hold for three
@@ -318,7 +318,7 @@ class AccuracyTracker:
         return out
 
     def observe_score(
-        self, step: int, key: str, quality: Quality, trained: bool, rate: Rate | None = None
+        self, step: int, key: str, quality: Quality, trained: bool, rate: Rate
     ) -> list[Finding]:
         """An IoU, mAP or F1 still about zero after training had time to work: nothing was learnt."""
         if not trained or quality.accuracy or quality.evals < self.t.chance_evals or quality.best >= 0.05:
@@ -329,7 +329,7 @@ class AccuracyTracker:
                 key,
                 f"{key} is still {quality.best:.3g} at best after {quality.evals} evaluations",
                 {"metric": key, "best": r4(quality.best), "evaluations": quality.evals},
-                rate or Rate(),
+                rate,
             )
         ]
 

@@ -13,7 +13,8 @@ in the transaction that leaves it (a metric's block changes once in 64 steps), s
 readers use is ever behind what is committed (`Summaries`). Measured side by side (bench case 3):
 merging each transaction's points into its blocks' rows cost the ingest of 8-point batches 15 % of
 its rate, recomputing every block a transaction touched 30 %, recomputing each block from its
-points once as it is left about 10 % of the store's own time per event.
+points once as it is left about 8 % of the store's own time per event; this costs 8-point batches
+nothing measurable and the store's own time per event about 6 % (17.1 -> 18.1 µs).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from trainpilot.downsample import ordered
 from trainpilot.events import Point
 
 log = logging.getLogger("trainpilot.store")
@@ -45,6 +47,8 @@ REFRESH_SQL = f"""INSERT OR REPLACE INTO point_blocks
 SELECT ?1, ?2, l.n, l.value, l.step, l.event_id, l.ts, h.value, h.step, h.event_id, h.ts FROM
     (SELECT count(*) AS n, min(value) AS value, step, event_id, ts {_IN_BLOCK}) AS l,
     (SELECT max(value) AS value, step, event_id, ts {_IN_BLOCK}) AS h"""
+
+WRITE_SQL = f"INSERT OR REPLACE INTO point_blocks VALUES({','.join('?' * 11)})"
 
 
 # One bucket in one statement: the lowest and highest point (two rows, each with its part's count
@@ -113,7 +117,7 @@ class Summaries:
     def write(self, conn: sqlite3.Connection) -> None:
         """The blocks the transaction left, before it commits (recomputed ones last: they win)."""
         if self._done:
-            conn.executemany(f"INSERT OR REPLACE INTO point_blocks VALUES({','.join('?' * 11)})", self._done)
+            conn.executemany(WRITE_SQL, self._done)
             self._done.clear()
         if self._stale:
             refresh(conn, self._stale)
@@ -163,12 +167,10 @@ class Extremes:
         if self.high is None or high.value > self.high.value:
             self.high = high
 
-    def points(self) -> list[Point]:
+    def points(self) -> tuple[Point, ...]:
         if self.low is None or self.high is None:
-            return []
-        if self.low.event_id == self.high.event_id:
-            return [self.low]
-        return sorted((self.low, self.high), key=lambda p: (p.step, p.event_id))
+            return ()
+        return ordered(self.low, self.high)
 
 
 def bucket(conn: sqlite3.Connection, key_id: int, first: int, last: int, open_block: int) -> Extremes:

@@ -9,7 +9,7 @@ Metric values also go to ``points`` (clustered by metric, then step) so a histor
 that metric's rows, and to ``latest`` so "current metrics" is one indexed read. A downsampled
 history answer is kept until its metric gets a new point (``SeriesCache``): a repeated read is free;
 one not asked before reads the summaries of 64-step blocks (blocks.py) and the points of the partial
-blocks at each bucket's ends.
+blocks at each bucket's ends and of the metric's open block.
 """
 
 from __future__ import annotations
@@ -536,9 +536,9 @@ class SQLiteStore:
         """Each step bucket's lowest and highest point in step order, and how many points there are.
 
         One statement per bucket (blocks.bucket): its whole 64-step blocks from their summaries, the
-        steps at its two ends from the points, SQLite filling the bare columns from the row that holds
-        the min() / max(). (A GROUP BY over the bucket number sorts the whole range in a temporary
-        B-tree first: measured 4x slower at 1M points.)"""
+        steps at its two ends and in the metric's open block from the points, SQLite filling the bare
+        columns from the row that holds the min() / max(). (A GROUP BY over the bucket number sorts the
+        whole range in a temporary B-tree first: measured 4x slower at 1M points.)"""
         width = bucket_width(first, last, max_points)
         points: list[Point] = []
         total = 0
