@@ -112,3 +112,49 @@ def test_an_unknown_run_is_told_by_the_status_and_code_not_by_the_message(
     assert bad.refused and not bad.run_not_found
     token = answered(error_answer(401, "unauthorized", "this server needs a token"))
     assert token.token_refused and not token.refused
+
+
+def body_of(answer: bytes) -> bytes:
+    """What the HTTP transport reads as the body of `answer`, the server's whole reply to one POST."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        server = threading.Thread(target=one_answer_per_connection, args=(listener, [], 1, answer))
+        server.start()
+        transport = HttpTransport(f"http://127.0.0.1:{listener.getsockname()[1]}")
+        body = transport._post("/api/runs", b"{}")
+        transport.close()
+        server.join(10)
+    return body
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n" + b'{"id":"r1"}',
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b'4;ext=1\r\n{"id\r\n7\r\n":"r1"}\r\n0\r\nX-T: 1\r\n\r\n',
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n" + b'{"id":"r1"}',
+        b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + b'{"id":"r1"}',
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b'{"id":"r1"}',
+    ],
+    ids=["content-length", "chunked", "100-continue", "http/1.0-until-close", "no-length-close"],
+)
+def test_every_way_a_server_or_proxy_frames_its_answer_is_read(answer: bytes) -> None:
+    assert body_of(answer) == b'{"id":"r1"}'
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"SSH-2.0-OpenSSH_9.2\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{}"],
+    ids=["not-http", "cut-short"],
+)
+def test_an_answer_that_is_not_http_or_is_cut_short_is_a_transport_error(answer: bytes) -> None:
+    with pytest.raises(TransportError) as caught:
+        body_of(answer)
+    assert caught.value.status is None and not caught.value.refused
+
+
+def test_a_token_that_would_end_its_header_line_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        HttpTransport("http://127.0.0.1:9", token="abc\r\nX-Evil: 1")

@@ -8,7 +8,6 @@ sender decides from them alone whether to spool and try again or give the batch 
 
 from __future__ import annotations
 
-import http.client
 import urllib.parse
 from typing import Any, Protocol
 
@@ -16,6 +15,7 @@ import orjson
 
 from trainpilot.client.rest import auth_headers, http_error, run_path
 from trainpilot.exceptions import TransportError
+from trainpilot.sdk.http1 import Connection, Disconnected
 from trainpilot.wire import MEDIA_BODY_TYPE
 
 CONNECT_TIMEOUT_S = 2.0
@@ -36,13 +36,10 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    """One keep-alive connection with the standard library's `http.client`.
-
-    The sender posts a batch per pass from a background thread of the training process, so what a
-    request costs in that process's CPU is taken from training: `http.client` costs about a third of
-    httpx's (`python bench/transport_cost.py`: 158 vs 447 µs of CPU per batch; bench case 2 shows
-    why it matters).
-    """
+    """One keep-alive connection (http1.py: a third of `http.client`'s CPU per batch, which is
+    itself a third of httpx's; `python bench/transport_cost.py`). The sender posts from a background
+    thread of the training process, so what a request costs that process is taken from training
+    (bench case 2)."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
         parts = urllib.parse.urlsplit(url.rstrip("/"))
@@ -52,37 +49,27 @@ class HttpTransport:
         self._https = parts.scheme == "https"
         self._host, self._port = parts.hostname, parts.port
         self._base = parts.path
-        self._headers = auth_headers(token)
+        self._headers = header_lines(auth_headers(token))
         self._timeout = timeout
-        self._conn: http.client.HTTPConnection | None = None
-
-    def _connect(self) -> http.client.HTTPConnection:
-        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = kind(self._host, self._port, timeout=CONNECT_TIMEOUT_S)
-        conn.connect()
-        if conn.sock is not None:
-            conn.sock.settimeout(self._timeout)
-        return conn
+        self._conn: Connection | None = None
 
     def _request(self, target: str, content: bytes, kind: str) -> tuple[int, bytes]:
         """Status and body; a kept-alive connection the server closed meanwhile is reopened once."""
-        headers = {**self._headers, "content-type": kind}
+        headers = f"{self._headers}Content-Type: {kind}\r\n"
         for attempt in range(2):
             reused = self._conn is not None
             try:
                 if self._conn is None:
-                    self._conn = self._connect()
-                self._conn.request("POST", target, body=content, headers=headers)
-                response = self._conn.getresponse()
-                body = response.read()
-                if response.will_close:
+                    self._conn = Connection(
+                        self._host, self._port, self._https, CONNECT_TIMEOUT_S, self._timeout
+                    )
+                status, body, will_close = self._conn.request("POST", target, headers, content)
+                if will_close:
                     self.close()
-                return response.status, body
-            except (http.client.HTTPException, OSError) as exc:
+                return status, body
+            except OSError as exc:
                 self.close()
-                stale = isinstance(
-                    exc, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError
-                )
+                stale = isinstance(exc, Disconnected | BrokenPipeError | ConnectionResetError)
                 if attempt == 0 and reused and stale:
                     continue  # the server let an idle connection go: events carry seq, resending is safe
                 raise TransportError(f"{self.url} unreachable: {exc!r}") from exc
@@ -115,3 +102,11 @@ class HttpTransport:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def header_lines(headers: dict[str, str]) -> str:
+    """``Name: value\\r\\n`` lines, refused at once if a value (a token) could end its line early."""
+    for name, value in headers.items():
+        if any(c in name + value for c in "\r\n\0"):
+            raise ValueError(f"header {name!r} holds a line break or NUL: check the token")
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.items())
