@@ -20,8 +20,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(data_dir: str, *flags: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Yield (url, process) once the server answers its health check; `flags` go to `serve`."""
+def served(
+    data_dir: str, *flags: str, cpus: set[int] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Yield (url, process) once the server answers its health check; `flags` go to `serve`; `cpus`
+    pins the server (every thread it starts) to those cores."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -36,7 +39,8 @@ def served(data_dir: str, *flags: str) -> Iterator[tuple[str, subprocess.Popen[b
         "warning",
         *flags,
     ]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    pin = None if cpus is None else lambda: os.sched_setaffinity(0, cpus)
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, preexec_fn=pin)
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(timeout=1) as poll:  # one client: each new one builds an SSL context (~80 ms)

@@ -50,12 +50,35 @@ def time_calls(owner: Any, name: str) -> list[float]:
     return spent
 
 
+SENDER_CPU_S = [0.0]
+
+
+def count_sender_cpu() -> None:
+    """Record the CPU time of the SDK's sender thread, all of it, as the thread ends (finish())."""
+    from trainpilot.sdk.sender import Sender
+
+    original = Sender.run
+
+    def counted(self: Sender) -> None:
+        try:
+            original(self)
+        finally:
+            SENDER_CPU_S[0] = time.thread_time()
+
+    Sender.run = counted  # type: ignore[method-assign]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variant", required=True, choices=["none", "trainpilot", "tensorboard"])
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--dir", required=True)
+    parser.add_argument("--cpu", type=int, help="pin the trainer (every thread) to this core")
+    parser.add_argument("--server-cpu", type=int, help="pin the server to this core")
     args = parser.parse_args()
+    if args.cpu is not None:  # before torch starts its threads, so they inherit it
+        os.sched_setaffinity(0, {args.cpu})
+    server_cpus = None if args.server_cpu is None else {args.server_cpu}
 
     import httpx
     from served import served
@@ -73,7 +96,8 @@ def main() -> None:
     )
     with contextlib.ExitStack() as stack:
         if args.variant == "trainpilot":
-            url = stack.enter_context(served(args.dir))[0]
+            count_sender_cpu()
+            url = stack.enter_context(served(args.dir, cpus=server_cpus))[0]
             run: Any = trainpilot.init(project="bench", server=url, data_dir=os.path.join(args.dir, "client"))
         else:
             run = NullRun()
@@ -82,9 +106,11 @@ def main() -> None:
         requests = time_calls(run._sender.transport, "send") if args.variant == "trainpilot" else [0.0, 0.0]
         if trainer.tb is not None:
             flush = time_calls(trainer.tb, "close")
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         trainer.fit()
         seconds = time.perf_counter() - started - flush[0]  # the loop; the final flush is told apart
+        cpu_s = time.process_time() - cpu  # every thread of this process: training, and the SDK's sender
+
         persisted = 0
         if args.variant == "trainpilot":
             params = {"run_id": run.id, "keys": "train/loss", "max_points": 2}
@@ -103,6 +129,8 @@ def main() -> None:
         "flush_s": flush[0],
         "steps_per_s": trainer.step / seconds,
         "persisted": persisted,
+        "cpu_s": cpu_s,
+        "sender_cpu_s": SENDER_CPU_S[0],  # the SDK's background thread, start to end (trainpilot only)
         "requests": int(requests[1]),  # batches the SDK posted (trainpilot only)
     }
     sys.stdout.write("\nRESULT " + json.dumps(result) + "\n")

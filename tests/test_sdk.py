@@ -487,6 +487,47 @@ def test_steps_logged_faster_than_the_send_interval_share_requests(
     assert len(batches) <= 15, batches
 
 
+def test_a_fast_loop_has_sending_held_to_its_cpu_share_and_a_quiet_run_each_event_at_once(
+    shared_server: LiveServer, tmp_path: Path
+) -> None:
+    """A pass that costs c seconds of the sender's CPU is followed by one no sooner than c / CPU_SHARE
+    later while the loop logs fast, so sending cannot take more of training's core however fast it
+    logs; a run logging a few events a second still gets each one sent in a pass of its own."""
+    url = shared_server.url
+    run = trainpilot.init(
+        project="sdk", server=url, data_dir=str(tmp_path / "client"), run_id=unique("share")
+    )
+    batches: list[int] = []
+    send = run._sender.transport.send
+
+    def costly(run_id: str, events: list[dict[str, Any]]) -> None:
+        spin_until = time.thread_time() + 0.002  # 2 ms of this thread's CPU: a slow machine's request
+        while time.thread_time() < spin_until:
+            pass
+        send(run_id, events)
+        if metrics := sum(1 for e in events if e["kind"] == "metrics"):
+            batches.append(metrics)
+
+    run._sender.transport.send = costly  # type: ignore[method-assign]
+    started = time.monotonic()
+    for step in range(300):  # 2-ms steps for about 0.6 s
+        run.log({"loss": 1.0 / (step + 1)}, step=step)
+        time.sleep(0.002)
+    elapsed = time.monotonic() - started
+    run.flush(timeout=30)
+    fast = list(batches)
+    # 2 ms a pass at 0.5 % of a core: passes at least 0.25 s (MAX_GATHER_S) apart, not 20 ms
+    assert sum(fast) == 300 and len(fast) <= elapsed / 0.25 + 3, (elapsed, fast)
+    time.sleep(0.3)  # the fast phase's last gap (at most MAX_GATHER_S) runs out
+    batches.clear()
+    for step in range(300, 305):  # a quiet run: an event every 60 ms
+        time.sleep(0.06)
+        run.log({"loss": 0.1}, step=step)
+    run.finish(timeout=30)
+    assert batches == [1] * 5
+    assert history(url, run.id)["step"] == list(range(305))
+
+
 LOG_AND_HANG = """
     import sys, time, trainpilot
     url, data_dir, run_id, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

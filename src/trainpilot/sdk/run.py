@@ -262,7 +262,7 @@ class Run:
         if self._finished:  # the sender has stopped: it handed over everything queued, unless stuck
             return not self._sender.is_alive()
         kept = Flush(kept=True)
-        self._sender.queue.put(kept)
+        self._sender.put_marker(kept)
         return kept.done.wait(_seconds(timeout, 30.0, "run.flush"))
 
     def close(self, timeout: float = 30.0) -> None:
@@ -275,13 +275,13 @@ class Run:
         self._finished = True
         self._put = self._put_rank = self._after_finish
         flush = Flush()
-        self._sender.queue.put(flush)
+        self._sender.put_marker(flush)
         if not flush.done.wait(_seconds(timeout, 30.0, "run.close")):
             log.warning(
                 "trainpilot: not everything was delivered by finish(); %s kept for the next run",
                 self._sender.spool.path,
             )
-        self._sender.queue.put(CLOSE)
+        self._sender.put_marker(CLOSE)
         self._sender.join(timeout=5)
         self._sender.transport.close()
         self._control.close()

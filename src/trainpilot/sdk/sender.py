@@ -2,7 +2,8 @@
 
 Batching is adaptive, not timed (DESIGN.md): each pass takes everything queued since the last one
 (one event at low rate, thousands under load), so "live" costs no fixed flush delay. Passes start at
-most every `SEND_INTERVAL_S`, so a loop logging faster than that sends several steps per request. Values are
+most every `SEND_INTERVAL_S`, and later when the last pass cost more CPU than `CPU_SHARE` of that
+time allows, so a loop logging faster than that sends several steps per request. Values are
 cleaned here, off the training thread: tensors and numpy scalars become floats, NaN/Inf become the
 wire's markers. A batch that cannot be delivered goes to the spool, in order, and is replayed with
 backoff; each event carries a per-run `seq`, so a batch sent twice is stored once. A run that has
@@ -39,6 +40,11 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.25, 10.0
 # commit for several steps), so a fast training loop pays for telemetry per batch, not per step. A
 # quiet run's event still goes at once; the most it waits is this interval (TRAINPILOT_SEND_INTERVAL_MS).
 SEND_INTERVAL_S = float(os.environ.get("TRAINPILOT_SEND_INTERVAL_MS", "20")) / 1000
+# When the loop logs more than FAST_RATE events a second, the sender's share of one core at most: a pass
+# that cost c seconds of this thread's CPU is followed by one no sooner than c / CPU_SHARE after it began,
+# so however fast the loop logs, sending takes at most this much of training's core (bench case 2). At
+# most MAX_GATHER_S apart (four updates a second; TensorBoard reloads every 30 s), so live stays live.
+CPU_SHARE, MAX_GATHER_S, FAST_RATE = 0.005, 0.25, 100.0
 HEARTBEAT_S = float(os.environ.get("TRAINPILOT_RUN_HEARTBEAT_S", "10"))  # well inside the server's 60 s
 
 
@@ -122,7 +128,9 @@ class Sender(threading.Thread):
         self.retry_at = 0.0  # when the spool is tried again (time.monotonic)
         self._flushes: list[Flush] = []
         self._heard_at = time.monotonic()  # the last time the server took something from us
-        self._sent_at = -SEND_INTERVAL_S  # when the last send began
+        self._next_pass_at = 0.0  # no pass starts before this (time.monotonic)
+        self._began_at = 0.0  # when the last pass began
+        self._urged = threading.Event()  # a flush or close is queued: wait no more for the next pass
 
     @property
     def run_id(self) -> str:
@@ -133,6 +141,7 @@ class Sender(threading.Thread):
         closing = False
         while not closing:
             items = self._take()
+            began, cpu = time.monotonic(), time.thread_time()
             if not items and not self.spool:
                 self._heartbeat()
             events = []
@@ -158,19 +167,41 @@ class Sender(threading.Thread):
                 if flush.kept or not self.spool:
                     flush.done.set()
             self._flushes = [flush for flush in self._flushes if not flush.done.is_set()]
+            if items:
+                self._pace(began, time.thread_time() - cpu, len(events))
         self.spool.close()
 
+    def _pace(self, began: float, spent: float, events: int) -> None:
+        """When the next pass may start. A run logging at a live rate (a quiet run, a few events a
+        second, jitter included) gets the next pass `SEND_INTERVAL_S` after this one, so each event
+        is live; a loop logging faster than `FAST_RATE` has sending held to `CPU_SHARE` of a core."""
+        fast = events > FAST_RATE * (began - self._began_at)
+        gap = max(SEND_INTERVAL_S, min(spent / CPU_SHARE, MAX_GATHER_S)) if fast else SEND_INTERVAL_S
+        self._next_pass_at, self._began_at = began + gap, began
+
+    def put_marker(self, marker: Flush | object) -> None:
+        """Queue a `Flush` or `CLOSE`, and cut short the wait for the next pass: finish() is prompt."""
+        self.queue.put(marker)
+        self._urged.set()
+
     def _take(self) -> list[Any]:
-        """Block until something is queued (or a spooled retry is due), then take everything queued."""
+        """Wait until the next pass may start (`CPU_SHARE`), then block until something is queued (or
+        a spooled retry is due) and take everything queued.
+
+        Waiting first means a loop that logs faster than passes start costs one wake-up a pass, not
+        two: each takes the training thread's core and caches (bench case 2). A quiet run's event
+        still goes at once when it comes after the interval.
+        """
+        gather = self._next_pass_at - time.monotonic()
+        if gather > 0:
+            self._urged.wait(gather)
+            self._urged.clear()
         now = time.monotonic()
         timeout = max(0.0, (self.retry_at if self.spool else self._heard_at + HEARTBEAT_S) - now)
         try:
             first = self.queue.get(timeout=timeout)
         except queue.Empty:
             return []
-        gather = self._sent_at + SEND_INTERVAL_S - time.monotonic()
-        if gather > 0 and type(first) is tuple:
-            time.sleep(gather)  # events come faster than sends: let them gather into one batch
         return [first, *_drain(self.queue)]
 
     def _backlogged(self) -> bool:
@@ -202,8 +233,6 @@ class Sender(threading.Thread):
         return event
 
     def _deliver(self, events: list[dict[str, Any]]) -> None:
-        if events:
-            self._sent_at = time.monotonic()
         for start in range(0, len(events), MAX_EVENTS_PER_REQUEST):
             batch = events[start : start + MAX_EVENTS_PER_REQUEST]
             if self.spool or self._backlogged() or not self._send(batch):
