@@ -202,3 +202,22 @@ def test_subscribers_asking_the_same_filter_share_one_copy_of_it() -> None:
     other = parse_filter(["r-2"], ["metrics"], [])
     assert first is same and first == same
     assert other != first and other.run_ids == frozenset({"r-2"})
+
+
+def test_live_events_written_straight_to_the_socket_arrive_whole_in_chunks_of_every_size(
+    shared_server: LiveServer,
+) -> None:
+    """On uvicorn the broker writes each SSE message as one HTTP chunk to every socket itself (no ASGI
+    send): chunk sizes from two to five hex digits must reach a standard client intact, twice over."""
+    texts = ["é" * (size // 2) for size in (10, 1_000, 70_000)]  # chunk sizes count bytes: 2 bytes each
+    with shared_server.client() as client:
+        create_run(client, "sse-chunks")
+        params = {"run_id": "sse-chunks", "kinds": "log"}
+        readers = [collect_in_background(shared_server.url, params, count=3) for _ in range(2)]
+        wait_for_subscribers(client, 2)
+        for seq, text in enumerate(texts):
+            event = {"seq": seq, "kind": "log", "data": {"text": text}}
+            client.post("/api/runs/sse-chunks/events", json={"events": [event]})
+        for thread, received in readers:
+            thread.join(20)
+            assert [e.data["data"]["text"] for e in received] == texts  # type: ignore[index]

@@ -376,3 +376,26 @@ def test_write_ops_need_the_token_on_a_token_server(
     with app_socket(client, headers={"Authorization": "Bearer s3cret"}) as ws:
         assert Socket(ws).ask({"op": "control", "run_id": "r", "action": "pause"})["op"] == "control"
     assert "s3cret" not in caplog.text
+
+
+@pytest.mark.parametrize("size", [10, 1_000, 70_000], ids=["short-frame", "16-bit-length", "64-bit-length"])
+def test_live_events_written_straight_to_the_socket_arrive_whole_at_every_frame_size(
+    shared_server: LiveServer, size: int
+) -> None:
+    """On uvicorn the broker frames a message once and writes it to each socket itself (no ASGI send):
+    every length encoding of RFC 6455 must reach a standard client intact, to two subscribers."""
+    run_id = unique("frames")
+    text = "é" * (size // 2)  # two bytes each in UTF-8: the frame's length counts bytes, not characters
+    with (
+        shared_server.client() as client,
+        open_socket(shared_server) as one,
+        open_socket(shared_server) as two,
+    ):
+        create_run(client, run_id)
+        socks = [Socket(one), Socket(two)]
+        for sock in socks:
+            assert sock.ask({"op": "subscribe", "run_id": run_id, "kinds": ["log"]})["op"] == "subscribed"
+        event = {"seq": 1, "kind": "log", "step": 0, "data": {"text": text}}
+        ingest(client, run_id, {"events": [event]})
+        for sock in socks:
+            assert [e["data"]["text"] for e in sock.wait_events(1)] == [text]

@@ -22,9 +22,11 @@ from trainpilot.broker.subscriber import (
     Subscriber,
     encoded,
     events_message,
+    framed,
     resume,
     resync_message,
     step,
+    writable,
 )
 from trainpilot.events import Event
 from trainpilot.store import Store
@@ -126,6 +128,7 @@ class MemoryBroker:
         self._scheduled = False
         head = self.head
         shared: dict[tuple[Filter, Format, int], dict[str, Any] | None] = {}
+        frames: dict[tuple[Filter, Format, int], bytes] = {}  # the same, framed for direct writes
         for sub in list(self._subs):
             if sub.cursor >= head or sub.busy is not None:
                 continue
@@ -138,7 +141,18 @@ class MemoryBroker:
             else:
                 message = shared[key] = self._message_after(sub.filter, sub.format, sub.cursor)
             sub.cursor = head
-            if message is not None:
+            if message is None:
+                continue
+            if sub.direct is not None and writable(sub.format, sub.direct):
+                frame = frames.get(key)
+                if frame is None:
+                    frame = frames[key] = framed(message)
+                self.stats["writes"] += 1
+                try:
+                    sub.direct.transport.write(frame)
+                except Exception:  # the connection went between the check and the write
+                    self._drop(sub, "write failed")
+            else:
                 self._write(sub, message)
 
     def _message_after(self, flt: Filter, fmt: Format, cursor: int) -> dict[str, Any] | None:

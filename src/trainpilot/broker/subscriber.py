@@ -4,6 +4,12 @@ The broker writes to a subscriber by calling its ASGI `send` directly and steppi
 once (`step`): when the socket can take the bytes, the write completes right there and costs no
 task, no wake-up. Only a subscriber whose socket is full gets a task (`resume`) that waits for it
 to drain; while that task runs the subscriber is `busy` and the broadcaster passes it by.
+
+On uvicorn (its sans-I/O WebSocket protocol, its httptools HTTP protocol) the broker writes frames
+straight to the subscriber's transport (`direct`): a server's WebSocket frames are not masked and an
+SSE body's chunks carry no state, so one framed message serves every subscriber that shares it (the
+`websockets.broadcast` way, DESIGN.md), where each ASGI send would copy, frame and join it again.
+Anything else, and a connection that cannot take more now, goes through `send`.
 """
 
 from __future__ import annotations
@@ -53,11 +59,51 @@ class Filter:
         return self.keys is not None
 
 
+# uvicorn's objects behind an ASGI `send` that the broker may write frames to itself, by class and module.
+DIRECT = {
+    "ws": ("WebSocketsSansIOProtocol", "uvicorn.protocols.websockets.websockets_sansio_impl"),
+    "sse": ("RequestResponseCycle", "uvicorn.protocols.http.httptools_impl"),
+}
+
+
+def direct(send: Send, fmt: Format) -> Any:
+    """The uvicorn protocol (WebSocket) or response cycle (SSE over httptools) behind an ASGI `send`,
+    or None: another server, or a `send` wrapped by a middleware, is written the ASGI way."""
+    owner = getattr(send, "__self__", None)
+    kind = type(owner)
+    return owner if (kind.__name__, kind.__module__) == DIRECT[fmt] else None
+
+
+def writable(fmt: Format, owner: Any) -> bool:
+    """A frame can go now: the connection is open, nothing ended it and its buffer is not full."""
+    if owner.disconnected or owner.transport.is_closing():
+        return False
+    if fmt == "ws":
+        return not owner.close_sent and bool(owner.writable.is_set())
+    return bool(owner.chunked_encoding and not (owner.response_complete or owner.flow.write_paused))
+
+
+def framed(message: dict[str, Any]) -> bytes:
+    """An ASGI message as the bytes on the wire: one unmasked, unfragmented WebSocket text frame, or
+    one HTTP/1.1 chunk of a streamed SSE body."""
+    if message["type"] == "http.response.body":
+        body: bytes = message["body"]
+        return b"%x\r\n%b\r\n" % (len(body), body)
+    payload: bytes = message["text"].encode()
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
+
+
 class Subscriber:
-    __slots__ = ("busy", "busy_since", "cursor", "done", "filter", "format", "send")
+    __slots__ = ("busy", "busy_since", "cursor", "direct", "done", "filter", "format", "send")
 
     def __init__(self, send: Send, fmt: Format, flt: Filter, cursor: int) -> None:
         self.send = send
+        self.direct = direct(send, fmt)
         self.format: Format = fmt
         self.filter = flt
         self.cursor = cursor  # every matching event with id <= cursor has been written
