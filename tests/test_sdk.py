@@ -491,8 +491,9 @@ def test_a_fast_loop_has_sending_held_to_its_cpu_share_and_a_quiet_run_each_even
     shared_server: LiveServer, tmp_path: Path
 ) -> None:
     """A pass that costs c seconds of the sender's CPU is followed by one no sooner than c / CPU_SHARE
-    later while the loop logs fast, so sending cannot take more of training's core however fast it
-    logs; a run logging a few events a second still gets each one sent in a pass of its own."""
+    later while a computing loop logs fast, so sending cannot take more of training's core however
+    fast it logs; a run logging a few events a second still gets each one sent in a pass of its own,
+    and so does a process that logs fast but computes nothing."""
     url = shared_server.url
     run = trainpilot.init(
         project="sdk", server=url, data_dir=str(tmp_path / "client"), run_id=unique("share")
@@ -510,9 +511,11 @@ def test_a_fast_loop_has_sending_held_to_its_cpu_share_and_a_quiet_run_each_even
 
     run._sender.transport.send = costly  # type: ignore[method-assign]
     started = time.monotonic()
-    for step in range(300):  # 2-ms steps for about 0.6 s
+    for step in range(300):  # 2-ms steps of computing for about 0.6 s
         run.log({"loss": 1.0 / (step + 1)}, step=step)
-        time.sleep(0.002)
+        spin_until = time.thread_time() + 0.002
+        while time.thread_time() < spin_until:
+            pass
     elapsed = time.monotonic() - started
     run.flush(timeout=30)
     fast = list(batches)
@@ -523,9 +526,15 @@ def test_a_fast_loop_has_sending_held_to_its_cpu_share_and_a_quiet_run_each_even
     for step in range(300, 305):  # a quiet run: an event every 60 ms
         time.sleep(0.06)
         run.log({"loss": 0.1}, step=step)
-    run.finish(timeout=30)
+    run.flush(timeout=30)
     assert batches == [1] * 5
-    assert history(url, run.id)["step"] == list(range(305))
+    batches.clear()
+    for step in range(305, 365):  # logging fast with nothing computed: no CPU of training's to spare
+        run.log({"loss": 0.1}, step=step)
+        time.sleep(0.002)
+    run.finish(timeout=30)
+    assert sum(batches) == 60 and len(batches) >= 4, batches  # 20 ms apart, not 0.25 s
+    assert history(url, run.id)["step"] == list(range(365))
 
 
 LOG_AND_HANG = """

@@ -40,11 +40,13 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.25, 10.0
 # commit for several steps), so a fast training loop pays for telemetry per batch, not per step. A
 # quiet run's event still goes at once; the most it waits is this interval (TRAINPILOT_SEND_INTERVAL_MS).
 SEND_INTERVAL_S = float(os.environ.get("TRAINPILOT_SEND_INTERVAL_MS", "20")) / 1000
-# When the loop logs more than FAST_RATE events a second, the sender's share of one core at most: a pass
-# that cost c seconds of this thread's CPU is followed by one no sooner than c / CPU_SHARE after it began,
-# so however fast the loop logs, sending takes at most this much of training's core (bench case 2). At
-# most MAX_GATHER_S apart (four updates a second; TensorBoard reloads every 30 s), so live stays live.
-CPU_SHARE, MAX_GATHER_S, FAST_RATE = 0.005, 0.25, 100.0
+# When the loop logs more than FAST_RATE events a second and the rest of the process (training) keeps
+# more than BUSY of a core busy, the sender's share of one core at most: a pass that cost c seconds of
+# this thread's CPU is followed by one no sooner than c / CPU_SHARE after it began, so however fast the
+# loop logs, sending takes at most this much of training's core (bench case 2). At most MAX_GATHER_S
+# apart (four updates a second; TensorBoard reloads every 30 s), so live stays live. A process that
+# logs fast but computes little (nothing to take CPU from) keeps passes SEND_INTERVAL_S apart.
+CPU_SHARE, MAX_GATHER_S, FAST_RATE, BUSY = 0.005, 0.25, 100.0, 0.5
 HEARTBEAT_S = float(os.environ.get("TRAINPILOT_RUN_HEARTBEAT_S", "10"))  # well inside the server's 60 s
 
 
@@ -129,7 +131,7 @@ class Sender(threading.Thread):
         self._flushes: list[Flush] = []
         self._heard_at = time.monotonic()  # the last time the server took something from us
         self._next_pass_at = 0.0  # no pass starts before this (time.monotonic)
-        self._began_at = 0.0  # when the last pass began
+        self._began_at = self._cpu_at = self._process_at = 0.0  # the last pass's start: wall, thread, process
         self._urged = threading.Event()  # a flush or close is queued: wait no more for the next pass
 
     @property
@@ -141,7 +143,7 @@ class Sender(threading.Thread):
         closing = False
         while not closing:
             items = self._take()
-            began, cpu = time.monotonic(), time.thread_time()
+            began, cpu, process = time.monotonic(), time.thread_time(), time.process_time()
             if not items and not self.spool:
                 self._heartbeat()
             events = []
@@ -168,16 +170,22 @@ class Sender(threading.Thread):
                     flush.done.set()
             self._flushes = [flush for flush in self._flushes if not flush.done.is_set()]
             if items:
-                self._pace(began, time.thread_time() - cpu, len(events))
+                self._pace(began, cpu, process, len(events))
         self.spool.close()
 
-    def _pace(self, began: float, spent: float, events: int) -> None:
-        """When the next pass may start. A run logging at a live rate (a quiet run, a few events a
-        second, jitter included) gets the next pass `SEND_INTERVAL_S` after this one, so each event
-        is live; a loop logging faster than `FAST_RATE` has sending held to `CPU_SHARE` of a core."""
-        fast = events > FAST_RATE * (began - self._began_at)
-        gap = max(SEND_INTERVAL_S, min(spent / CPU_SHARE, MAX_GATHER_S)) if fast else SEND_INTERVAL_S
-        self._next_pass_at, self._began_at = began + gap, began
+    def _pace(self, began: float, cpu: float, process: float, events: int) -> None:
+        """When the next pass may start, given when this one began (wall, this thread's CPU, the
+        process's CPU). A run logging at a live rate (a few events a second, jitter included) gets the
+        next pass `SEND_INTERVAL_S` after this one, so each event is live; so does a process that is
+        not computing. A training loop logging faster than `FAST_RATE` has sending held to
+        `CPU_SHARE` of a core."""
+        since = began - self._began_at
+        training = (process - self._process_at) - (cpu - self._cpu_at)  # the other threads' CPU
+        gap = SEND_INTERVAL_S
+        if events > FAST_RATE * since and training > BUSY * since:
+            gap = max(SEND_INTERVAL_S, min((time.thread_time() - cpu) / CPU_SHARE, MAX_GATHER_S))
+        self._next_pass_at = began + gap
+        self._began_at, self._cpu_at, self._process_at = began, cpu, process
 
     def put_marker(self, marker: Flush | object) -> None:
         """Queue a `Flush` or `CLOSE`, and cut short the wait for the next pass: finish() is prompt."""
