@@ -2,8 +2,8 @@
 
 Batching is adaptive, not timed (DESIGN.md): each pass takes everything queued since the last one
 (one event at low rate, thousands under load), so "live" costs no fixed flush delay. Passes start at
-most every `SEND_INTERVAL_S`, and later when the last pass cost more CPU than `CPU_SHARE` of that
-time allows, so a loop logging faster than that sends several steps per request. Values are
+most every `SEND_INTERVAL_S` (and, while training computes, later when the last pass cost more CPU
+than `CPU_SHARE` of that time allows), so a loop logging faster sends several steps per request. Values are
 cleaned here, off the training thread: tensors and numpy scalars become floats, NaN/Inf become the
 wire's markers. A batch that cannot be delivered goes to the spool, in order, and is replayed with
 backoff; each event carries a per-run `seq`, so a batch sent twice is stored once. A run that has
