@@ -110,7 +110,6 @@ def main() -> None:
         trainer.fit()
         seconds = time.perf_counter() - started - flush[0]  # the loop; the final flush is told apart
         cpu_s = time.process_time() - cpu  # every thread of this process: training, and the SDK's sender
-
         persisted = 0
         if args.variant == "trainpilot":
             params = {"run_id": run.id, "keys": "train/loss", "max_points": 2}

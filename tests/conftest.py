@@ -28,7 +28,7 @@ from starlette.testclient import TestClient, WebSocketTestSession
 
 from trainpilot.client.sse import ServerEvent, parse
 from trainpilot.server.app import create_app
-from trainpilot.server.runner import free_port
+from trainpilot.server.runner import ServerThread, free_port
 from trainpilot.settings import Settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -165,6 +165,15 @@ def app_socket(
     url = APP_URL.replace("http://", "ws://") + "/api/ws" + query
     with client.websocket_connect(url, headers=dict(headers or {})) as session:
         yield AppSocket(session)
+
+
+@pytest.fixture(scope="module")
+def threaded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """A real server (uvicorn on a socket) on a thread of this process, so a test can see its broker."""
+    data = tmp_path_factory.mktemp("threaded")
+    server = ServerThread(Settings(port=free_port(), data_dir=str(data), log_level="warning")).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -487,6 +487,13 @@ def test_steps_logged_faster_than_the_send_interval_share_requests(
     assert len(batches) <= 15, batches
 
 
+def compute(seconds: float) -> None:
+    """Spend `seconds` of this thread's CPU, as a training step or a costly request does."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
 def test_a_fast_loop_has_sending_held_to_its_cpu_share_and_a_quiet_run_each_event_at_once(
     shared_server: LiveServer, tmp_path: Path
 ) -> None:
@@ -502,9 +509,7 @@ def test_a_fast_loop_has_sending_held_to_its_cpu_share_and_a_quiet_run_each_even
     send = run._sender.transport.send
 
     def costly(run_id: str, events: list[dict[str, Any]]) -> None:
-        spin_until = time.thread_time() + 0.002  # 2 ms of this thread's CPU: a slow machine's request
-        while time.thread_time() < spin_until:
-            pass
+        compute(0.002)  # a slow machine's request
         send(run_id, events)
         if metrics := sum(1 for e in events if e["kind"] == "metrics"):
             batches.append(metrics)
@@ -513,9 +518,7 @@ def test_a_fast_loop_has_sending_held_to_its_cpu_share_and_a_quiet_run_each_even
     started = time.monotonic()
     for step in range(300):  # 2-ms steps of computing for about 0.6 s
         run.log({"loss": 1.0 / (step + 1)}, step=step)
-        spin_until = time.thread_time() + 0.002
-        while time.thread_time() < spin_until:
-            pass
+        compute(0.002)
     elapsed = time.monotonic() - started
     run.flush(timeout=30)
     fast = list(batches)

@@ -19,6 +19,7 @@ from tests.conftest import (
 )
 from trainpilot.client.sse import parse
 from trainpilot.server.params import parse_filter
+from trainpilot.server.runner import ServerThread
 
 
 def test_live_events_are_named_by_kind_with_the_event_id(shared_server: LiveServer) -> None:
@@ -205,19 +206,22 @@ def test_subscribers_asking_the_same_filter_share_one_copy_of_it() -> None:
 
 
 def test_live_events_written_straight_to_the_socket_arrive_whole_in_chunks_of_every_size(
-    shared_server: LiveServer,
+    threaded_server: ServerThread,
 ) -> None:
     """On uvicorn the broker writes each SSE message as one HTTP chunk to every socket itself (no ASGI
     send): chunk sizes from two to five hex digits must reach a standard client intact, twice over."""
     texts = ["é" * (size // 2) for size in (10, 1_000, 70_000)]  # chunk sizes count bytes: 2 bytes each
-    with shared_server.client() as client:
+    stats = threaded_server.hub.broker.stats
+    with httpx.Client(base_url=threaded_server.url, timeout=10) as client:
         create_run(client, "sse-chunks")
         params = {"run_id": "sse-chunks", "kinds": "log"}
-        readers = [collect_in_background(shared_server.url, params, count=3) for _ in range(2)]
+        readers = [collect_in_background(threaded_server.url, params, count=3) for _ in range(2)]
         wait_for_subscribers(client, 2)
+        direct = stats["direct"]
         for seq, text in enumerate(texts):
             event = {"seq": seq, "kind": "log", "data": {"text": text}}
             client.post("/api/runs/sse-chunks/events", json={"events": [event]})
         for thread, received in readers:
             thread.join(20)
             assert [e.data["data"]["text"] for e in received] == texts  # type: ignore[index]
+    assert stats["direct"] - direct >= 2  # each reader's events, coalesced or not, past the ASGI send

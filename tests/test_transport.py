@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -77,18 +79,26 @@ def error_answer(status: int, code: str, message: str) -> bytes:
     return head.encode() + b"\r\n" + body
 
 
-def answered(answer: bytes) -> TransportError:
-    """The error an HTTP transport raises for a batch the server answers with `answer`."""
+@contextlib.contextmanager
+def answering(answer: bytes) -> Iterator[HttpTransport]:
+    """An HTTP transport to a server that answers its one request with `answer`, whatever it was."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         server = threading.Thread(target=one_answer_per_connection, args=(listener, [], 1, answer))
         server.start()
         transport = HttpTransport(f"http://127.0.0.1:{listener.getsockname()[1]}")
-        with pytest.raises(TransportError) as caught:
-            transport.send("r-404", [])
-        transport.close()
-        server.join(10)
+        try:
+            yield transport
+        finally:
+            transport.close()
+            server.join(10)
+
+
+def answered(answer: bytes) -> TransportError:
+    """The error an HTTP transport raises for a batch the server answers with `answer`."""
+    with answering(answer) as transport, pytest.raises(TransportError) as caught:
+        transport.send("r-404", [])
     return caught.value
 
 
@@ -116,16 +126,8 @@ def test_an_unknown_run_is_told_by_the_status_and_code_not_by_the_message(
 
 def body_of(answer: bytes) -> bytes:
     """What the HTTP transport reads as the body of `answer`, the server's whole reply to one POST."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        server = threading.Thread(target=one_answer_per_connection, args=(listener, [], 1, answer))
-        server.start()
-        transport = HttpTransport(f"http://127.0.0.1:{listener.getsockname()[1]}")
-        body = transport._post("/api/runs", b"{}")
-        transport.close()
-        server.join(10)
-    return body
+    with answering(answer) as transport:
+        return transport._post("/api/runs", b"{}")
 
 
 @pytest.mark.parametrize(

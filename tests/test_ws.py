@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import AppSocket, Client, LiveServer, app_socket, create_run, in_process, metrics_batch
+from trainpilot.server.runner import ServerThread
 
 
 def unique(prefix: str) -> str:
@@ -380,16 +381,18 @@ def test_write_ops_need_the_token_on_a_token_server(
 
 @pytest.mark.parametrize("size", [10, 1_000, 70_000], ids=["short-frame", "16-bit-length", "64-bit-length"])
 def test_live_events_written_straight_to_the_socket_arrive_whole_at_every_frame_size(
-    shared_server: LiveServer, size: int
+    threaded_server: ServerThread, size: int
 ) -> None:
     """On uvicorn the broker frames a message once and writes it to each socket itself (no ASGI send):
     every length encoding of RFC 6455 must reach a standard client intact, to two subscribers."""
     run_id = unique("frames")
     text = "é" * (size // 2)  # two bytes each in UTF-8: the frame's length counts bytes, not characters
+    url = f"ws://127.0.0.1:{threaded_server.settings.port}/api/ws"
+    direct = threaded_server.hub.broker.stats["direct"]
     with (
-        shared_server.client() as client,
-        open_socket(shared_server) as one,
-        open_socket(shared_server) as two,
+        httpx.Client(base_url=threaded_server.url, timeout=10) as client,
+        connect(url, open_timeout=5) as one,
+        connect(url, open_timeout=5) as two,
     ):
         create_run(client, run_id)
         socks = [Socket(one), Socket(two)]
@@ -399,3 +402,4 @@ def test_live_events_written_straight_to_the_socket_arrive_whole_at_every_frame_
         ingest(client, run_id, {"events": [event]})
         for sock in socks:
             assert [e["data"]["text"] for e in sock.wait_events(1)] == [text]
+    assert threaded_server.hub.broker.stats["direct"] - direct == 2  # both past the ASGI send

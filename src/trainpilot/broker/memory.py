@@ -67,7 +67,8 @@ class MemoryBroker:
         self._subs: set[Subscriber] = set()
         self._scheduled = False
         self._heartbeat: asyncio.Task[None] | None = None
-        self.stats = {"published": 0, "writes": 0, "resyncs": 0, "handoffs": 0, "stalled": 0}
+        # writes: every write; direct: those that went straight to the transport (subscriber.direct)
+        self.stats = {"published": 0, "writes": 0, "direct": 0, "resyncs": 0, "handoffs": 0, "stalled": 0}
 
     @property
     def head(self) -> int:
@@ -148,6 +149,7 @@ class MemoryBroker:
                 if frame is None:
                     frame = frames[key] = framed(message)
                 self.stats["writes"] += 1
+                self.stats["direct"] += 1
                 try:
                     sub.direct.transport.write(frame)
                 except Exception:  # the connection went between the check and the write

@@ -36,7 +36,7 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    """One keep-alive connection (http1.py: a third of `http.client`'s CPU per batch, which is
+    """One keep-alive connection (http1.py: under half of `http.client`'s CPU per batch, which is
     itself a third of httpx's; `python bench/transport_cost.py`). The sender posts from a background
     thread of the training process, so what a request costs that process is taken from training
     (bench case 2)."""
@@ -63,7 +63,7 @@ class HttpTransport:
                     self._conn = Connection(
                         self._host, self._port, self._https, CONNECT_TIMEOUT_S, self._timeout
                     )
-                status, body, will_close = self._conn.request("POST", target, headers, content)
+                status, body, will_close = self._conn.post(target, headers, content)
                 if will_close:
                     self.close()
                 return status, body
