@@ -443,3 +443,41 @@ def test_touch_keeps_each_runs_latest_contact(make_store: Callable[[], Store]) -
         await s.close()
 
     run(body())
+
+
+def test_sqlite_rows_of_every_statement_size_are_stored_and_checkpointed_off_the_writer(
+    tmp_path: Path,
+) -> None:
+    """Batches of 1 to 2,500 events (multi-row statements of every power of two, past the largest) keep
+    each point; the WAL is checkpointed by the store's checkpoint thread, and a process opening the
+    file afterwards reads every row."""
+    from trainpilot.store.sqlite import SQLiteStore
+
+    path = str(tmp_path / "t.db")
+
+    async def body() -> None:
+        s = SQLiteStore(path)
+        await s.open()
+        await s.create_run("a", "p", "a", {})
+        step = 0
+        for size in (1, 2, 3, 7, 64, 1023, 1024, 1025, 2500):
+            stored = await s.append(
+                [metrics("a", step + i, step + i, x=float(step + i), y=-1.0) for i in range(size)]
+            )
+            assert len(stored) == size
+            step += size
+        await asyncio.sleep(0.5)  # two rounds of the checkpoint thread
+        assert s._checkpoints is not None and s._checkpoints.stats["checkpoints"] >= 1
+        assert s._checkpoints.stats["pages"] > 0
+        assert (await s.current("a"))["x"].value == float(step - 1)
+        await s.close()
+
+    run(body())
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*), count(DISTINCT step), sum(value) FROM points").fetchone() == (
+        2 * 5649,
+        5649,
+        sum(range(5649)) - 5649.0,
+    )
+    assert conn.execute("SELECT count(*) FROM events WHERE kind = 'metrics'").fetchone() == (5649,)
+    conn.close()

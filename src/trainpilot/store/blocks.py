@@ -27,6 +27,7 @@ from typing import Any
 
 from trainpilot.downsample import ordered
 from trainpilot.events import Point
+from trainpilot.store.statements import insert_rows
 
 log = logging.getLogger("trainpilot.store")
 
@@ -48,7 +49,7 @@ SELECT ?1, ?2, l.n, l.value, l.step, l.event_id, l.ts, h.value, h.step, h.event_
     (SELECT count(*) AS n, min(value) AS value, step, event_id, ts {_IN_BLOCK}) AS l,
     (SELECT max(value) AS value, step, event_id, ts {_IN_BLOCK}) AS h"""
 
-WRITE_SQL = f"INSERT OR REPLACE INTO point_blocks VALUES({','.join('?' * 11)})"
+WRITE_HEAD = "INSERT OR REPLACE INTO point_blocks"  # 11 columns; a block written twice: the last row wins
 
 
 # One bucket in one statement: the lowest and highest point (two rows, each with its part's count
@@ -117,7 +118,7 @@ class Summaries:
     def write(self, conn: sqlite3.Connection) -> None:
         """The blocks the transaction left, before it commits (recomputed ones last: they win)."""
         if self._done:
-            conn.executemany(WRITE_SQL, self._done)
+            insert_rows(conn, WRITE_HEAD, 11, self._done)
             self._done.clear()
         if self._stale:
             refresh(conn, self._stale)

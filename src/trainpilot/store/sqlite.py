@@ -30,8 +30,9 @@ import orjson
 from trainpilot.downsample import bucket_width
 from trainpilot.events import Event, NewEvent, Point, Run
 from trainpilot.exceptions import NotFound, StoreUnavailable
-from trainpilot.store import RUN_COLUMNS, CommitListener, Series, blocks, notify, step_range
+from trainpilot.store import RUN_COLUMNS, CommitListener, Series, blocks, checkpoints, notify, step_range
 from trainpilot.store.run_state import apply_to_run
+from trainpilot.store.statements import insert_rows
 
 log = logging.getLogger("trainpilot.store")
 SCHEMA = """
@@ -61,6 +62,10 @@ CREATE TABLE IF NOT EXISTS latest(
 # events_run_seq; without it a new run's first batch scanned every stored event on the writer
 # thread, stalling every run's commits for longer the bigger the database (bench case 3).
 MAX_SEQ_SQL = "SELECT max(seq) FROM events WHERE run_id=? AND seq IS NOT NULL"
+LATEST_UPSERT = (
+    " ON CONFLICT(key_id) DO UPDATE SET "
+    "step=excluded.step, event_id=excluded.event_id, value=excluded.value, ts=excluded.ts"
+)
 TOUCH_SQL = (
     "INSERT INTO run_contact VALUES(?, ?) "
     "ON CONFLICT(run_id) DO UPDATE SET heard_at = max(heard_at, excluded.heard_at)"
@@ -136,6 +141,7 @@ class SQLiteStore:
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._local = threading.local()
         self._writer: threading.Thread | None = None
+        self._checkpoints: checkpoints.Checkpointer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Owned by the writer thread once it runs.
         self._next_id = 1
@@ -157,6 +163,9 @@ class SQLiteStore:
         conn.executescript(SCHEMA)
         blocks.create(conn)
         self._load_state(conn)
+        conn.execute(f"PRAGMA wal_autocheckpoint={checkpoints.WRITER_AUTOCHECKPOINT}")
+        self._checkpoints = checkpoints.Checkpointer(lambda: _connect(self.path))
+        self._checkpoints.start()
         self._writer = threading.Thread(
             target=self._write_loop, args=(conn,), name="trainpilot-sqlite-writer", daemon=True
         )
@@ -172,6 +181,9 @@ class SQLiteStore:
         self._stale = False
 
     async def close(self) -> None:
+        if self._checkpoints is not None:
+            await asyncio.to_thread(self._checkpoints.stop)
+            self._checkpoints = None
         if self._writer is not None:
             self._jobs.put(None)
             await asyncio.to_thread(self._writer.join)
@@ -254,6 +266,8 @@ class SQLiteStore:
             self._summaries.write(conn)
             conn.execute("COMMIT")
             self._last_error = None
+            if self._checkpoints is not None:
+                self._checkpoints.committed()
         except Exception as exc:  # the writer thread must survive anything, or every write hangs
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -334,14 +348,10 @@ class SQLiteStore:
                     if value > part[7] or (value == part[7] and step < part[8]):
                         part[7:11] = value, step, next_id, ts
             next_id += 1
-        conn.executemany("INSERT INTO events VALUES(?,?,?,?,?,?,?)", event_rows)
+        insert_rows(conn, "INSERT INTO events", 7, event_rows)
         if point_rows:
-            conn.executemany("INSERT INTO points VALUES(?,?,?,?,?)", point_rows)
-            conn.executemany(
-                "INSERT INTO latest VALUES(?,?,?,?,?) ON CONFLICT(key_id) DO UPDATE SET "
-                "step=excluded.step, event_id=excluded.event_id, value=excluded.value, ts=excluded.ts",
-                latest.values(),
-            )
+            insert_rows(conn, "INSERT INTO points", 5, point_rows)
+            insert_rows(conn, "INSERT INTO latest", 5, list(latest.values()), LATEST_UPSERT)
         self._next_id = next_id
         return stored
 
