@@ -25,7 +25,7 @@ def test_a_server_that_saw_many_runs_holds_state_only_for_the_live_ones(tmp_path
         return {
             "heard": len(hub.heard),
             "touched": len(hub.touched),
-            "analysed": len(analysis.analyzer.runs),
+            "analysed": len(analysis.live),
             "replaying": len(analysis.replaying),
         }
 

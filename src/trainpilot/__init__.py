@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from trainpilot.exceptions import (
     ConfigError,
     Conflict,
@@ -17,8 +19,20 @@ from trainpilot.exceptions import (
     TrainpilotError,
     TransportError,
 )
-from trainpilot.sdk.run import Run, init
 from trainpilot.version import __version__
+
+if TYPE_CHECKING:
+    from trainpilot.sdk.run import Run, init
+
+
+def __getattr__(name: str) -> Any:
+    """`init` and `Run` load the SDK on first use, so the server's analysis process does not."""
+    if name in ("Run", "init"):
+        from trainpilot.sdk import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'trainpilot' has no attribute {name!r}")
+
 
 __all__ = [
     "ConfigError",

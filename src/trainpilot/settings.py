@@ -41,6 +41,7 @@ class Settings:
     heartbeat_s: float = 15.0
     stall_timeout_s: float = 30.0  # a subscriber whose socket takes nothing for this long is dropped
     run_timeout_s: float = 60.0  # a live run not heard from for this long is marked lost
+    analysis: str = "process"  # where the live detectors run: "process" (their own) or "inline"
     max_body_bytes: int = 32 * 2**20
     llm_url: str = ""  # an OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1 (Ollama)
     llm_model: str = ""
@@ -101,6 +102,8 @@ class Settings:
                 )
         if self.broker.split(":", 1)[0] in ("redis", "rediss"):
             check("redis", "redis", "the redis broker")
+        if self.analysis not in ("process", "inline"):
+            raise ConfigError(f"TRAINPILOT_ANALYSIS must be process or inline, got {self.analysis!r}")
         if self.alert_severity not in ALERT_SEVERITIES:
             raise ConfigError(
                 f"--alert-severity (TRAINPILOT_ALERT_SEVERITY) must be warning or critical, "

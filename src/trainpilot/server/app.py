@@ -25,6 +25,7 @@ from trainpilot.broker import open_broker
 from trainpilot.events import Event
 from trainpilot.server import auth, errors, media, rest, sse, system, ws
 from trainpilot.server.alerts import Alerts
+from trainpilot.server.analysts import open_analyst
 from trainpilot.server.assistant import MCP_PATH, LazyMCP
 from trainpilot.server.explain import Explainer
 from trainpilot.server.guard import Guard, refuse, split_list
@@ -99,6 +100,7 @@ def create_app(settings: Settings) -> Dispatcher:
             hub.alerts.start()
         if hub.advisors.explains:
             hub.analysis.explainer = Explainer(hub.advisors, store)
+        hub.analysis.analyst = await open_analyst(settings.analysis)
         api.state.hub = hub
         api.state.registry = system.registry(hub)
         await hub.load_lost()
@@ -110,6 +112,7 @@ def create_app(settings: Settings) -> Dispatcher:
             watchdog.cancel()
             await hub.alerts.close()
             await hub.advisors.close()
+            await hub.analysis.analyst.close()
             await broker.close()
             await store.close()
 
