@@ -59,10 +59,14 @@ class Filter:
         return self.keys is not None
 
 
-# uvicorn's objects behind an ASGI `send` that the broker may write frames to itself, by class and module.
+# uvicorn's objects behind an ASGI `send` that the broker may write frames to itself, by class and module
+# (server/wsprotocol.py's class is uvicorn's sans-I/O protocol with lighter containers).
 DIRECT = {
-    "ws": ("WebSocketsSansIOProtocol", "uvicorn.protocols.websockets.websockets_sansio_impl"),
-    "sse": ("RequestResponseCycle", "uvicorn.protocols.http.httptools_impl"),
+    "ws": {
+        ("WebSocketsSansIOProtocol", "uvicorn.protocols.websockets.websockets_sansio_impl"),
+        ("LeanWebSocketProtocol", "trainpilot.server.wsprotocol"),
+    },
+    "sse": {("RequestResponseCycle", "uvicorn.protocols.http.httptools_impl")},
 }
 
 
@@ -71,7 +75,7 @@ def direct(send: Send, fmt: Format) -> Any:
     or None: another server, or a `send` wrapped by a middleware, is written the ASGI way."""
     owner = getattr(send, "__self__", None)
     kind = type(owner)
-    return owner if (kind.__name__, kind.__module__) == DIRECT[fmt] else None
+    return owner if (kind.__name__, kind.__module__) in DIRECT[fmt] else None
 
 
 def writable(fmt: Format, owner: Any) -> bool:

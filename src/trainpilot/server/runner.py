@@ -19,6 +19,7 @@ import uvicorn
 
 from trainpilot.server.app import Dispatcher, create_app
 from trainpilot.server.hub import Hub
+from trainpilot.server.wsprotocol import LeanWebSocketProtocol
 from trainpilot.settings import Settings
 
 log = logging.getLogger("trainpilot.server")
@@ -61,7 +62,7 @@ def uvicorn_config(settings: Settings, app: Any, **extra: Any) -> uvicorn.Config
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
         lifespan="on",
-        ws="websockets-sansio",
+        ws=LeanWebSocketProtocol,  # uvicorn's websockets-sansio, holding less per connection
         timeout_graceful_shutdown=3,
         **extra,
     )
