@@ -7,6 +7,7 @@ import asyncio
 import math
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from tests.conftest import wait_until
 from trainpilot.events import NewEvent
 from trainpilot.exceptions import ConfigError
+from trainpilot.server import analysts
 from trainpilot.server.analysts import AnalystLost, InlineAnalyst, ProcessAnalyst, Row
 from trainpilot.server.runner import ServerThread, free_port
 from trainpilot.settings import Settings
@@ -75,6 +77,40 @@ def test_a_child_that_dies_fails_what_waits_on_it_and_another_takes_its_place() 
             assert child.stats == {"started": 2, "lost": 1}
             with pytest.raises(AnalystLost, match="must be started"):  # it knows nothing of the old runs
                 await child.feed("a", [(1, 1.0, {"loss": 1.0})])
+        finally:
+            await child.close()
+
+    run(body)
+
+
+def test_a_child_that_stops_reading_holds_ingest_back_boundedly_then_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A detector that never returns: requests queue up to the write-ahead bound, the next `ready()`
+    waits STUCK_S for the child to read, then kills it and another one starts."""
+    monkeypatch.setattr(analysts, "STUCK_S", 0.5)
+
+    async def body() -> None:
+        child = await ProcessAnalyst.open()
+        try:
+            assert child.process is not None
+            child.start("a", {})
+            os.kill(child.process.pid, signal.SIGSTOP)  # reads nothing from here on
+            rows: list[Row] = [(s, float(s), {f"m{k}": 1.0 for k in range(64)}) for s in range(1000)]
+            waiting = []
+            while child.process.stdin.transport.get_write_buffer_size() <= analysts.WRITE_AHEAD_BYTES:
+                waiting.append(child.feed("a", rows))
+            started = time.monotonic()
+            await child.ready()
+            assert 0.4 < time.monotonic() - started < 5
+            for done in waiting:
+                with pytest.raises(AnalystLost):
+                    await done
+            for _ in range(300):
+                if child.stats["started"] == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert child.stats == {"started": 2, "lost": 1}
         finally:
             await child.close()
 

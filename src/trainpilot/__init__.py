@@ -34,6 +34,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'trainpilot' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
     "ConfigError",
     "Conflict",

@@ -31,6 +31,7 @@ Row = tuple[int, float, dict[str, Any]]  # a stored metrics event: step, ts, its
 WRITE_AHEAD_BYTES = 8 * 2**20  # requests queued for the child before ingest waits for it to catch up
 ANSWER_LINE_BYTES = 64 * 2**20  # the longest answer read back (a replayed page's findings)
 RESTART_S = 1.0  # a child that died is started again after this
+STUCK_S = 10.0  # a child with a full input that reads nothing for this long is killed
 
 
 class AnalystLost(Exception):
@@ -161,12 +162,18 @@ class ProcessAnalyst:
         self._send(["forget", run_id, None])
 
     async def ready(self) -> None:
+        """Wait while `WRITE_AHEAD_BYTES` are queued for the child; a child that read nothing for
+        `STUCK_S` (a detector that never returns) is killed, and replaced as one that died."""
         process = self.process
-        if process is not None and process.stdin is not None and not process.stdin.is_closing():
-            try:
-                await process.stdin.drain()
-            except (ConnectionError, BrokenPipeError):
-                pass  # the child died: its reader fails what waits and starts another
+        if process is None or process.stdin is None or process.stdin.is_closing():
+            return
+        try:
+            await asyncio.wait_for(process.stdin.drain(), STUCK_S)
+        except TimeoutError:
+            log.warning("analysis: the analysis process read nothing for %g s; restarting it", STUCK_S)
+            process.kill()
+        except ConnectionError:
+            pass  # the child died: its reader fails what waits and starts another
 
     async def _answers(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
