@@ -208,9 +208,9 @@ def verdicts(result: dict[str, Any]) -> list[str]:
 
     torch_free = "torch" not in imp["heavy_modules"]
     return [
-        f"`import trainpilot` {imp['import_ms']:.0f} ms (target <= {TARGET_IMPORT_MS:.0f} ms): "
+        f"`{IMPORT}` {imp['import_ms']:.0f} ms (target <= {TARGET_IMPORT_MS:.0f} ms): "
         f"{met(imp['import_ms'] <= TARGET_IMPORT_MS)}",
-        f"torch not imported by `import trainpilot`: {met(torch_free)}",
+        f"torch not imported by `{IMPORT}`: {met(torch_free)}",
         f"idle server RSS {quiet['rss_mb']:.1f} MB (target <= {TARGET_IDLE_RSS_MB:.0f} MB): "
         f"{met(quiet['rss_mb'] <= TARGET_IDLE_RSS_MB)}",
         f"idle server CPU {quiet['cpu_percent']:.2f} % (target < {TARGET_IDLE_CPU:.0f} %): "
@@ -255,8 +255,14 @@ def section(result: dict[str, Any]) -> list[str]:
         f"| {load['epochs']} epoch(s) of the demo's model in {load['run_s']:.1f} s: {load['loss_points']:,} "
         f"loss points persisted, last step {load['last_step']}, run {load['status']} |",
         "",
-        f"RSS and CPU are the server's and its analysis process's together ({quiet['processes']} processes; "
-        f"the server's own RSS idle: {quiet['server_process_rss_mb']:.1f} MB). "
+        *(
+            [
+                f"RSS and CPU are the server's and its analysis process's together ({quiet['processes']} "
+                f"processes; the server's own RSS idle: {quiet['server_process_rss_mb']:.1f} MB). "
+            ]
+            if "processes" in quiet
+            else []
+        ),
         f"Of the server's idle RSS, importing its modules alone reaches {quiet['server_modules_mb']:.1f} MB "
         f"({quiet['bare_mb']:.1f} MB for a bare interpreter); the MCP SDK, loaded on the first `/mcp` "
         f"request, would bring it to {quiet['with_mcp_mb']:.1f} MB.",

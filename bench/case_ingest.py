@@ -134,6 +134,7 @@ def drive(
     processes = [p for server in servers for p in (server, *server.children(recursive=True))]
     time.sleep(max(0.0, start - time.time()))
     cpu_before, wall_before = cpu_seconds(processes), time.time()
+    split_before = cpu_split(servers)
     psutil.cpu_percent(interval=None)  # the machine's, from here: other load shows in it
     results = []
     for w in workers:
@@ -143,6 +144,7 @@ def drive(
             raise RuntimeError(f"load process exited {w.returncode}")
         results.append(json.loads(line[len("RESULT ") :]))
     server_cpu_s = cpu_seconds(processes) - cpu_before
+    split = {k: v - split_before.get(k, 0.0) for k, v in cpu_split(servers).items()}
     server_cpu = server_cpu_s / (time.time() - wall_before)
     machine_cpu = psutil.cpu_percent(interval=None) * (os.cpu_count() or 1)
     window = max(r["last"] for r in results) - min(r["first"] for r in results)
@@ -164,11 +166,27 @@ def drive(
         "round_trip_ms": {k: v / 1000 for k, v in us.items()},
         "server_cpu_percent": round(100 * server_cpu, 1),
         "server_cpu_us_per_point": server_cpu_s / max(acked, 1) * 1e6,
+        "server_cpu_split_us_per_point": {k: v / max(acked, 1) * 1e6 for k, v in split.items()},
         "clients_cpu_percent": round(100 * sum(r["cpu_s"] for r in results) / max(window, 1e-9), 1),
         "machine_cpu_percent": round(machine_cpu, 1),
         "ran_out_of_batches": sum(r["exhausted"] for r in results),
         "errors": [e for r in results for e in r["errors"]][:5],
     }
+
+
+def cpu_split(servers: list[psutil.Process]) -> dict[str, float]:
+    """The servers' CPU seconds by where they ran: each one's main thread (trainpilot's event loop),
+    its other threads (the SQLite writer and checkpoints, worker threads) and its child processes
+    (trainpilot's analysis process). The first two share one GIL."""
+    split = {"main thread": 0.0, "other threads": 0.0, "child processes": 0.0}
+    for server in servers:
+        for thread in server.threads():
+            split["main thread" if thread.id == server.pid else "other threads"] += (
+                thread.user_time + thread.system_time
+            )
+        for child in server.children(recursive=True):
+            split["child processes"] += sum(child.cpu_times()[:2])
+    return split
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> float:
@@ -547,10 +565,44 @@ def section(result: dict[str, Any]) -> list[str]:
         "| --- | ---: | ---: |",
         *[f"| {k} | {v:.1f} | {v / METRICS:.2f} |" for k, v in stages_.items()],
     ]
+    lines += split_table(result)
     lines += ["", "Target (issue 10), checked against this run:", ""]
     lines += [f"- {v}" for v in verdicts(result)]
     lines += [f"- {v}" for v in against_peer(result["rows"])]
     lines += ["", *growth_plots(result["rows"]), ""]
+    return lines
+
+
+def split_table(result: dict[str, Any]) -> list[str]:
+    """Where the server's CPU went in the REST rows of 800-point batches: what bounds the rate."""
+    rows = [
+        r
+        for r in result["rows"]
+        if r["transport"] == "rest"
+        and r.get("points_per_batch") == 800
+        and "server_cpu_split_us_per_point" in r
+    ]
+    if not rows:
+        return []
+    names = list(rows[0]["server_cpu_split_us_per_point"])
+    lines = [
+        "",
+        "The server's CPU per point by where it ran, in the rows of 800-point batches (psutil, each "
+        "thread's and process's CPU over the row). The event loop (the main thread) and the store's "
+        "writer thread hold one GIL between them, so their sum bounds the rate one server reaches, "
+        "whatever the cores; the analysis process runs beside them, on another core:",
+        "",
+        "| runs | points/s | " + " | ".join(f"{n} µs / point" for n in names) + " | main + other threads |",
+        "| ---: | ---: | " + " | ".join("---:" for _ in names) + " | ---: |",
+    ]
+    for r in rows:
+        split = r["server_cpu_split_us_per_point"]
+        shared = split["main thread"] + split["other threads"]
+        lines.append(
+            f"| {r['runs']} | {r['points_per_s']:,.0f} | "
+            + " | ".join(f"{split[n]:.2f}" for n in names)
+            + f" | {shared:.2f} (at most {1e6 / shared:,.0f} points/s) |"
+        )
     return lines
 
 

@@ -56,6 +56,7 @@ def test_ingest_floors_persist_every_point(case: ModuleType, tmp_path: Path) -> 
     assert set(case.stages(10, rounds=1)) == {
         "parse JSON",
         "validate (wire.decode_batch)",
-        "live analysis (Analyzer.observe)",
+        "hand the metrics to the analysis process (one JSON line)",
+        "live analysis, in that process (Analyzer.observe)",
         "encode for subscribers (once per event)",
     }

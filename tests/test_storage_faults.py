@@ -40,8 +40,13 @@ def test_a_full_disk_makes_writes_503_and_health_unhealthy_and_a_restart_recover
                 "/api/metrics/history", params={"run_id": "full", "keys": "train/loss", "max_points": 10}
             )
             assert history.json()["series"]["train/loss"]["total"] == acknowledged
+            # Still full: refused, not half-stored; or stored whole, where the store's checkpoint thread
+            # has since moved the WAL into the database file (below the limit) and the WAL's space is reused.
             again = client.post("/api/runs/full/events", json=metrics_batch(acknowledged, 500))
-            assert again.status_code == 503  # still full: refused, not half-stored
+            assert again.status_code in (200, 503)
+            if again.status_code == 200:
+                assert again.json()["stored"] == 500
+                acknowledged += 500
     finally:
         live.stop()
     assert acknowledged > 1000

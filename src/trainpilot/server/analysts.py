@@ -167,6 +167,8 @@ class ProcessAnalyst:
         process = self.process
         if process is None or process.stdin is None or process.stdin.is_closing():
             return
+        if process.stdin.transport.get_write_buffer_size() <= WRITE_AHEAD_BYTES:
+            return  # the usual case, at no more cost than this check
         try:
             await asyncio.wait_for(process.stdin.drain(), STUCK_S)
         except TimeoutError:

@@ -143,6 +143,7 @@ async def websocket(hub: Hub, scope: Scope, receive: Receive, send: Send) -> Non
         return
     await send({"type": "websocket.accept"})
     conn = Connection(hub, scope, send)
+    scope["headers"] = []  # read (Origin, Host, the token): not kept for the socket's hours of life
     try:
         while True:
             message = await receive()
