@@ -156,3 +156,26 @@ def test_a_server_whose_analysis_process_died_still_stores_each_finding_once(tmp
 def test_where_the_detectors_run_is_checked() -> None:
     with pytest.raises(ConfigError, match="process or inline"):
         Settings(analysis="thread").check()
+
+
+def test_where_no_child_can_start_the_detectors_run_in_the_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(analysts.sys, "executable", str(tmp_path / "no-such-python"))
+
+    async def body() -> None:
+        assert isinstance(await analysts.open_analyst("process"), InlineAnalyst)
+
+    run(body)
+    monkeypatch.undo()
+    server = ServerThread(Settings(port=free_port(), data_dir=str(tmp_path), analysis="inline")).start()
+    try:
+        assert isinstance(server.hub.analysis.analyst, InlineAnalyst)
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.post("/api/runs", json={"id": "r"}).status_code == 201
+            events = [{"seq": s, "step": s, "data": {"loss": "nan" if s == 3 else 1.0}} for s in range(5)]
+            assert client.post("/api/runs/r/events", json={"events": events}).status_code == 200
+            insights = client.get("/api/runs/r/insights").json()["insights"]  # stored before the answer
+            assert [(i["kind"], i["step"]) for i in insights] == [("nan_inf", 3)]
+    finally:
+        server.stop()

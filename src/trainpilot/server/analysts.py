@@ -216,6 +216,6 @@ async def open_analyst(kind: str) -> Analyst:
         return InlineAnalyst()
     try:
         return await ProcessAnalyst.open()
-    except OSError as exc:
+    except (OSError, RuntimeError, NotImplementedError) as exc:  # no executable; a loop without subprocesses
         log.warning("analysis: no analysis process (%s): the detectors run in the server's process", exc)
         return InlineAnalyst()
