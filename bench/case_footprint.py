@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import psutil
-from common import save
+from common import cpu_seconds, family, save
 from served import served
 
 IMPORT_REPEATS = 9
@@ -97,30 +97,20 @@ def import_rss() -> dict[str, float]:
     }
 
 
-def family(server: int) -> list[psutil.Process]:
-    """The server and its children (its analysis process): what the server costs is theirs together."""
-    process = psutil.Process(server)
-    return [process, *process.children(recursive=True)]
-
-
 def tree_rss_mb(processes: list[psutil.Process]) -> float:
     return float(sum(p.memory_info().rss for p in processes)) / 2**20
-
-
-def cpu_s(processes: list[psutil.Process]) -> float:
-    return float(sum(sum(p.cpu_times()[:2]) for p in processes))
 
 
 def idle(folder: str, seconds: float) -> dict[str, Any]:
     with served(folder) as (_, server):
         time.sleep(1.0)  # past the start-up work
         processes = family(server.pid)
-        before = cpu_s(processes)
+        before = cpu_seconds(processes)
         time.sleep(seconds)
         return {
             "seconds": seconds,
             "processes": len(processes),
-            "cpu_percent": 100 * (cpu_s(processes) - before) / seconds,
+            "cpu_percent": 100 * (cpu_seconds(processes) - before) / seconds,
             "rss_mb": tree_rss_mb(processes),
             "server_process_rss_mb": processes[0].memory_info().rss / 2**20,
             **import_rss(),
@@ -156,13 +146,13 @@ def demo(folder: str, epochs: int) -> dict[str, Any]:
             trainer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
             samples, peak_rss = [], 0.0  # (wall time, server CPU seconds)
             while trainer.poll() is None:
-                samples.append((time.time(), cpu_s(processes)))
+                samples.append((time.time(), cpu_seconds(processes)))
                 peak_rss = max(peak_rss, tree_rss_mb(processes))
                 time.sleep(0.1)
         if trainer.returncode != 0:
             raise RuntimeError(f"trainer: exit {trainer.returncode}: {errors.read_text()[-600:]}")
         time.sleep(0.3)
-        samples.append((time.time(), cpu_s(processes)))
+        samples.append((time.time(), cpu_seconds(processes)))
         run = httpx.get(url + "/api/runs", params={"project": "footprint"}).json()["runs"][0]
         params = {"run_id": run["id"], "keys": "train/loss", "max_points": 2}
         loss = httpx.get(url + "/api/metrics/history", params=params).json()["series"]["train/loss"]

@@ -31,7 +31,7 @@ import ingest_worker
 import orjson
 import plots
 import psutil
-from common import save, summary_us
+from common import cpu_seconds, family, save, summary_us
 from served import served
 
 from trainpilot.analysis import Analyzer
@@ -150,7 +150,7 @@ def drive(
         w.stdin.write(f"{start}\n")
         w.stdin.flush()
     servers = [psutil.Process(pid) for pid in pids]
-    processes = [p for server in servers for p in (server, *server.children(recursive=True))]
+    processes = [p for pid in pids for p in family(pid)]
     time.sleep(max(0.0, start - time.time()))
     cpu_before, wall_before = cpu_seconds(processes), time.time()
     split_before = cpu_split(servers)
@@ -206,10 +206,6 @@ def cpu_split(servers: list[psutil.Process]) -> dict[str, float]:
         for child in server.children(recursive=True):
             split["child processes"] += sum(child.cpu_times()[:2])
     return split
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
 def stored_points(db: str, run_ids: list[str]) -> int:

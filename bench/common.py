@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 RESULTS = Path(__file__).resolve().parent / "results"
 POSTGRES_URL = os.environ.get("TRAINPILOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -65,3 +67,15 @@ def postgres_schema() -> Iterator[str]:
             yield f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}options=-csearch_path%3D{schema}"
         finally:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def family(pid: int) -> list[psutil.Process]:
+    """A server and its children (trainpilot's analysis process, MLflow's workers): what the server
+    costs is theirs together."""
+    process = psutil.Process(pid)
+    return [process, *process.children(recursive=True)]
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU of the processes, every thread's."""
+    return float(sum(sum(p.cpu_times()[:2]) for p in processes))

@@ -1,10 +1,10 @@
 """Who runs the live detectors for LiveAnalysis: a child process (the default), or this process.
 
-The detectors are the largest CPU cost of ingest (docs/benchmarks.md, case 3's stage table: 14 µs of
-an 8-metric event's 40 on the event loop). In a child process (analysis/process.py) they run on
-another core, beside the event loop and the store's writer instead of taking turns with them under
-one GIL. The child gets each stored metrics event once, as JSON down a pipe, and answers what it
-found; the server stores that as insight events, as before.
+The detectors are the largest CPU cost of ingest (docs/benchmarks.md, case 3's stage table: 12.9 µs
+an 8-metric event, against 2.7 to validate it and 1.4 to encode it for subscribers). In a child
+process (analysis/process.py) they run on another core, beside the event loop and the store's
+writer instead of taking turns with them under one GIL. The child gets each stored metrics event
+once, as JSON down a pipe, and answers what it found; the server stores that as insight events.
 
 Both kinds keep the same contract: `start` and `forget` take effect in call order with `feed`,
 whose future holds the findings of its rows (or fails: the run's analysis is gone then, and the
