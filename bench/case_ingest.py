@@ -42,6 +42,7 @@ from trainpilot.server.analysts import metric_rows
 from trainpilot.server.hub import Hub
 from trainpilot.server.latency import quantile_bound_ms
 from trainpilot.settings import Settings
+from trainpilot.store import chunks
 from trainpilot.store.sqlite import SCHEMA, SQLiteStore, _connect
 from trainpilot.wire import decode_batch
 
@@ -212,7 +213,10 @@ def stored_points(db: str, run_ids: list[str]) -> int:
     """Points of these runs found in the database file, read beside the running server (WAL)."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         marks = ",".join("?" * len(run_ids))
-        sql = f"SELECT count(*) FROM points JOIN metric_keys k ON k.id = key_id WHERE k.run_id IN ({marks})"
+        sql = (
+            "SELECT coalesce(sum(count), 0) FROM point_chunks JOIN metric_keys k ON k.id = key_id "
+            f"WHERE k.run_id IN ({marks})"
+        )
         return int(conn.execute(sql, run_ids).fetchone()[0])
 
 
@@ -229,10 +233,12 @@ def rows(first: int, events: int, run_id: str = "floor") -> list[NewEvent]:
 
 
 def floor_sqlite(folder: str, events: int, batches: int) -> dict[str, Any]:
-    """Raw sqlite3: the same schema and pragmas, `executemany` of the event and point rows, one
-    transaction per batch: what SQLite itself costs here, with none of trainpilot's work."""
+    """Raw sqlite3: the same schema and pragmas, `executemany` of the event rows and of each metric's
+    chunk (its points packed, chunks.pack), one transaction per batch: what SQLite itself costs here,
+    with none of trainpilot's work."""
     conn = _connect(os.path.join(folder, "floor.db"))
     conn.executescript(SCHEMA)
+    conn.executescript(chunks.SCHEMA)
     conn.execute(
         "INSERT INTO metric_keys(id, run_id, name) VALUES " + ",".join(f"({i},'f','{i}')" for i in range(8))
     )
@@ -244,13 +250,18 @@ def floor_sqlite(folder: str, events: int, batches: int) -> dict[str, Any]:
             "INSERT INTO events VALUES(?,?,?,?,?,?,?)",
             [(e.seq + 1, e.run_id, e.seq, e.kind, e.ts, e.step, b"{}") for e in batch],
         )
+        flat: dict[tuple[int, int], list[Any]] = {}
+        for e in batch:
+            assert e.step is not None and e.seq is not None
+            for k, v in enumerate(e.data.values()):
+                flat.setdefault((k, e.step >> chunks.SHIFT), []).extend((e.step, e.seq + 1, v, e.ts))
         conn.executemany(
-            "INSERT INTO points VALUES(?,?,?,?,?)",
-            [(k, e.step, e.seq + 1, v, e.ts) for e in batch for k, v in enumerate(e.data.values())],
+            "INSERT INTO point_chunks VALUES(?,?,?,?)",
+            [(*where, *chunks.pack(f)) for where, f in flat.items()],
         )
         conn.execute("COMMIT")
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    persisted = conn.execute("SELECT count(*) FROM points").fetchone()[0]
+    persisted = conn.execute("SELECT sum(count) FROM point_chunks").fetchone()[0]
     conn.close()
     return floor_row("raw sqlite3 executemany (same schema)", events, batches, elapsed, cpu, persisted)
 

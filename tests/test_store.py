@@ -17,7 +17,7 @@ from trainpilot.events import Event, NewEvent
 from trainpilot.exceptions import NotFound, StoreUnavailable
 from trainpilot.server.runner import ServerThread, free_port
 from trainpilot.settings import Settings
-from trainpilot.store import Store, open_store
+from trainpilot.store import Store, chunks, open_store
 from trainpilot.store.sqlite import MAX_SEQ_SQL, SCHEMA, read_query
 
 
@@ -276,6 +276,58 @@ def test_a_database_made_before_block_summaries_gets_them_at_its_next_open(tmp_p
     run(body())
 
 
+ONE_ROW_A_POINT = """CREATE TABLE points(
+    key_id INTEGER NOT NULL, step INTEGER NOT NULL, event_id INTEGER NOT NULL,
+    value REAL NOT NULL, ts REAL NOT NULL, PRIMARY KEY(key_id, step, event_id)) WITHOUT ROWID"""
+
+
+@pytest.mark.parametrize("with_blocks", [True, False])
+def test_a_database_of_one_row_a_point_has_its_points_moved_into_chunks_at_its_next_open(
+    tmp_path: Path, with_blocks: bool
+) -> None:
+    """The layout before chunks (and the one before block summaries too): every point kept, each read
+    exactly as before, and the store writes on from there."""
+
+    async def body() -> None:
+        url = f"sqlite:///{tmp_path}/old.db"
+        s = open_store(url)
+        await s.open()
+        await s.create_run("a", "p", "a", {})
+        await long_tied_series(s)
+        expected = [(await s.history("a", ["loss"], max_points=budget))[0] for budget in (2, 150, 100_000)]
+        await s.close()
+        with sqlite3.connect(tmp_path / "old.db") as conn:
+            conn.execute(ONE_ROW_A_POINT)
+            for key_id, block in conn.execute("SELECT DISTINCT key_id, block FROM point_chunks").fetchall():
+                rows = conn.execute(
+                    "SELECT count, packed FROM point_chunks WHERE key_id=? AND block=? ORDER BY rowid",
+                    (key_id, block),
+                ).fetchall()
+                found = chunks.Block(rows)
+                conn.executemany(
+                    "INSERT INTO points VALUES(?,?,?,?,?)",
+                    [
+                        (key_id, *row)
+                        for row in zip(found.steps, found.ids, found.values, found.ts, strict=True)
+                    ],
+                )
+            conn.execute("DROP TABLE point_chunks")
+            if not with_blocks:
+                conn.execute("DROP TABLE point_blocks")
+        s = open_store(url)
+        await s.open()
+        got = [(await s.history("a", ["loss"], max_points=budget))[0] for budget in (2, 150, 100_000)]
+        assert got == expected and expected[2].total == 20_000
+        await s.append([metrics("a", 10_000, None, loss=-7.0)])
+        (after,) = await s.history("a", ["loss"], max_points=150)
+        assert after.total == 20_001 and after.points[-1].value == -7.0
+        await s.close()
+        with sqlite3.connect(tmp_path / "old.db") as conn:
+            assert conn.execute("SELECT 1 FROM sqlite_master WHERE name='points'").fetchone() is None
+
+    run(body())
+
+
 def test_history_after_a_restart_that_resumes_at_an_earlier_step_is_exact(tmp_path: Path) -> None:
     """The block a metric's latest point was in is summarised only once the metric leaves it: a store
     reopened (or killed) while a block was open, then fed from an earlier step, must still answer
@@ -474,7 +526,8 @@ def test_sqlite_rows_of_every_statement_size_are_stored_and_checkpointed_off_the
 
     run(body())
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT count(*), count(DISTINCT step), sum(value) FROM points").fetchone() == (
+    stored = chunks.Block(conn.execute("SELECT count, packed FROM point_chunks").fetchall())
+    assert (len(stored.steps), len(set(stored.steps)), sum(stored.values)) == (
         2 * 5649,
         5649,
         sum(range(5649)) - 5649.0,

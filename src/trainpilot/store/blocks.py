@@ -27,12 +27,11 @@ from typing import Any
 
 from trainpilot.downsample import ordered
 from trainpilot.events import Point
+from trainpilot.store import chunks
+from trainpilot.store.chunks import SHIFT, STEPS
 from trainpilot.store.statements import insert_rows
 
 log = logging.getLogger("trainpilot.store")
-
-SHIFT = 6
-STEPS = 1 << SHIFT
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS point_blocks(
@@ -41,26 +40,14 @@ CREATE TABLE IF NOT EXISTS point_blocks(
     high REAL NOT NULL, high_step INTEGER NOT NULL, high_event INTEGER NOT NULL, high_ts REAL NOT NULL,
     PRIMARY KEY(key_id, block)) WITHOUT ROWID;
 """
-_IN_BLOCK = "FROM points WHERE key_id=?1 AND step BETWEEN ?3 AND ?4"
-# One pass per extreme, no sort: with a single min() or max(), SQLite fills the bare columns from the
-# first row holding it in index order (step, event id), the earliest of equal values (as history's).
-REFRESH_SQL = f"""INSERT OR REPLACE INTO point_blocks
-SELECT ?1, ?2, l.n, l.value, l.step, l.event_id, l.ts, h.value, h.step, h.event_id, h.ts FROM
-    (SELECT count(*) AS n, min(value) AS value, step, event_id, ts {_IN_BLOCK}) AS l,
-    (SELECT max(value) AS value, step, event_id, ts {_IN_BLOCK}) AS h"""
-
 WRITE_HEAD = "INSERT OR REPLACE INTO point_blocks"  # 11 columns; a block written twice: the last row wins
 
 
-# One bucket in one statement: the lowest and highest point (two rows, each with its part's count
-# first: NULL or 0 for an empty part) of each of five parts in step order: the steps before its
-# first whole block, whole blocks, the open block's steps, whole blocks, the steps after its last
-# whole block. With a single min() or max() a statement's bare columns come from the first row
-# holding it: the earliest of equal values, as downsample() keeps.
-def _part(first: int, table: str) -> list[str]:
-    if table == "points":
-        where = f"FROM points WHERE key_id=?1 AND step BETWEEN ?{first} AND ?{first + 1}"
-        return [f"SELECT count(*), {f}(value), step, ts, event_id {where}" for f in ("min", "max")]
+# The whole blocks of a bucket in one statement: the lowest and highest summary (two rows, each with
+# the part's count first: NULL for an empty part) of the blocks before the open block and of those
+# after it. With a single min() or max() a statement's bare columns come from the first row holding
+# it, in block order: the earliest of equal values, as downsample() keeps.
+def _part(first: int) -> list[str]:
     where = f"FROM point_blocks WHERE key_id=?1 AND block BETWEEN ?{first} AND ?{first + 1}"
     return [
         f"SELECT sum(count), min(low), low_step, low_ts, low_event {where}",
@@ -68,9 +55,7 @@ def _part(first: int, table: str) -> list[str]:
     ]
 
 
-BUCKET_SQL = " UNION ALL ".join(
-    _part(2, "points") + _part(4, "blocks") + _part(6, "points") + _part(8, "blocks") + _part(10, "points")
-)
+WHOLE_SQL = " UNION ALL ".join(_part(2) + _part(4))
 EMPTY = (1, 0)
 
 
@@ -106,8 +91,7 @@ class Summaries:
                 self._stale.add((key_id, left[1]))
         top = self._top.get(key_id)
         if top is None:  # first seen by this process: what is stored decides
-            (highest,) = conn.execute("SELECT max(step) FROM points WHERE key_id=?", (key_id,)).fetchone()
-            top = -1 if highest is None else highest >> SHIFT
+            top = chunks.top_block(conn, key_id)
             latest = conn.execute("SELECT step FROM latest WHERE key_id=?", (key_id,)).fetchone()
             if latest is not None:  # its block was open, never summarised, when that point was stored
                 self._stale.add((key_id, latest[0] >> SHIFT))
@@ -134,7 +118,19 @@ class Summaries:
 
 def refresh(conn: sqlite3.Connection, touched: Iterable[tuple[int, int]]) -> None:
     """Recompute the summaries of the (key id, block) pairs given, from their points."""
-    conn.executemany(REFRESH_SQL, ((k, b, b << SHIFT, (b << SHIFT) + STEPS - 1) for k, b in touched))
+    rows = []
+    for key_id, block in touched:
+        for _, points in chunks.blocks(conn, key_id, block, block):
+            found = points.extremes(block << SHIFT, (block << SHIFT) + STEPS - 1)
+            if found is not None:
+                count, low, high = found
+                rows.append((key_id, block, count, *summary(low), *summary(high)))
+    insert_rows(conn, WRITE_HEAD, 11, rows)
+
+
+def summary(point: Point) -> tuple[float, int, int, float]:
+    """A point as point_blocks' columns hold it: value, step, event id, ts."""
+    return point.value, point.step, point.event_id, point.ts
 
 
 def create(conn: sqlite3.Connection) -> None:
@@ -143,7 +139,7 @@ def create(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
     if existed:
         return
-    touched = conn.execute(f"SELECT DISTINCT key_id, step >> {SHIFT} FROM points").fetchall()
+    touched = conn.execute("SELECT DISTINCT key_id, block FROM point_chunks").fetchall()
     if touched:
         log.info("store: summarising %d blocks of points for history reads (once)", len(touched))
         conn.execute("BEGIN IMMEDIATE")
@@ -168,34 +164,75 @@ class Extremes:
         if self.high is None or high.value > self.high.value:
             self.high = high
 
+    def take(self, block: chunks.Block | None, first: int, last: int) -> None:
+        """Steps first..last of a decoded block (None: a block with no points)."""
+        if block is not None and (found := block.extremes(first, last)) is not None:
+            self.add(*found)
+
+    def summaries(self, low: tuple[Any, ...], high: tuple[Any, ...]) -> None:
+        """Whole blocks' summaries: WHOLE_SQL's two rows of one part (count first, NULL for none)."""
+        if low[0]:
+            self.add(low[0], Point(low[2], low[1], low[3], low[4]), Point(high[2], high[1], high[3], high[4]))
+
     def points(self) -> tuple[Point, ...]:
         if self.low is None or self.high is None:
             return ()
         return ordered(self.low, self.high)
 
 
-def bucket(conn: sqlite3.Connection, key_id: int, first: int, last: int, open_block: int) -> Extremes:
-    """Steps first..last of a metric: its whole blocks from their summaries, the rest from points
-    (the open block, its latest point's, is summarised only once the metric leaves it)."""
+def extremes(
+    conn: sqlite3.Connection, key_id: int, first: int, last: int, width: int, open_block: int
+) -> tuple[list[Point], int]:
+    """Each `width`-step bucket's lowest and highest point from step `first` to `last`, in step order,
+    and how many points there are. A bucket's whole blocks come from their summaries, in one statement
+    a bucket; the blocks its two ends cut and the metric's open block (its latest point's, summarised
+    only once the metric leaves it) from their points, all read in one statement and each decoded
+    once (a block cut by a bucket's end is the next bucket's start)."""
+    spans = [(start, min(start + width - 1, last)) for start in range(first, last + 1, width)]
+    cut: set[int] = set()
+    for start, end in spans:
+        if (start + STEPS - 1) >> SHIFT > ((end + 1) >> SHIFT) - 1:  # no whole block
+            cut.update(range(start >> SHIFT, (end >> SHIFT) + 1))
+            continue
+        if start & (STEPS - 1):
+            cut.add(start >> SHIFT)
+        if (end + 1) & (STEPS - 1):
+            cut.add(end >> SHIFT)
+    if (first >> SHIFT) <= open_block <= (last >> SHIFT):
+        cut.add(open_block)
+    read = chunks.chosen(conn, key_id, sorted(cut))
+    points: list[Point] = []
+    total = 0
+    for start, end in spans:
+        found = bucket(conn, key_id, start, end, open_block, read)
+        total += found.count
+        points.extend(found.points())
+    return points, total
+
+
+def bucket(
+    conn: sqlite3.Connection,
+    key_id: int,
+    first: int,
+    last: int,
+    open_block: int,
+    read: dict[int, chunks.Block],
+) -> Extremes:
+    """Steps first..last of a metric: its whole blocks from their summaries, the rest from `read`,
+    its decoded blocks, in step order (the open block is summarised only once the metric leaves it)."""
     lo, hi = (first + STEPS - 1) >> SHIFT, ((last + 1) >> SHIFT) - 1
-    if lo > hi:  # no whole block: every step from the points
-        parts = ((first, last), EMPTY, EMPTY, EMPTY, EMPTY)
-    elif lo <= open_block <= hi:
-        opened = (open_block << SHIFT, ((open_block + 1) << SHIFT) - 1)
-        parts = (
-            (first, (lo << SHIFT) - 1),
-            (lo, open_block - 1),
-            opened,
-            (open_block + 1, hi),
-            ((hi + 1) << SHIFT, last),
-        )
-    else:
-        parts = ((first, (lo << SHIFT) - 1), (lo, hi), EMPTY, EMPTY, ((hi + 1) << SHIFT, last))
-    rows = conn.execute(BUCKET_SQL, (key_id, *itertools.chain.from_iterable(parts))).fetchall()
     found = Extremes()
-    for low, high in zip(rows[::2], rows[1::2], strict=True):
-        if low[0]:
-            found.add(
-                low[0], Point(low[2], low[1], low[3], low[4]), Point(high[2], high[1], high[3], high[4])
-            )
+    if lo > hi:  # no whole block: every step from the points
+        for block in range(first >> SHIFT, (last >> SHIFT) + 1):
+            found.take(read.get(block), first, last)
+        return found
+    opened = lo <= open_block <= hi
+    whole = ((lo, open_block - 1), (open_block + 1, hi)) if opened else ((lo, hi), EMPTY)
+    rows = conn.execute(WHOLE_SQL, (key_id, *itertools.chain.from_iterable(whole))).fetchall()
+    found.take(read.get(first >> SHIFT), first, (lo << SHIFT) - 1)
+    found.summaries(rows[0], rows[1])
+    if opened:
+        found.take(read.get(open_block), open_block << SHIFT, ((open_block + 1) << SHIFT) - 1)
+    found.summaries(rows[2], rows[3])
+    found.take(read.get(last >> SHIFT), (hi + 1) << SHIFT, last)
     return found

@@ -1,12 +1,13 @@
-"""The embedded SQLite store: WAL, one writer thread, group commit, a narrow points table.
+"""The embedded SQLite store: WAL, one writer thread, group commit, points in chunks.
 
 Writes from every request go through one queue to one writer thread, which drains whatever has
 queued and commits it as one transaction (group commit: one fsync-free commit covers many batches
 under load, a single batch costs one commit at low rate). One writer makes ids visible in id order.
 Readers use their own connections (WAL lets them run beside the writer) on worker threads.
 
-Metric values also go to ``points`` (clustered by metric, then step) so a history read touches only
-that metric's rows, and to ``latest`` so "current metrics" is one indexed read. A downsampled
+Metric values also go to ``point_chunks`` (chunks.py: one row per metric, 64-step block and
+transaction, its points packed) so a history read touches only that metric's blocks, and to
+``latest`` so "current metrics" is one indexed read. A downsampled
 history answer is kept until its metric gets a new point (``SeriesCache``): a repeated read is free;
 one not asked before reads the summaries of 64-step blocks (blocks.py) and the points of the partial
 blocks at each bucket's ends and of the metric's open block.
@@ -30,7 +31,16 @@ import orjson
 from trainpilot.downsample import bucket_width
 from trainpilot.events import Event, NewEvent, Point, Run
 from trainpilot.exceptions import NotFound, StoreUnavailable
-from trainpilot.store import RUN_COLUMNS, CommitListener, Series, blocks, checkpoints, notify, step_range
+from trainpilot.store import (
+    RUN_COLUMNS,
+    CommitListener,
+    Series,
+    blocks,
+    checkpoints,
+    chunks,
+    notify,
+    step_range,
+)
 from trainpilot.store.run_state import apply_to_run
 from trainpilot.store.statements import insert_rows
 
@@ -47,9 +57,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_run_seq ON events(run_id, seq) WHERE se
 CREATE INDEX IF NOT EXISTS events_run_id ON events(run_id, id);
 CREATE TABLE IF NOT EXISTS metric_keys(
     id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, name TEXT NOT NULL, UNIQUE(run_id, name));
-CREATE TABLE IF NOT EXISTS points(
-    key_id INTEGER NOT NULL, step INTEGER NOT NULL, event_id INTEGER NOT NULL,
-    value REAL NOT NULL, ts REAL NOT NULL, PRIMARY KEY(key_id, step, event_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS run_contact(run_id TEXT PRIMARY KEY, heard_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS latest(
     key_id INTEGER PRIMARY KEY, step INTEGER NOT NULL, event_id INTEGER NOT NULL,
@@ -62,10 +69,6 @@ CREATE TABLE IF NOT EXISTS latest(
 # events_run_seq; without it a new run's first batch scanned every stored event on the writer
 # thread, stalling every run's commits for longer the bigger the database (bench case 3).
 MAX_SEQ_SQL = "SELECT max(seq) FROM events WHERE run_id=? AND seq IS NOT NULL"
-LATEST_UPSERT = (
-    " ON CONFLICT(key_id) DO UPDATE SET "
-    "step=excluded.step, event_id=excluded.event_id, value=excluded.value, ts=excluded.ts"
-)
 TOUCH_SQL = (
     "INSERT INTO run_contact VALUES(?, ?) "
     "ON CONFLICT(run_id) DO UPDATE SET heard_at = max(heard_at, excluded.heard_at)"
@@ -152,6 +155,7 @@ class SQLiteStore:
         self._answers = SeriesCache()
         self._stale = False
         self._summaries = blocks.Summaries()  # each metric's open block, summarised as it is written
+        self._pending = chunks.Pending()  # the transaction's points, one open chunk per metric
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -161,6 +165,7 @@ class SQLiteStore:
         os.makedirs(parent, exist_ok=True)
         conn = _connect(self.path)
         conn.executescript(SCHEMA)
+        chunks.create(conn)
         blocks.create(conn)
         self._load_state(conn)
         conn.execute(f"PRAGMA wal_autocheckpoint={checkpoints.WRITER_AUTOCHECKPOINT}")
@@ -178,6 +183,7 @@ class SQLiteStore:
         self._max_seq = {}
         self._key_ids = {}
         self._summaries.reset()
+        self._pending.reset()
         self._stale = False
 
     async def close(self) -> None:
@@ -263,7 +269,8 @@ class SQLiteStore:
                 except NotFound as exc:
                     results.append((fut, None, exc))
             self._flush_runs(conn, committed)
-            self._summaries.write(conn)
+            self._pending.write(conn)
+            self._summaries.write(conn)  # after the points: a block recomputed reads them
             conn.execute("COMMIT")
             self._last_error = None
             if self._checkpoints is not None:
@@ -280,6 +287,7 @@ class SQLiteStore:
             committed = []
             self._stale = True
             self._summaries.reset()
+            self._pending.reset()
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._deliver, committed, results)
 
@@ -316,10 +324,10 @@ class SQLiteStore:
         fresh = self._drop_duplicates(conn, events)
         stored: list[Event] = []
         event_rows = []
-        point_rows = []
-        latest: dict[int, tuple[int, int, int, float, float]] = {}
         summaries = self._summaries
         opened = summaries.open
+        pending = self._pending
+        open_chunks = pending.open
         key_ids = self._key_ids
         next_id = self._next_id
         for e in fresh:
@@ -328,14 +336,15 @@ class SQLiteStore:
             event_rows.append((next_id, e.run_id, e.seq, e.kind, e.ts, e.step, orjson.dumps(e.data)))
             if e.kind == "metrics" and e.step is not None:
                 step, ts, run_id = e.step, e.ts, e.run_id
-                block = step >> blocks.SHIFT
+                block = step >> chunks.SHIFT
                 for key, value in e.data.items():
                     if value is None:
                         continue
                     key_id = key_ids.get((run_id, key)) or self._key_id(conn, run_id, key)
-                    row = (key_id, step, next_id, value, ts)
-                    point_rows.append(row)
-                    latest[key_id] = row
+                    chunk = open_chunks.get(key_id)
+                    if chunk is None or chunk[0] != block:
+                        chunk = pending.start(key_id, block)
+                    chunk[1].extend((step, next_id, value, ts))
                     # the open block's summary (blocks.Summaries' rule inline: this runs once per point on
                     # the ingest path; ids only grow here, so a tie is decided by the step)
                     part = opened.get(key_id)
@@ -349,9 +358,6 @@ class SQLiteStore:
                         part[7:11] = value, step, next_id, ts
             next_id += 1
         insert_rows(conn, "INSERT INTO events", 7, event_rows)
-        if point_rows:
-            insert_rows(conn, "INSERT INTO points", 5, point_rows)
-            insert_rows(conn, "INSERT INTO latest", 5, list(latest.values()), LATEST_UPSERT)
         self._next_id = next_id
         return stored
 
@@ -513,50 +519,25 @@ class SQLiteStore:
         version = -1 if stored is None else stored[0]
         if (answer := self._answers.get((key_id, lo, hi, max_points), version)) is not None:
             return answer
-        where = "FROM points WHERE key_id=? AND step BETWEEN ? AND ?"
-        # One row past the budget tells whether to downsample at all, without counting the range.
-        rows = conn.execute(
-            f"SELECT step, value, ts, event_id {where} ORDER BY step, event_id LIMIT ?",
-            (key_id, lo, hi, max_points + 1),
-        ).fetchall()
-        if len(rows) <= max_points:
-            return Series(key, [Point(*r) for r in rows], len(rows))
-        newest = Point(
-            *conn.execute(
-                f"SELECT step, value, ts, event_id {where} ORDER BY step DESC, event_id DESC LIMIT 1",
-                (key_id, lo, hi),
-            ).fetchone()
-        )
-        if max_points < 3:  # no room for a bucket's two extremes plus the latest: the ends, as downsample()
-            total = conn.execute(f"SELECT count(*) {where}", (key_id, lo, hi)).fetchone()[0]
-            ends = [Point(*rows[0]), newest]
-            return Series(key, ends if max_points == 2 else ends[1:], total)
+        # One point past the budget tells whether to downsample at all, without counting the range.
+        head = chunks.first_points(conn, key_id, lo, hi, max_points + 1)
+        if len(head) <= max_points:
+            return Series(key, head, len(head))
+        newest = chunks.last_point(conn, key_id, lo, hi)
+        assert newest is not None  # the range holds more than max_points points
         # the latest point's block is summarised only once the metric leaves it: read from its points
-        open_block = -1 if stored is None else stored[1] >> blocks.SHIFT
-        points, total = self._extremes(conn, key_id, rows[0][0], newest.step, max_points, open_block)
+        open_block = -1 if stored is None else stored[1] >> chunks.SHIFT
+        first = head[0].step
+        if max_points < 3:  # no room for a bucket's two extremes plus the latest: the ends, as downsample()
+            total = blocks.extremes(conn, key_id, first, newest.step, newest.step - first + 1, open_block)[1]
+            ends = [head[0], newest]
+            return Series(key, ends if max_points == 2 else ends[1:], total)
+        width = bucket_width(first, newest.step, max_points)
+        points, total = blocks.extremes(conn, key_id, first, newest.step, width, open_block)
         if points[-1].event_id != newest.event_id:
             points.append(newest)
         self._answers.put((key_id, lo, hi, max_points), version, Series(key, list(points), total))
         return Series(key, points, total)
-
-    @staticmethod
-    def _extremes(
-        conn: sqlite3.Connection, key_id: int, first: int, last: int, max_points: int, open_block: int
-    ) -> tuple[list[Point], int]:
-        """Each step bucket's lowest and highest point in step order, and how many points there are.
-
-        One statement per bucket (blocks.bucket): its whole 64-step blocks from their summaries, the
-        steps at its two ends and in the metric's open block from the points, SQLite filling the bare
-        columns from the row that holds the min() / max(). (A GROUP BY over the bucket number sorts the
-        whole range in a temporary B-tree first: measured 4x slower at 1M points.)"""
-        width = bucket_width(first, last, max_points)
-        points: list[Point] = []
-        total = 0
-        for start in range(first, last + 1, width):
-            bucket = blocks.bucket(conn, key_id, start, min(start + width - 1, last), open_block)
-            total += bucket.count
-            points.extend(bucket.points())
-        return points, total
 
     async def last_id(self) -> int:
         def query() -> int:
