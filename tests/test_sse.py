@@ -225,3 +225,27 @@ def test_live_events_written_straight_to_the_socket_arrive_whole_in_chunks_of_ev
             thread.join(20)
             assert [e.data["data"]["text"] for e in received] == texts  # type: ignore[index]
     assert stats["direct"] - direct >= 2  # each reader's events, coalesced or not, past the ASGI send
+
+
+def test_events_published_while_nobody_listened_reach_a_later_subscriber_from_the_ring_encoded_once(
+    threaded_server: ServerThread,
+) -> None:
+    """With no subscriber the broker keeps events unencoded; the first reader encodes them, the next
+    reads the same frames, with or without a filter, and every event arrives exactly as stored."""
+    broker = threaded_server.hub.broker
+    with httpx.Client(base_url=threaded_server.url, timeout=10) as client:
+        wait_until(lambda: sum(broker.counts().values()) == 0, what="no subscriber left")
+        create_run(client, "sse-later")
+        before = broker.stats["encoded_later"]
+        after = broker.head
+        stored = client.post("/api/runs/sse-later/events", json=metrics_batch(0, 50)).json()
+        assert stored["stored"] == 50
+        unfiltered = sse_events(threaded_server.url, {"after": str(after)}, count=50)
+        assert broker.stats["encoded_later"] - before >= 50  # from the ring, encoded at this first read
+        again = broker.stats["encoded_later"]
+        filtered = sse_events(threaded_server.url, {"after": str(after), "run_id": "sse-later"}, count=50)
+        assert broker.stats["encoded_later"] == again  # encoded once
+    for received in (unfiltered, filtered):
+        assert [e.data["step"] for e in received] == list(range(50))  # type: ignore[index]
+        assert [e.data["data"]["train/loss"] for e in received] == [1.0 / (i + 1) for i in range(50)]  # type: ignore[index]
+        assert [e.id for e in received] == list(range(after + 1, after + 51))

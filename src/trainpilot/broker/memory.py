@@ -1,6 +1,7 @@
 """The in-process broker: one shared ring of encoded frames, a cursor per subscriber.
 
-`publish` encodes each event once and appends it to the ring; one broadcaster pass then walks the
+`publish` encodes each event once and appends it to the ring (with no subscriber, at the first
+read of it instead); one broadcaster pass then walks the
 subscribers and writes to each everything from its cursor to the head as ONE message (under load
 many events coalesce into one write). Subscribers that share a filter and a cursor share the very
 same message object. A subscriber whose cursor falls off the ring's tail (it stopped reading while
@@ -33,6 +34,10 @@ from trainpilot.store import Store
 from trainpilot.wire import sse_comment
 
 Frame = tuple[Event, bytes, bytes]
+# A frame's bytes while no subscriber has needed them: events published with nobody subscribed (a
+# run trained with no dashboard open) are encoded only if someone reads them from the ring. Encoding
+# is 2.6 µs an event of 8 metrics, ad hoc: about a tenth of the server's CPU for an ingested point.
+LATER = b""
 REPLAY_PAGE = 500
 
 
@@ -62,13 +67,22 @@ class MemoryBroker:
         self._tasks: set[asyncio.Future[None]] = set()
         self._ids: list[int] = []
         self._frames: list[Frame] = []
-        self._bytes = 0
+        self._bytes = 0  # of the frames encoded
+        self._later = 0  # frames not encoded yet (LATER)
         self._floor = 0  # ids <= floor are no longer in the ring (or were never in it)
         self._subs: set[Subscriber] = set()
         self._scheduled = False
         self._heartbeat: asyncio.Task[None] | None = None
         # writes: every write; direct: those that went straight to the transport (subscriber.direct)
-        self.stats = {"published": 0, "writes": 0, "direct": 0, "resyncs": 0, "handoffs": 0, "stalled": 0}
+        self.stats = {
+            "published": 0,
+            "encoded_later": 0,  # published with no subscriber, encoded when one read them from the ring
+            "writes": 0,
+            "direct": 0,
+            "resyncs": 0,
+            "handoffs": 0,
+            "stalled": 0,
+        }
 
     @property
     def head(self) -> int:
@@ -98,11 +112,16 @@ class MemoryBroker:
     # -- publish: encode once, schedule one pass --------------------------------------------------
 
     def publish(self, events: list[Event]) -> None:
-        for event in events:
-            frame = encoded(event)
-            self._ids.append(event.id)
-            self._frames.append(frame)
-            self._bytes += _size(frame)
+        if self._subs:
+            for event in events:
+                frame = encoded(event)
+                self._ids.append(event.id)
+                self._frames.append(frame)
+                self._bytes += _size(frame)
+        else:  # nobody to send them to yet: encoded when a subscriber first reads them (_encode_from)
+            self._ids.extend(event.id for event in events)
+            self._frames.extend((event, LATER, LATER) for event in events)
+            self._later += len(events)
         self.stats["published"] += len(events)
         if len(self._ids) > self.ring_size or self._bytes > self.ring_bytes:
             self._trim()
@@ -119,8 +138,21 @@ class MemoryBroker:
             cut += 1
         if cut:
             self._bytes -= dropped
+            self._later -= sum(1 for f in self._frames[:cut] if f[1] is LATER) if self._later else 0
             self._floor = self._ids[cut - 1]
             del self._ids[:cut], self._frames[:cut]
+
+    def _encode_from(self, start: int) -> None:
+        """Encode the ring's frames from `start` on that were published while nobody subscribed."""
+        frames = self._frames
+        for i in range(start, len(frames)):
+            if frames[i][1] is LATER:
+                frame = frames[i] = encoded(frames[i][0])
+                self._bytes += _size(frame)
+                self._later -= 1
+                self.stats["encoded_later"] += 1
+                if not self._later:
+                    return
 
     # -- the broadcaster ----------------------------------------------------------------------------
 
@@ -159,6 +191,8 @@ class MemoryBroker:
 
     def _message_after(self, flt: Filter, fmt: Format, cursor: int) -> dict[str, Any] | None:
         start = bisect.bisect_right(self._ids, cursor)
+        if self._later:
+            self._encode_from(start)
         frames = self._frames[start:]
         if flt != Filter():
             frames = [
