@@ -249,3 +249,20 @@ def test_events_published_while_nobody_listened_reach_a_later_subscriber_from_th
         assert [e.data["step"] for e in received] == list(range(50))  # type: ignore[index]
         assert [e.data["data"]["train/loss"] for e in received] == [1.0 / (i + 1) for i in range(50)]  # type: ignore[index]
         assert [e.id for e in received] == list(range(after + 1, after + 51))
+
+
+def test_a_small_ring_trimmed_while_nobody_listened_still_serves_every_event_once(tmp_path: Path) -> None:
+    """Frames not yet encoded leave the ring like encoded ones: a later subscriber gets the old events
+    from the store, the rest from the ring, in order, none twice."""
+    live = LiveServer(tmp_path / "d", ring_size="16").start()
+    try:
+        with httpx.Client(base_url=live.url, timeout=10) as client:
+            create_run(client, "sse-small-ring")
+            for start in range(0, 100, 10):
+                client.post("/api/runs/sse-small-ring/events", json=metrics_batch(start, 10))
+            params = {"run_id": "sse-small-ring", "kinds": "metrics", "after": "0"}
+            received = sse_events(live.url, params, count=100)
+        assert [e.data["step"] for e in received] == list(range(100))  # type: ignore[index]
+        assert len({e.id for e in received}) == 100
+    finally:
+        live.stop()

@@ -67,7 +67,8 @@ class MemoryBroker:
         self._tasks: set[asyncio.Future[None]] = set()
         self._ids: list[int] = []
         self._frames: list[Frame] = []
-        self._bytes = 0  # of the frames encoded
+        self._sizes: list[int] = []  # each frame's bytes, 0 until it is encoded
+        self._bytes = 0  # their sum
         self._later = 0  # frames not encoded yet (LATER)
         self._floor = 0  # ids <= floor are no longer in the ring (or were never in it)
         self._subs: set[Subscriber] = set()
@@ -115,12 +116,15 @@ class MemoryBroker:
         if self._subs:
             for event in events:
                 frame = encoded(event)
+                size = _size(frame)
                 self._ids.append(event.id)
                 self._frames.append(frame)
-                self._bytes += _size(frame)
+                self._sizes.append(size)
+                self._bytes += size
         else:  # nobody to send them to yet: encoded when a subscriber first reads them (_encode_from)
             self._ids.extend(event.id for event in events)
             self._frames.extend((event, LATER, LATER) for event in events)
+            self._sizes.extend([0] * len(events))
             self._later += len(events)
         self.stats["published"] += len(events)
         if len(self._ids) > self.ring_size or self._bytes > self.ring_bytes:
@@ -132,15 +136,17 @@ class MemoryBroker:
     def _trim(self) -> None:
         """Drop the oldest frames down to 3/4 of both bounds at once: amortised O(1) per event."""
         cut = max(len(self._ids) - self.ring_size * 3 // 4, 0)
-        dropped = sum(_size(f) for f in self._frames[:cut])
+        sizes = self._sizes
+        dropped = sum(sizes[:cut])
         while cut < len(self._ids) - 1 and self._bytes - dropped > self.ring_bytes * 3 // 4:
-            dropped += _size(self._frames[cut])
+            dropped += sizes[cut]
             cut += 1
         if cut:
             self._bytes -= dropped
-            self._later -= sum(1 for f in self._frames[:cut] if f[1] is LATER) if self._later else 0
+            if self._later:
+                self._later -= sizes[:cut].count(0)  # a frame not encoded yet has no size
             self._floor = self._ids[cut - 1]
-            del self._ids[:cut], self._frames[:cut]
+            del self._ids[:cut], self._frames[:cut], sizes[:cut]
 
     def _encode_from(self, start: int) -> None:
         """Encode the ring's frames from `start` on that were published while nobody subscribed."""
@@ -148,7 +154,8 @@ class MemoryBroker:
         for i in range(start, len(frames)):
             if frames[i][1] is LATER:
                 frame = frames[i] = encoded(frames[i][0])
-                self._bytes += _size(frame)
+                self._sizes[i] = size = _size(frame)
+                self._bytes += size
                 self._later -= 1
                 self.stats["encoded_later"] += 1
                 if not self._later:
