@@ -61,9 +61,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, refusing more than `limit` bytes with 413 before reading them all."""
-    body = await read_body(request, limit)
+def parse_json(body: bytes) -> Any:
+    """A body as JSON, or a 400 naming what is wrong with it."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -16,8 +16,9 @@ from trainpilot.exceptions import InvalidInput, NotFound
 from trainpilot.server import system
 from trainpilot.server.auth import mint_query_token
 from trainpilot.server.errors import JSON
-from trainpilot.server.http import READ, WRITE, hub_of, read_json
+from trainpilot.server.http import READ, WRITE, hub_of, parse_json, read_body
 from trainpilot.server.hub import Hub
+from trainpilot.server.metrics_batch import decode_metrics
 from trainpilot.wire import MAX_STEP, check_run_id, decode_batch
 
 router = APIRouter()
@@ -177,8 +178,10 @@ async def ingest(request: Request, run_id: str) -> Response:
 
 async def ingest_batch(hub: Hub, request: Request, run_id: str, received: float | None = None) -> Response:
     """The body of `POST /api/runs/{id}/events` (also reached without FastAPI: app.Dispatcher)."""
-    payload = await read_json(request, hub.settings.max_body_bytes)
-    events = decode_batch(check_run_id(run_id), payload)
+    body = await read_body(request, hub.settings.max_body_bytes)
+    events = decode_metrics(check_run_id(run_id), body)  # the usual batch, in C
+    if events is None:
+        events = decode_batch(run_id, parse_json(body))
     result = await hub.ingest(run_id, events, received)
     return JSON(result.as_dict())
 

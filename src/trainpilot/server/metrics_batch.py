@@ -1,0 +1,51 @@
+"""The usual ingest batch, every event a metrics event, parsed and validated in one pass in C.
+
+`wire.decode_batch` checks a parsed body value by value in Python: 3.6 µs an event of 8 metrics
+(ad hoc, `timeit`), about a third of the event loop's time per ingested point. msgspec decodes the
+same body straight into typed structs with the same limits in 0.8 µs. It takes only what the
+Python path accepts unchanged: a body it refuses (another kind, a ``"nan"`` marker, a boolean, any
+error) returns None and goes the Python way, which says what is wrong exactly as before.
+`tests/test_metrics_batch.py` checks that both paths make the same events of every body the fast
+one takes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+import msgspec
+
+from trainpilot.events import NewEvent
+from trainpilot.wire import MAX_EVENTS_PER_BATCH, MAX_KEY_LENGTH, MAX_KEYS_PER_EVENT, MAX_STEP
+
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_STEP)]
+
+
+class MetricsEvent(msgspec.Struct, gc=False):
+    kind: Literal["metrics"] = "metrics"
+    seq: Count | None = None
+    step: Count | None = None
+    ts: float | None = None
+    data: Annotated[dict[Key, float | None], msgspec.Meta(max_length=MAX_KEYS_PER_EVENT)] = {}
+
+
+class MetricsBatch(msgspec.Struct, gc=False):
+    events: Annotated[list[MetricsEvent], msgspec.Meta(max_length=MAX_EVENTS_PER_BATCH)]
+
+
+_DECODER = msgspec.json.Decoder(MetricsBatch)
+
+
+def decode_metrics(run_id: str, body: bytes, now: float | None = None) -> list[NewEvent] | None:
+    """``{"events": [...]}`` of metrics events as `run_id`'s events, or None: not such a batch."""
+    try:
+        batch = _DECODER.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    stamp = time.time() if now is None else now
+    return [
+        NewEvent(run_id, "metrics", e.data, e.seq, stamp if e.ts is None else e.ts, e.step)
+        for e in batch.events
+    ]
