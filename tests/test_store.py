@@ -225,6 +225,36 @@ def test_history_is_exactly_downsample_of_the_whole_series(make_store: Callable[
     run(body())
 
 
+def test_random_batches_that_revisit_blocks_read_exactly_as_downsample(
+    make_store: Callable[[], Store],
+) -> None:
+    """Many small batches, steps jumping back and forth over a few blocks, few distinct values (ties,
+    and -0.0 beside 0.0): each block is written in several chunks and its summary rebuilt from them;
+    every answer is still exactly what downsample() makes of every point."""
+
+    async def body() -> None:
+        s = await opened(make_store)
+        await s.create_run("a", "p", "a", {})
+        rng = random.Random(23)
+        for _ in range(40):
+            start = rng.randrange(0, 600)
+            steps = [start + rng.randrange(0, 90) for _ in range(rng.randint(1, 60))]
+            await s.append(
+                [metrics("a", step, None, loss=rng.choice((-0.0, 0.0, 1.0, 2.0, -3.5))) for step in steps]
+            )
+        (whole,) = await s.history("a", ["loss"], max_points=100_000)
+        for start, end in ((None, None), (50, 500), (64, 191), (100, 100)):
+            lo, hi = start or 0, 10**9 if end is None else end
+            inside = [p for p in whole.points if lo <= p.step <= hi]
+            for budget in (2, 3, 11, 64, 250):
+                (series,) = await s.history("a", ["loss"], start_step=start, end_step=end, max_points=budget)
+                assert series.points == downsample(inside, budget), (start, end, budget)
+                assert series.total == len(inside)
+        await s.close()
+
+    run(body())
+
+
 async def long_tied_series(s: Store) -> list[NewEvent]:
     """10,000 steps, each logged twice in separate batches, values from four levels (ties everywhere):
     buckets wider than SQLite's 64-step blocks, blocks written in several transactions."""

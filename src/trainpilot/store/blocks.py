@@ -28,7 +28,7 @@ from typing import Any
 from trainpilot.downsample import ordered
 from trainpilot.events import Point
 from trainpilot.store import chunks
-from trainpilot.store.chunks import SHIFT, STEPS
+from trainpilot.store.chunks import SHIFT, STEPS, Extreme
 from trainpilot.store.statements import insert_rows
 
 log = logging.getLogger("trainpilot.store")
@@ -60,7 +60,7 @@ EMPTY = (1, 0)
 
 
 class Summaries:
-    """The writer's side. Each metric's open block is summarised in memory as its points are stored
+    """The writer's side. Each metric's open block is summarised in memory as its chunks are stored
     (`open`: a row of point_blocks' columns, then whether it is complete) and written when the
     metric leaves it, with no scan. A summary is complete when the block was new territory, past
     every block the metric had points in; one entered again (a run resumed at an earlier step), or
@@ -82,7 +82,8 @@ class Summaries:
         event_id: int,
         ts: float,
     ) -> None:
-        """A metric's point in another block than its open one (or its first in this process)."""
+        """A metric entering another block than its open one (or its first in this process), with the
+        point that opens its summary."""
         left = self.open.get(key_id)
         if left is not None:
             if left[11]:
@@ -99,8 +100,31 @@ class Summaries:
         point = (value, step, event_id, ts)
         self.open[key_id] = [key_id, block, 1, *point, *point, block > top]
 
-    def write(self, conn: sqlite3.Connection) -> None:
-        """The blocks the transaction left, before it commits (recomputed ones last: they win)."""
+    def add(
+        self, conn: sqlite3.Connection, key_id: int, block: int, count: int, low: Extreme, high: Extreme
+    ) -> None:
+        """A chunk of a metric's points in one block, after every chunk of it added before (its ids are
+        higher: a tie of value and step keeps the earlier point)."""
+        part = self.open.get(key_id)
+        if part is None or part[1] != block:
+            self.enter(conn, key_id, block, *low)
+            part = self.open[key_id]
+            part[2] = count
+            part[7:11] = high
+            return
+        part[2] += count
+        if low[0] < part[3] or (low[0] == part[3] and low[1] < part[4]):
+            part[3:7] = low
+        if high[0] > part[7] or (high[0] == part[7] and high[1] < part[8]):
+            part[7:11] = high
+
+    def write(self, conn: sqlite3.Connection, pending: chunks.Pending) -> None:
+        """The transaction's points (their chunks' summaries taken first, before the chunks are in the
+        table a first look at a metric reads), then the blocks it left, before it commits
+        (recomputed ones last: they read the points, and win)."""
+        for block, key_id, flat in pending.chunks():
+            self.add(conn, key_id, block, len(flat) // 4, *chunks.extremes(flat))
+        pending.write(conn)
         if self._done:
             insert_rows(conn, WRITE_HEAD, 11, self._done)
             self._done.clear()

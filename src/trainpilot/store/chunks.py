@@ -14,7 +14,7 @@ import bisect
 import logging
 import sqlite3
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 from trainpilot.events import Point
@@ -173,41 +173,62 @@ def top_block(conn: sqlite3.Connection, key_id: int) -> int:
     return -1 if highest is None else int(highest)
 
 
+Extreme = tuple[float, int, int, float]  # a point as a summary holds it: value, step, event id, ts
+
+
+def extremes(flat: list[Any]) -> tuple[Extreme, Extreme]:
+    """A chunk's lowest and highest point (flat, as `pack` takes it), each the earliest (step, event
+    id) of its value, found in C but for ties."""
+    values = flat[2::4]
+    return _earliest(flat, values, min(values)), _earliest(flat, values, max(values))
+
+
+def _earliest(flat: list[Any], values: list[float], value: float) -> Extreme:
+    i = values.index(value)
+    if values.count(value) > 1:
+        i = min((flat[4 * j], flat[4 * j + 1], j) for j, v in enumerate(values) if v == value)[2]
+    return flat[4 * i + 2], flat[4 * i], flat[4 * i + 1], flat[4 * i + 3]
+
+
 class Pending:
-    """The writer's side: the points of the transaction being written, one open chunk per metric
-    (`open`: block, then the flat (step, event id, value, ts) list), written before it commits."""
+    """The writer's side: the points of the transaction being written. Per run, each metric's open
+    chunk (`runs`: run id -> metric name -> [block, key id, flat (step, event id, value, ts) list]),
+    so a point costs one lookup and one extend; written, with each chunk's summary taken, before the
+    transaction commits."""
 
-    def __init__(self) -> None:
-        self.open: dict[int, list[Any]] = {}
-        self._left: list[tuple[int, int, list[Any]]] = []
+    def __init__(self, key_id: Callable[[sqlite3.Connection, str, str], int]) -> None:
+        self.runs: dict[str, dict[str, list[Any]]] = {}
+        self._left: list[list[Any]] = []
+        self._key_id = key_id
 
-    def start(self, key_id: int, block: int) -> list[Any]:
+    def start(self, conn: sqlite3.Connection, run_id: str, key: str, block: int) -> list[Any]:
         """A metric's point in another block than its open chunk's: a new chunk (the old one kept)."""
-        old = self.open.get(key_id)
+        chunks = self.runs.setdefault(run_id, {})
+        old = chunks.get(key)
         if old is not None:
-            self._left.append((key_id, old[0], old[1]))
-        chunk: list[Any] = [block, []]
-        self.open[key_id] = chunk
+            self._left.append(old)
+        chunk: list[Any] = [block, self._key_id(conn, run_id, key), []]
+        chunks[key] = chunk
         return chunk
+
+    def chunks(self) -> list[list[Any]]:
+        """Every chunk of the transaction, each metric's in the order they were written."""
+        return self._left + [chunk for chunks in self.runs.values() for chunk in chunks.values()]
 
     def write(self, conn: sqlite3.Connection) -> None:
         """Every chunk, and each metric's latest point (its open chunk's last), into the tables."""
-        if not self.open:
-            return
-        rows = []
+        rows = [(key_id, block, *pack(flat)) for block, key_id, flat in self.chunks()]
         latest = []
-        for key_id, block, flat in self._left:
-            rows.append((key_id, block, *pack(flat)))
-        for key_id, (block, flat) in self.open.items():
-            rows.append((key_id, block, *pack(flat)))
-            step, event_id, value, ts = flat[-4:]
-            latest.append((key_id, step, event_id, value, ts))
+        for chunks in self.runs.values():
+            for _, key_id, flat in chunks.values():
+                step, event_id, value, ts = flat[-4:]
+                latest.append((key_id, step, event_id, value, ts))
         insert_rows(conn, "INSERT INTO point_chunks", 4, rows)
         insert_rows(conn, "INSERT INTO latest", 5, latest, LATEST_UPSERT)
         self.reset()
 
     def reset(self) -> None:
-        self.open.clear()
+        self.runs.clear()
         self._left.clear()
 
 

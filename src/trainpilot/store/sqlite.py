@@ -155,7 +155,7 @@ class SQLiteStore:
         self._answers = SeriesCache()
         self._stale = False
         self._summaries = blocks.Summaries()  # each metric's open block, summarised as it is written
-        self._pending = chunks.Pending()  # the transaction's points, one open chunk per metric
+        self._pending = chunks.Pending(self._cached_key_id)  # the transaction's points, in chunks
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -269,8 +269,7 @@ class SQLiteStore:
                 except NotFound as exc:
                     results.append((fut, None, exc))
             self._flush_runs(conn, committed)
-            self._pending.write(conn)
-            self._summaries.write(conn)  # after the points: a block recomputed reads them
+            self._summaries.write(conn, self._pending)  # the points, then the blocks they left
             conn.execute("COMMIT")
             self._last_error = None
             if self._checkpoints is not None:
@@ -324,11 +323,8 @@ class SQLiteStore:
         fresh = self._drop_duplicates(conn, events)
         stored: list[Event] = []
         event_rows = []
-        summaries = self._summaries
-        opened = summaries.open
         pending = self._pending
-        open_chunks = pending.open
-        key_ids = self._key_ids
+        open_chunks = pending.runs
         next_id = self._next_id
         for e in fresh:
             event = Event(next_id, e.run_id, e.seq, e.kind, e.ts, e.step, e.data)
@@ -337,25 +333,16 @@ class SQLiteStore:
             if e.kind == "metrics" and e.step is not None:
                 step, ts, run_id = e.step, e.ts, e.run_id
                 block = step >> chunks.SHIFT
+                run_chunks = open_chunks.get(run_id) or {}
+                # once per point on the ingest path: one lookup, one extend (summaries are per chunk)
                 for key, value in e.data.items():
                     if value is None:
                         continue
-                    key_id = key_ids.get((run_id, key)) or self._key_id(conn, run_id, key)
-                    chunk = open_chunks.get(key_id)
+                    chunk = run_chunks.get(key)
                     if chunk is None or chunk[0] != block:
-                        chunk = pending.start(key_id, block)
-                    chunk[1].extend((step, next_id, value, ts))
-                    # the open block's summary (blocks.Summaries' rule inline: this runs once per point on
-                    # the ingest path; ids only grow here, so a tie is decided by the step)
-                    part = opened.get(key_id)
-                    if part is None or part[1] != block:
-                        summaries.enter(conn, key_id, block, value, step, next_id, ts)
-                        continue
-                    part[2] += 1
-                    if value < part[3] or (value == part[3] and step < part[4]):
-                        part[3:7] = value, step, next_id, ts
-                    if value > part[7] or (value == part[7] and step < part[8]):
-                        part[7:11] = value, step, next_id, ts
+                        chunk = pending.start(conn, run_id, key, block)
+                        run_chunks = open_chunks[run_id]
+                    chunk[2].extend((step, next_id, value, ts))
             next_id += 1
         insert_rows(conn, "INSERT INTO events", 7, event_rows)
         self._next_id = next_id
@@ -391,6 +378,10 @@ class SQLiteStore:
                 run_seen.add(e.seq)
             fresh.append(e)
         return fresh
+
+    def _cached_key_id(self, conn: sqlite3.Connection, run_id: str, key: str) -> int:
+        """A metric's id, known or made (on the writer thread, inside its transaction)."""
+        return self._key_ids.get((run_id, key)) or self._key_id(conn, run_id, key)
 
     def _key_id(self, conn: sqlite3.Connection, run_id: str, key: str) -> int:
         conn.execute("INSERT OR IGNORE INTO metric_keys(run_id, name) VALUES(?,?)", (run_id, key))
