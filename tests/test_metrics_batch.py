@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from trainpilot.exceptions import InvalidInput
-from trainpilot.server.metrics_batch import decode_metrics
+from trainpilot.server.metrics_batch import decode_ingest_message, decode_metrics
 from trainpilot.wire import MAX_KEY_LENGTH, MAX_STEP, decode_batch
 
 NOW = 1_700_000_000.5
@@ -101,3 +101,27 @@ def test_random_bodies_are_taken_only_where_the_python_path_makes_the_same_event
         if slow is None:
             assert fast is None, body
     assert taken > 300  # the generator reaches the C path's side often enough to mean something
+
+
+@pytest.mark.parametrize("payload", TAKEN)
+def test_a_websocket_ingest_message_of_metrics_makes_the_same_events_and_keeps_its_ref(payload: Any) -> None:
+    message = {"op": "ingest", "run_id": "r", "ref": {"any": [1]}, **payload}
+    assert decode_ingest_message(json.dumps(message), now=NOW) == (
+        {"any": [1]},
+        "r",
+        python_path(json.dumps(payload).encode()),
+    )
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"op": "ping"},
+        {"op": "subscribe", "run_id": "r"},
+        {"op": "ingest", "events": []},  # no run: the Python path names it
+        {"op": "ingest", "run_id": 5, "events": []},
+        *({"op": "ingest", "run_id": "r", **p} for p in REFUSED if isinstance(p, dict) and "events" in p),
+    ],
+)
+def test_every_other_websocket_message_is_left_to_the_python_path(message: Any) -> None:
+    assert decode_ingest_message(json.dumps(message), now=NOW) is None

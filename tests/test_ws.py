@@ -280,6 +280,11 @@ def test_control_of_a_finished_run_is_a_conflict_message(client: TestClient) -> 
         ({"op": "ingest", "events": []}, "invalid_input", "run_id"),
         ({"op": "ingest", "run_id": "a/b", "events": []}, "invalid_input", "run_id"),
         (
+            {"op": "ingest", "run_id": "a/b", "ref": 4, "events": [{"data": {"x": 1}}]},
+            "invalid_input",
+            "run_id",
+        ),
+        (
             {"op": "ingest", "run_id": "x", "events": [{"data": {"loss": "high"}}]},
             "invalid_input",
             "events[0].data.loss",

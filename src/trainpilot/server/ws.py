@@ -19,11 +19,13 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from trainpilot.broker import Subscriber
+from trainpilot.events import NewEvent
 from trainpilot.exceptions import InvalidInput
 from trainpilot.server.auth import check, presented_token
 from trainpilot.server.errors import HTTPError, classify
 from trainpilot.server.http import query_of
 from trainpilot.server.hub import Hub
+from trainpilot.server.metrics_batch import decode_ingest_message
 from trainpilot.server.params import parse_cursor, parse_filter, string_list
 from trainpilot.wire import check_run_id, decode_batch
 
@@ -58,18 +60,14 @@ class Connection:
         ref = None
         try:
             self.received_at = time.perf_counter()
-            try:
-                message = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise HTTPError(400, "bad_json", f"message is not JSON: {exc}") from None
-            if not isinstance(message, dict):
-                raise InvalidInput("message", "expected a JSON object with an 'op'")
-            ref = message.get("ref")
-            op = message.get("op")
-            handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
-            if handler is None:
-                raise InvalidInput("op", "must be one of subscribe, unsubscribe, ingest, control, ping")
-            reply = await handler(message)
+            if (fast := decode_ingest_message(raw)) is not None:  # the usual message, decoded in C
+                ref, run_id, events = fast
+                check(self.hub.settings, "write", self.token, self.query_token)
+                reply = await self.ingest(run_id, events)
+            else:
+                message = parse_message(raw)
+                ref = message.get("ref")
+                reply = await self.dispatch(message)
         except Exception as exc:
             found = classify(exc)
             if found is None:
@@ -77,9 +75,23 @@ class Connection:
             _status, code, text, field = found
             error = {"code": code, "message": text, **({"field": field} if field is not None else {})}
             reply = {"op": "error", "error": error}
+        await self.reply(self.with_ref(reply, ref))
+
+    async def dispatch(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A message handed to its op; the op's reply."""
+        op = message.get("op")
+        handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
+        if handler is None:
+            raise InvalidInput("op", "must be one of subscribe, unsubscribe, ingest, control, ping")
+        reply: dict[str, Any] = await handler(message)
+        return reply
+
+    @staticmethod
+    def with_ref(reply: dict[str, Any], ref: Any) -> dict[str, Any]:
+        """The reply, carrying the message's `ref` where it had one."""
         if ref is not None:
             reply["ref"] = ref
-        await self.reply(reply)
+        return reply
 
     async def op_ping(self, message: dict[str, Any]) -> dict[str, Any]:
         return {"op": "pong", "head": self.hub.broker.head}
@@ -108,8 +120,11 @@ class Connection:
         run_id = message.get("run_id")
         if not isinstance(run_id, str):
             raise InvalidInput("run_id", "required: the run the events belong to")
-        events = decode_batch(check_run_id(run_id), message)
-        result = await self.hub.ingest(run_id, events, self.received_at)
+        return await self.ingest(run_id, decode_batch(check_run_id(run_id), message))
+
+    async def ingest(self, run_id: str, events: list[NewEvent]) -> dict[str, Any]:
+        """Store a batch (the caller checked the token)."""
+        result = await self.hub.ingest(check_run_id(run_id), events, self.received_at)
         return {"op": "ingested", **result.as_dict()}
 
     async def op_control(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +151,17 @@ class Connection:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.serving
         self.sub = self.serving = None
+
+
+def parse_message(raw: str | bytes) -> dict[str, Any]:
+    """A message as JSON, or the error that names what is wrong with it."""
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise HTTPError(400, "bad_json", f"message is not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise InvalidInput("message", "expected a JSON object with an 'op'")
+    return message
 
 
 async def websocket(hub: Hub, scope: Scope, receive: Receive, send: Send) -> None:
