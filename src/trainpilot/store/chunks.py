@@ -240,6 +240,16 @@ def create(conn: sqlite3.Connection) -> None:
     (count,) = conn.execute("SELECT count(*) FROM points").fetchone()
     log.info("store: moving %d points into chunks (once, for this version's layout)", count)
     conn.execute("BEGIN IMMEDIATE")
+    try:
+        _move_points(conn)
+        conn.execute("DROP TABLE points")
+        conn.execute("COMMIT")
+    except BaseException:  # all or nothing: the old table stays whole for the next open
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _move_points(conn: sqlite3.Connection) -> None:
     rows = conn.execute("SELECT key_id, step, event_id, value, ts FROM points ORDER BY 1, 2, 3")
     chunk: list[Any] = []
     where: tuple[int, int] | None = None
@@ -256,5 +266,3 @@ def create(conn: sqlite3.Connection) -> None:
     if where is not None:
         out.append((*where, *pack(chunk)))
     insert_rows(conn, "INSERT INTO point_chunks", 4, out)
-    conn.execute("DROP TABLE points")
-    conn.execute("COMMIT")
