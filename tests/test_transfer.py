@@ -55,3 +55,20 @@ def test_a_file_that_is_not_an_export_is_a_one_line_error(tmp_path: Path) -> Non
     bad.write_text('{"run": {"id": "x", "project": "p", "name": "n", "config": {}}}\n{"event": 3}\n')
     assert_one_line_error(cli("import", str(bad), "--data-dir", str(tmp_path / "store")))
     assert_one_line_error(cli("export", "--data-dir", str(tmp_path / "empty"), "--run", "nope"))
+
+
+def test_an_export_edited_into_a_metric_that_is_not_a_number_is_refused_by_line(tmp_path: Path) -> None:
+    """Metric values are packed as numbers (store/chunks.py): an import takes what ingest takes, and
+    names the line of anything else instead of failing the store's write."""
+    run = '{"run": {"id": "x", "project": "p", "name": "n", "config": {}}}\n'
+    event = '{"event": {"id": 1, "run_id": "x", "seq": 0, "kind": "metrics", "ts": 1.0, '
+    event += '"step": %s, "data": %s}}\n'
+    for step, data, field in (
+        ("0", '{"loss": "high"}', "line 2.data.loss"),
+        ("1.5", '{"loss": 1}', "line 2.step"),
+    ):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(run + event % (step, data))
+        result = cli("import", str(bad), "--data-dir", str(tmp_path / f"store-{step}"))
+        assert_one_line_error(result)
+        assert field in result.stderr

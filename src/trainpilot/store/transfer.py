@@ -18,6 +18,7 @@ import orjson
 from trainpilot.events import NewEvent
 from trainpilot.exceptions import InvalidInput, NotFound
 from trainpilot.store import Store
+from trainpilot.wire import metric_values
 
 PAGE = 5000
 Progress = Callable[[str], None]
@@ -90,7 +91,12 @@ class _Importer:
         if self.run_id is None or e["run_id"] != self.run_id:
             raise InvalidInput(f"line {number}", f"event of run {e['run_id']!r} outside its run's block")
         if not self.skipping:
-            self.batch.append(NewEvent(e["run_id"], e["kind"], e["data"], e["seq"], e["ts"], e["step"]))
+            data, step = e["data"], e["step"]
+            if e["kind"] == "metrics":  # what the store packs into chunks must be numbers, as ingest's
+                data = metric_values(data, f"line {number}.data")
+                if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+                    raise InvalidInput(f"line {number}.step", "must be an integer")
+            self.batch.append(NewEvent(e["run_id"], e["kind"], data, e["seq"], e["ts"], step))
             if len(self.batch) >= PAGE:
                 await self._append()
 
