@@ -122,8 +122,8 @@ class MemoryBroker:
                 self._sizes.append(size)
                 self._bytes += size
         else:  # nobody to send them to yet: encoded when a subscriber first reads them (_encode_from)
-            self._ids.extend(event.id for event in events)
-            self._frames.extend((event, LATER, LATER) for event in events)
+            self._ids.extend([event.id for event in events])
+            self._frames.extend([(event, LATER, LATER) for event in events])
             self._sizes.extend([0] * len(events))
             self._later += len(events)
         self.stats["published"] += len(events)

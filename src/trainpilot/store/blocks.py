@@ -118,9 +118,10 @@ class Summaries:
         """The transaction's points (their chunks' summaries taken first, before the chunks are in the
         table a first look at a metric reads), then the blocks it left, before it commits
         (recomputed ones last: they read the points, and win)."""
-        for block, key_id, flat in pending.chunks():
-            self.add(conn, key_id, block, len(flat) // 4, *chunks.extremes(flat))
-        pending.write(conn)
+        sealed = pending.sealed()
+        for key_id, block, count, _, low, high in sealed:
+            self.add(conn, key_id, block, count, low, high)
+        pending.write(conn, sealed)
         if self._done:
             insert_rows(conn, WRITE_HEAD, 11, self._done)
             self._done.clear()

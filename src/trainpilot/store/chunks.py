@@ -44,17 +44,32 @@ LATEST_UPSERT = (
 def pack(flat: list[Any]) -> tuple[int, bytes]:
     """A chunk's points, given as one flat list of (step, event id, value, ts) quadruples in the order
     they were written, as (count, packed bytes) sorted by (step, event id)."""
+    count, packed, _, _ = seal(flat)
+    return count, packed
+
+
+def seal(flat: list[Any]) -> tuple[int, bytes, Extreme, Extreme]:
+    """`pack`, and the chunk's lowest and highest point, each the earliest (step, event id) of its
+    value: with the points in that order, the first of equal values, found in C."""
     steps = flat[0::4]
     if steps != sorted(steps):  # a step logged again lower in the same block: rare, sort the quads
         quads = sorted(zip(steps, flat[1::4], flat[2::4], flat[3::4], strict=True))
         flat = [field for quad in quads for field in quad]
         steps = flat[0::4]
-    return len(steps), (
-        array("q", steps).tobytes()
-        + array("q", flat[1::4]).tobytes()
-        + array("d", flat[2::4]).tobytes()
-        + array("d", flat[3::4]).tobytes()
+    ids, values, ts = flat[1::4], flat[2::4], flat[3::4]
+    low, high = values.index(min(values)), values.index(max(values))
+    packed = array("q", steps).tobytes() + array("q", ids).tobytes()
+    packed += array("d", values).tobytes() + array("d", ts).tobytes()
+    return (
+        len(steps),
+        packed,
+        (values[low], steps[low], ids[low], ts[low]),
+        (values[high], steps[high], ids[high], ts[high]),
     )
+
+
+Extreme = tuple[float, int, int, float]  # a point as a summary holds it: value, step, event id, ts
+Sealed = tuple[int, int, int, bytes, Extreme, Extreme]  # key id, block, then what `seal` returns
 
 
 class Block:
@@ -173,23 +188,6 @@ def top_block(conn: sqlite3.Connection, key_id: int) -> int:
     return -1 if highest is None else int(highest)
 
 
-Extreme = tuple[float, int, int, float]  # a point as a summary holds it: value, step, event id, ts
-
-
-def extremes(flat: list[Any]) -> tuple[Extreme, Extreme]:
-    """A chunk's lowest and highest point (flat, as `pack` takes it), each the earliest (step, event
-    id) of its value, found in C but for ties."""
-    values = flat[2::4]
-    return _earliest(flat, values, min(values)), _earliest(flat, values, max(values))
-
-
-def _earliest(flat: list[Any], values: list[float], value: float) -> Extreme:
-    i = values.index(value)
-    if values.count(value) > 1:
-        i = min((flat[4 * j], flat[4 * j + 1], j) for j, v in enumerate(values) if v == value)[2]
-    return flat[4 * i + 2], flat[4 * i], flat[4 * i + 1], flat[4 * i + 3]
-
-
 class Pending:
     """The writer's side: the points of the transaction being written. Per run, each metric's open
     chunk (`runs`: run id -> metric name -> [block, key id, flat (step, event id, value, ts) list]),
@@ -211,19 +209,19 @@ class Pending:
         chunks[key] = chunk
         return chunk
 
-    def chunks(self) -> list[list[Any]]:
-        """Every chunk of the transaction, each metric's in the order they were written."""
-        return self._left + [chunk for chunks in self.runs.values() for chunk in chunks.values()]
+    def sealed(self) -> list[Sealed]:
+        """Every chunk of the transaction, packed, with its extremes; each metric's in written order."""
+        every = self._left + [chunk for chunks in self.runs.values() for chunk in chunks.values()]
+        return [(key_id, block, *seal(flat)) for block, key_id, flat in every]
 
-    def write(self, conn: sqlite3.Connection) -> None:
-        """Every chunk, and each metric's latest point (its open chunk's last), into the tables."""
-        rows = [(key_id, block, *pack(flat)) for block, key_id, flat in self.chunks()]
+    def write(self, conn: sqlite3.Connection, sealed: list[Sealed]) -> None:
+        """The chunks, and each metric's latest point (its open chunk's last), into the tables."""
         latest = []
         for chunks in self.runs.values():
             for _, key_id, flat in chunks.values():
                 step, event_id, value, ts = flat[-4:]
                 latest.append((key_id, step, event_id, value, ts))
-        insert_rows(conn, "INSERT INTO point_chunks", 4, rows)
+        insert_rows(conn, "INSERT INTO point_chunks", 4, [row[:4] for row in sealed])
         insert_rows(conn, "INSERT INTO latest", 5, latest, LATEST_UPSERT)
         self.reset()
 
