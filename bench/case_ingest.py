@@ -551,12 +551,17 @@ def verdicts(result: dict[str, Any]) -> list[str]:
         f"(target >= {TARGET_RATE:,} points/s with p99 <= {TARGET_P99_MS:g} ms): "
         + ("met" if met else "NOT met")
     )
-    apart = [r for r in result.get("apart") or [] if (durable_p99(r) or math.inf) <= TARGET_P99_MS]
+    # Issue 21's other way to meet it: on 2 shared cores the event loop and the writer share one GIL
+    # (the split table's last column is that ceiling); the same code given a core of its own.
+    apart = [r for r in result.get("apart") or [] if r["points_persisted"] == r["points_acked"] > 0]
+    apart = [r for r in apart if (durable_p99(r) or math.inf) <= TARGET_P99_MS]
     if apart:
         top = max(apart, key=lambda r: r["points_per_s"])
         out.append(
             f"the same server with a core of its own: {top['points_per_s']:,.0f} points/s with p99 "
-            f"<= {durable_p99(top):g} ms ({top['points_per_batch']:,} points a batch); no target, context"
+            f"<= {durable_p99(top):g} ms ({top['points_per_batch']:,} points a batch) (the same target, "
+            "issue 21's measure where 2 shared cores cannot hold it): "
+            + ("met" if top["points_per_s"] >= TARGET_RATE else "NOT met")
         )
     return out
 
@@ -656,7 +661,7 @@ def section(result: dict[str, Any]) -> list[str]:
     ]
     lines += split_table(result)
     lines += apart_table(result)
-    lines += ["", "Target (issue 10), checked against this run:", ""]
+    lines += ["", "Target (issues 10 and 21), checked against this run:", ""]
     lines += [f"- {v}" for v in verdicts(result)]
     lines += [f"- {v}" for v in against_peer(result["rows"])]
     lines += ["", *growth_plots(result["rows"]), ""]
