@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from tests.conftest import create_run, in_process
 from trainpilot.exceptions import InvalidInput
 from trainpilot.server.metrics_batch import decode_ingest_message, decode_metrics
 from trainpilot.wire import MAX_KEY_LENGTH, MAX_STEP, decode_batch
@@ -64,8 +66,20 @@ def test_anything_else_is_left_to_the_python_path(payload: Any) -> None:
     assert decode_metrics("r", json.dumps(payload).encode(), now=NOW) is None
 
 
+DEEP = b"[" * 2000 + b"]" * 2000  # msgspec raises RecursionError past its depth, orjson a 400 past 1024
+
+
 @pytest.mark.parametrize(
-    "body", [b"", b"{", b'{"events": [1e400]}', b'{"events": [{"data": {"a": 1e400}}]}', b"\xff", b"nul"]
+    "body",
+    [
+        b"",
+        b"{",
+        b'{"events": [1e400]}',
+        b'{"events": [{"data": {"a": 1e400}}]}',
+        b"\xff",
+        b"nul",
+        b'{"events": [], "x": ' + DEEP + b"}",
+    ],
 )
 def test_bodies_that_are_not_json_are_left_to_the_python_path(body: bytes) -> None:
     assert decode_metrics("r", body, now=NOW) is None
@@ -125,3 +139,19 @@ def test_a_websocket_ingest_message_of_metrics_makes_the_same_events_and_keeps_i
 )
 def test_every_other_websocket_message_is_left_to_the_python_path(message: Any) -> None:
     assert decode_ingest_message(json.dumps(message), now=NOW) is None
+
+
+def test_a_deeply_nested_websocket_message_is_left_to_the_python_path() -> None:
+    assert (
+        decode_ingest_message(b'{"op": "ingest", "run_id": "r", "events": [], "ref": ' + DEEP + b"}") is None
+    )
+
+
+def test_a_body_nested_past_every_parser_s_depth_is_a_400_naming_the_json(tmp_path: Path) -> None:
+    with in_process(tmp_path, store="") as client:
+        create_run(client, "deep")
+        body = b'{"events": [], "x": ' + DEEP + b"}"
+        answer = client.post(
+            "/api/runs/deep/events", content=body, headers={"content-type": "application/json"}
+        )
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "bad_json"

@@ -56,7 +56,7 @@ def decode_metrics(run_id: str, body: bytes, now: float | None = None) -> list[N
     """``{"events": [...]}`` of metrics events as `run_id`'s events, or None: not such a batch."""
     try:
         batch = _DECODER.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):  # deep nesting: its own
         return None
     return _events(run_id, batch.events, now)
 
@@ -67,7 +67,7 @@ def decode_ingest_message(
     """A WebSocket ingest message of metrics events as (ref, run id, events), or None: not one."""
     try:
         message = _MESSAGE_DECODER.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):  # deep nesting: its own
         return None
     return message.ref, message.run_id, _events(message.run_id, message.events, now)
 
