@@ -225,6 +225,20 @@ def test_history_is_exactly_downsample_of_the_whole_series(make_store: Callable[
     run(body())
 
 
+async def reads_as_downsample(
+    s: Store, ranges: tuple[tuple[int | None, int | None], ...], budgets: tuple[int, ...]
+) -> None:
+    """Run "a"'s loss, for every step range and budget: exactly what downsample() makes of its points."""
+    (whole,) = await s.history("a", ["loss"], max_points=100_000)
+    for start, end in ranges:
+        lo, hi = start or 0, 10**9 if end is None else end
+        inside = [p for p in whole.points if lo <= p.step <= hi]
+        for budget in budgets:
+            (series,) = await s.history("a", ["loss"], start_step=start, end_step=end, max_points=budget)
+            assert series.points == downsample(inside, budget), (start, end, budget)
+            assert series.total == len(inside)
+
+
 def test_random_batches_that_revisit_blocks_read_exactly_as_downsample(
     make_store: Callable[[], Store],
 ) -> None:
@@ -242,14 +256,7 @@ def test_random_batches_that_revisit_blocks_read_exactly_as_downsample(
             await s.append(
                 [metrics("a", step, None, loss=rng.choice((-0.0, 0.0, 1.0, 2.0, -3.5))) for step in steps]
             )
-        (whole,) = await s.history("a", ["loss"], max_points=100_000)
-        for start, end in ((None, None), (50, 500), (64, 191), (100, 100)):
-            lo, hi = start or 0, 10**9 if end is None else end
-            inside = [p for p in whole.points if lo <= p.step <= hi]
-            for budget in (2, 3, 11, 64, 250):
-                (series,) = await s.history("a", ["loss"], start_step=start, end_step=end, max_points=budget)
-                assert series.points == downsample(inside, budget), (start, end, budget)
-                assert series.total == len(inside)
+        await reads_as_downsample(s, ((None, None), (50, 500), (64, 191), (100, 100)), (2, 3, 11, 64, 250))
         await s.close()
 
     run(body())
@@ -271,36 +278,8 @@ def test_a_long_series_with_ties_reads_exactly_as_downsample(make_store: Callabl
         s = await opened(make_store)
         await s.create_run("a", "p", "a", {})
         await long_tied_series(s)
-        (whole,) = await s.history("a", ["loss"], max_points=100_000)
-        for start, end in ((None, None), (37, 8123), (64, 127), (63, 64), (5000, 5000)):
-            lo, hi = start or 0, 10**9 if end is None else end
-            inside = [p for p in whole.points if lo <= p.step <= hi]
-            for budget in (3, 7, 20, 101, 999):
-                (series,) = await s.history("a", ["loss"], start_step=start, end_step=end, max_points=budget)
-                assert series.points == downsample(inside, budget), (start, end, budget)
-                assert series.total == len(inside)
-        await s.close()
-
-    run(body())
-
-
-def test_a_database_made_before_block_summaries_gets_them_at_its_next_open(tmp_path: Path) -> None:
-    """History of a store whose points predate the point_blocks table: built once, then exact."""
-
-    async def body() -> None:
-        url = f"sqlite:///{tmp_path}/old.db"
-        s = open_store(url)
-        await s.open()
-        await s.create_run("a", "p", "a", {})
-        await long_tied_series(s)
-        (expected,) = await s.history("a", ["loss"], max_points=150)
-        await s.close()
-        with sqlite3.connect(tmp_path / "old.db") as conn:
-            conn.execute("DROP TABLE point_blocks")  # what a database of the previous release lacks
-        s = open_store(url)
-        await s.open()
-        (series,) = await s.history("a", ["loss"], max_points=150)
-        assert series == expected and series.total == 20_000
+        ranges = ((None, None), (37, 8123), (64, 127), (63, 64), (5000, 5000))
+        await reads_as_downsample(s, ranges, (3, 7, 20, 101, 999))
         await s.close()
 
     run(body())
@@ -315,8 +294,8 @@ ONE_ROW_A_POINT = """CREATE TABLE points(
 def test_a_database_of_one_row_a_point_has_its_points_moved_into_chunks_at_its_next_open(
     tmp_path: Path, with_blocks: bool
 ) -> None:
-    """The layout before chunks (and the one before block summaries too): every point kept, each read
-    exactly as before, and the store writes on from there."""
+    """The layout before chunks (and, without point_blocks, the one before block summaries, which had a
+    points table too): every point kept, each read exactly as before, and the store writes on."""
 
     async def body() -> None:
         url = f"sqlite:///{tmp_path}/old.db"
