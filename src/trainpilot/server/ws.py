@@ -63,7 +63,7 @@ class Connection:
             if (fast := decode_ingest_message(raw)) is not None:  # the usual message, decoded in C
                 ref, run_id, events = fast
                 check(self.hub.settings, "write", self.token, self.query_token)
-                reply = await self.ingest(run_id, events)
+                reply = await self.ingest(check_run_id(run_id), events)
             else:
                 message = parse_message(raw)
                 ref = message.get("ref")
@@ -123,8 +123,8 @@ class Connection:
         return await self.ingest(run_id, decode_batch(check_run_id(run_id), message))
 
     async def ingest(self, run_id: str, events: list[NewEvent]) -> dict[str, Any]:
-        """Store a batch (the caller checked the token)."""
-        result = await self.hub.ingest(check_run_id(run_id), events, self.received_at)
+        """Store a batch (the caller checked the token and the run id)."""
+        result = await self.hub.ingest(run_id, events, self.received_at)
         return {"op": "ingested", **result.as_dict()}
 
     async def op_control(self, message: dict[str, Any]) -> dict[str, Any]:

@@ -154,6 +154,11 @@ def summary(point: Point) -> tuple[float, int, int, float]:
     return point.value, point.step, point.event_id, point.ts
 
 
+def _point(value: float, step: int, ts: float, event_id: int) -> Point:
+    """A summary's point as the reads select it: value, step, ts, event id."""
+    return Point(step, value, ts, event_id)
+
+
 def create(conn: sqlite3.Connection) -> None:
     """The table, and its rows for the points of a database made before it (once, at its first open)."""
     existed = conn.execute("SELECT 1 FROM sqlite_master WHERE name='point_blocks'").fetchone()
@@ -193,7 +198,7 @@ class Extremes:
     def summaries(self, low: tuple[Any, ...], high: tuple[Any, ...]) -> None:
         """Whole blocks' summaries: WHOLE_SQL's two rows of one part (count first, NULL for none)."""
         if low[0]:
-            self.add(low[0], Point(low[2], low[1], low[3], low[4]), Point(high[2], high[1], high[3], high[4]))
+            self.add(low[0], _point(*low[1:5]), _point(*high[1:5]))
 
     def points(self) -> tuple[Point, ...]:
         if self.low is None or self.high is None:
@@ -213,7 +218,7 @@ class Whole:
         self.read: dict[int, tuple[int, Point, Point]] | None = None
         if hi - lo + 1 <= self.DENSE * buckets:
             self.read = {
-                r[0]: (r[1], Point(r[3], r[2], r[4], r[5]), Point(r[7], r[6], r[8], r[9]))
+                r[0]: (r[1], _point(*r[2:6]), _point(*r[6:10]))
                 for r in conn.execute(SUMMARIES_SQL, (key_id, lo, hi))
             }
 

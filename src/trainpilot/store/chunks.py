@@ -11,10 +11,11 @@ later) in (step, event id) order, the order every history answer is defined in.
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import sqlite3
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 from trainpilot.events import Point
@@ -134,32 +135,25 @@ def blocks(
     """Blocks lo..hi of a metric that hold points, in block order (or from the last), read lazily:
     a reader that stops early reads no further rows."""
     order = " ORDER BY block DESC, rowid" if newest_first else " ORDER BY block, rowid"
-    rows = conn.execute(CHUNKS_SQL + order, (key_id, lo, hi))
-    current: int | None = None
-    chunks: list[tuple[int, bytes]] = []
-    for block, count, packed in rows:
-        if block != current:
-            if current is not None:
-                yield current, Block(chunks)
-            current, chunks = block, []
-        chunks.append((count, packed))
-    if current is not None:
-        yield current, Block(chunks)
+    return _merged(conn.execute(CHUNKS_SQL + order, (key_id, lo, hi)))
 
 
 def chosen(conn: sqlite3.Connection, key_id: int, wanted: list[int]) -> dict[int, Block]:
     """The blocks of a metric in `wanted` (sorted) that hold points, in one statement."""
     if not wanted:
         return {}
-    found: dict[int, list[tuple[int, bytes]]] = {}
     rows = conn.execute(
         "SELECT block, count, packed FROM point_chunks WHERE key_id=? "
         "AND block IN (SELECT value FROM json_each(?)) ORDER BY block, rowid",
         (key_id, "[" + ",".join(map(str, wanted)) + "]"),
     )
-    for block, count, packed in rows:
-        found.setdefault(block, []).append((count, packed))
-    return {block: Block(chunks) for block, chunks in found.items()}
+    return dict(_merged(rows))
+
+
+def _merged(rows: Iterable[tuple[int, int, bytes]]) -> Iterator[tuple[int, Block]]:
+    """(block, count, packed) rows, a block's chunks next to each other in rowid order, as Blocks."""
+    for block, chunks in itertools.groupby(rows, key=lambda row: row[0]):
+        yield block, Block([(count, packed) for _, count, packed in chunks])
 
 
 def first_points(conn: sqlite3.Connection, key_id: int, lo: int, hi: int, limit: int) -> list[Point]:
