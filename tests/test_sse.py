@@ -228,6 +228,26 @@ def test_live_events_written_straight_to_the_socket_arrive_whole_in_chunks_of_ev
     assert stats["encoded"] - encoded == len(texts)  # once each, not once a reader
 
 
+def test_subscribers_of_one_filter_share_each_framed_message(threaded_server: ServerThread) -> None:
+    """Four readers of the same run and kinds get one frame built per pass, not one each; a reader
+    of another filter gets its own, and all of them get every event."""
+    stats = threaded_server.hub.broker.stats
+    with httpx.Client(base_url=threaded_server.url, timeout=10) as client:
+        create_run(client, "sse-groups")
+        same = {"run_id": "sse-groups", "kinds": "metrics"}
+        readers = [collect_in_background(threaded_server.url, same, count=20) for _ in range(4)]
+        readers.append(collect_in_background(threaded_server.url, {"run_id": "sse-groups"}, count=20))
+        wait_for_subscribers(client, 5)
+        direct, framed = stats["direct"], stats["framed"]
+        for start in range(20):
+            client.post("/api/runs/sse-groups/events", json=metrics_batch(start, 1))
+        for thread, received in readers:
+            thread.join(20)
+            assert [e.data["step"] for e in received] == list(range(20))  # type: ignore[index]
+    writes, frames = stats["direct"] - direct, stats["framed"] - framed
+    assert writes >= 5 * 10 and frames * 2 <= writes  # shared: at most 2 frames a pass of 5 writes
+
+
 def test_events_published_while_nobody_listened_reach_a_later_subscriber_from_the_ring_encoded_once(
     threaded_server: ServerThread,
 ) -> None:

@@ -103,13 +103,14 @@ def framed(message: dict[str, Any]) -> bytes:
 
 
 class Subscriber:
-    __slots__ = ("busy", "busy_since", "cursor", "direct", "done", "filter", "format", "send")
+    __slots__ = ("busy", "busy_since", "cursor", "direct", "done", "filter", "format", "group", "send")
 
     def __init__(self, send: Send, fmt: Format, flt: Filter, cursor: int) -> None:
         self.send = send
         self.direct = direct(send, fmt)
         self.format: Format = fmt
         self.filter = flt
+        self.group = -1  # the broker's number for (filter, format), given when it joins the live stream
         self.cursor = cursor  # every matching event with id <= cursor has been written
         self.busy: asyncio.Task[None] | None = None
         self.busy_since = 0.0
