@@ -45,6 +45,8 @@ from trainpilot.sdk.spool import Spool
 from trainpilot.sdk.transport import HttpTransport, Transport
 from trainpilot.wire import MAX_STEP
 
+_now = time.time  # bound once: log() is the hot path
+
 log = logging.getLogger("trainpilot")
 DEFAULT_SERVER = "http://127.0.0.1:8765"
 ALONE = Ranks()  # a run in one process: rank 0 of 1
@@ -108,17 +110,18 @@ class Run:
 
     def log(self, data: dict[str, Any], step: int | None = None) -> None:
         """Queue metrics for `step` (default: the previous step + 1). Returns at once; never raises."""
+        snapshot: dict[str, Any] | None
         try:
-            snapshot = dict(data)  # the caller may reuse its dict; the sender reads this copy later
-        except Exception:  # anything a user's mapping raises
-            warn_once("log-arg", f"trainpilot: run.log() takes a dict of metrics, got {type(data).__name__}")
-            return
-        if step is None:
-            step = self._next_step
-        elif type(step) is not int or not 0 <= step <= MAX_STEP:
-            step = self._coerce_step(step)
+            snapshot = {**data}  # the caller may reuse its dict; the sender reads this copy later
+        except Exception:  # not a mapping, or one that raises
+            snapshot = _copied(data, "log-arg", "run.log() takes a dict of metrics")
+            if snapshot is None:
+                return
+        # `__class__`, the bound clock and `{**data}` each save ~10 ns on a call of ~300 (bench/log_parts.py)
+        if step.__class__ is not int or not 0 <= step <= MAX_STEP:
+            step = self._next_step if step is None else self._coerce_step(step)
         self._next_step = step + 1
-        self._put(("metrics", step, time.time(), snapshot))
+        self._put(("metrics", step, _now(), snapshot))
 
     def _coerce_step(self, step: Any) -> int:
         """A step the server takes (an int in 0..2**63-1): numpy/tensor ints become ints, nonsense the
@@ -158,10 +161,8 @@ class Run:
     def log_event(self, kind: str, data: dict[str, Any], step: int | None = None) -> None:
         """Queue an event of another kind: ``status``, ``media``, ``log``, ``insight``. Never raises: an
         event the server cannot take (not JSON, an unknown kind) is dropped alone, with a warning."""
-        try:
-            snapshot = dict(data)
-        except Exception:
-            warn_once("event-arg", f"trainpilot: run.log_event() takes a dict, got {type(data).__name__}")
+        snapshot = _copied(data, "event-arg", "run.log_event() takes a dict")
+        if snapshot is None:
             return
         self._put((kind, None if step is None else self._step(step, self._next_step), time.time(), snapshot))
 
@@ -366,6 +367,15 @@ def init(
     if where.local_rank == 0:  # one replayer per machine's data dir; the run has claimed its own spool
         orphans.replay(connect, data_dir)
     return run
+
+
+def _copied(data: Any, key: str, takes: str) -> dict[str, Any] | None:
+    """`dict(data)` (a mapping or pairs), or None with a warning once: the training loop goes on."""
+    try:
+        return dict(data)
+    except Exception:  # anything a user's mapping raises
+        warn_once(key, f"trainpilot: {takes}, got {type(data).__name__}")
+        return None
 
 
 def _discard(item: Any) -> None:
