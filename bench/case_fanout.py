@@ -264,8 +264,9 @@ def run(quick: bool) -> Path:
     ladder = [1000.0] if quick else [300.0, 1000.0, 3000.0]
     ladder_seconds = 0.5 if quick else 2.0
     points, ladders, footprint = [], [], []
-    for name in ("trainpilot", "floor"):
-        for transport in ("sse", "ws"):
+    # each floor right after trainpilot on the same transport: the machine's speed drifts over minutes
+    for transport in ("sse", "ws"):
+        for name in ("trainpilot", "floor"):
             with tempfile.TemporaryDirectory(prefix="tp-fanout-") as folder, started(name, folder) as system:
                 idle_mb = round(psutil.Process(system.pid).memory_info().rss / 2**20, 1)
                 first = len(points)
