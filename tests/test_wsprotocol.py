@@ -59,6 +59,8 @@ def test_a_live_websocket_runs_the_lean_protocol_with_its_handshake_let_go(
         wait_until(lambda: protocol.response is None, timeout=5, what="the accepted handshake dropped")
         assert protocol.request is None and isinstance(protocol.queue, Inbox)
         assert protocol.scope["headers"] == []  # read by the guard and the connection, then let go
+        held = protocol.conn.parser.gi_frame.f_locals["request"]  # websockets' parser keeps the request
+        assert held.path == "/api/ws" and len(held.headers) == 0  # but not its headers
         assert isinstance(protocol.writable, Flag) and protocol.writable.is_set()
         ws.send('{"op": "ping"}')  # a message through the inbox, answered
         assert "pong" in str(ws.recv(timeout=5))
