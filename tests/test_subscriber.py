@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 
-from trainpilot.broker.subscriber import DONE, resume, step
+import orjson
+
+from trainpilot.broker.subscriber import DONE, encoded, resume, step
+from trainpilot.events import Event
 
 
 def test_a_send_that_does_not_wait_finishes_in_one_step() -> None:
@@ -62,3 +66,21 @@ def test_cancelling_resume_cancels_the_pending_send() -> None:
         assert cancelled.is_set() and task.cancelled()
 
     asyncio.run(body())
+
+
+def test_an_encoded_event_holds_its_bytes_and_no_more() -> None:
+    """The ring keeps 16,384 encoded events: each must cost its bytes, not orjson's 4 kB buffer."""
+    events = [
+        Event(i, "r-1", i, "metrics", 1e9 + i, i, {"train/loss": 1 / (i + 1), "lr": 0.1}) for i in range(500)
+    ]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        frames = [encoded(event) for event in events]
+        held = (tracemalloc.get_traced_memory()[0] - before) / len(events)
+    finally:
+        tracemalloc.stop()
+    for event, payload, frame in frames:
+        assert payload == orjson.dumps(event)
+        assert frame == b"id: %d\nevent: metrics\ndata: %b\n\n" % (event.id, payload)
+    assert held < 1024, f"{held:.0f} bytes an encoded event"
