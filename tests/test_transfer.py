@@ -66,6 +66,7 @@ def test_an_export_edited_into_a_metric_that_is_not_a_number_is_refused_by_line(
     for step, data, field in (
         ("0", '{"loss": "high"}', "line 2.data.loss"),
         ("1.5", '{"loss": 1}', "line 2.step"),
+        ("-1", '{"loss": 1}', "line 2.step"),  # ingest's range too
     ):
         bad = tmp_path / "bad.jsonl"
         bad.write_text(run + event % (step, data))

@@ -61,8 +61,8 @@ def decode_event(run_id: str, raw: Any, where: str, now: float) -> NewEvent:
     kind = raw.get("kind", "metrics")
     if not _one_of(kind, KINDS):
         raise InvalidInput(f"{where}.kind", f"must be one of {sorted(KINDS)}, got {kind!r}")
-    seq = _optional_int(raw.get("seq"), f"{where}.seq")
-    step = _optional_int(raw.get("step"), f"{where}.step")
+    seq = optional_int(raw.get("seq"), f"{where}.seq")
+    step = optional_int(raw.get("step"), f"{where}.step")
     ts = raw.get("ts")
     if ts is None:
         ts = now
@@ -80,7 +80,8 @@ def _one_of(value: Any, allowed: frozenset[str] | set[str]) -> bool:
     return isinstance(value, str) and value in allowed
 
 
-def _optional_int(value: Any, where: str) -> int | None:
+def optional_int(value: Any, where: str) -> int | None:
+    """A seq or step: absent, or an integer in 0..2**63-1 (what the store packs)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STEP:

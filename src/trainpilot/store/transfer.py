@@ -18,7 +18,7 @@ import orjson
 from trainpilot.events import NewEvent
 from trainpilot.exceptions import InvalidInput, NotFound
 from trainpilot.store import Store
-from trainpilot.wire import metric_values
+from trainpilot.wire import metric_values, optional_int
 
 PAGE = 5000
 Progress = Callable[[str], None]
@@ -94,8 +94,7 @@ class _Importer:
             data, step = e["data"], e["step"]
             if e["kind"] == "metrics":  # what the store packs into chunks must be numbers, as ingest's
                 data = metric_values(data, f"line {number}.data")
-                if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
-                    raise InvalidInput(f"line {number}.step", "must be an integer")
+                step = optional_int(step, f"line {number}.step")
             self.batch.append(NewEvent(e["run_id"], e["kind"], data, e["seq"], e["ts"], step))
             if len(self.batch) >= PAGE:
                 await self._append()
