@@ -164,7 +164,8 @@ class MemoryBroker:
 
         Subscribers of one group (filter and format) at one cursor share one message and its frame.
         The pass keys them by (group number, cursor), two ints: at 5,000 subscribers a key made of
-        the Filter itself spent a quarter of the pass in its Python-level hash and equality (py-spy).
+        the Filter itself spent a quarter of the pass in its Python-level hash and equality (py-spy,
+        ad hoc).
         """
         self._scheduled = False
         head = self.head

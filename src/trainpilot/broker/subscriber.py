@@ -133,7 +133,8 @@ def encoded(event: Event) -> tuple[Event, bytes, bytes]:
     """An event with its JSON and its SSE frame, encoded once.
 
     The JSON kept is a slice of the frame, not orjson's own bytes: those hold a buffer of about
-    4 kB whatever their length (orjson 3.13, tracemalloc), and the ring keeps 16,384 events.
+    4 kB whatever their length (orjson 3.13, ad hoc tracemalloc: 4,099 B for 58 bytes of JSON), and
+    the ring keeps 16,384 events; tests/test_subscriber.py checks what an encoded event holds.
     """
     payload = encode_event(event)
     frame = sse_frame(event, payload)

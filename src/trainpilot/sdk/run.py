@@ -117,7 +117,7 @@ class Run:
             snapshot = _copied(data, "log-arg", "run.log() takes a dict of metrics")
             if snapshot is None:
                 return
-        # `__class__`, the bound clock and `{**data}` each save ~10 ns on a call of ~300 (bench/log_parts.py)
+        # `__class__`, the bound clock and `{**data}` each saved ~10 ns of ~300 (ad hoc timeit variants)
         if step.__class__ is not int or not 0 <= step <= MAX_STEP:
             step = self._next_step if step is None else self._coerce_step(step)
         self._next_step = step + 1
